@@ -1,0 +1,1 @@
+"""Adversaries: threat models, manipulations of the FL loop and membership inference attacks."""

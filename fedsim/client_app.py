@@ -1,0 +1,76 @@
+"""The honest client: a Flower ClientApp that trains on its partition and reports who it is.
+
+Node ids are random per run, so every reply carries the client's partition id. A client's
+randomness comes only from (seed, round, partition id): the same seed gives the same update
+whichever simulation worker runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.config import Config
+from fedsim.datasets import load_pool
+from fedsim.models import build_model
+from fedsim.training import evaluate, train_locally
+
+PARTITION_KEY = "partition-id"
+CLIENT_RECORD = "client"
+
+
+def client_seed(seed: int, server_round: int, partition: int) -> int:
+    """A distinct, reproducible seed per (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition]).generate_state(1)[0])
+
+
+def partition_of(reply: Message) -> int:
+    """The partition id a client put in its reply."""
+    return int(reply.content[CLIENT_RECORD][PARTITION_KEY])
+
+
+def make_client_app(config: Config, client_records: Mapping[int, np.ndarray]) -> ClientApp:
+    """A ClientApp whose clients train on `client_records[partition id]` of the configured pool."""
+    app = ClientApp()
+
+    def local_data(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
+        torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
+        partition = int(context.node_config[PARTITION_KEY])
+        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+        return partition, *pool.take(client_records[partition])
+
+    def local_model(message: Message) -> torch.nn.Module:
+        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+        model = build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+        model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        return model
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        partition, x, y = local_data(context)
+        model = local_model(message)
+        seed = client_seed(config.seed, int(message.content["config"]["server-round"]), partition)
+        torch.manual_seed(seed)
+        loss = train_locally(model, x, y, config.train, seed)
+        content = RecordDict({
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"num-examples": len(y), "train_loss": loss}),
+            CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
+        })
+        return Message(content=content, reply_to=message)
+
+    @app.evaluate()
+    def evaluate_local(message: Message, context: Context) -> Message:
+        partition, x, y = local_data(context)
+        result = evaluate(local_model(message), x, y)
+        content = RecordDict({
+            "metrics": MetricRecord({"num-examples": len(y), "loss": result.loss, "accuracy": result.accuracy}),
+            CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
+        })
+        return Message(content=content, reply_to=message)
+
+    return app

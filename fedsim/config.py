@@ -1,0 +1,199 @@
+"""The run configuration: YAML in, validated pydantic models out (DESIGN.md section 4).
+
+Every key is public interface. Unknown keys are rejected, so a typo never silently falls back
+to a default. `--set a.b=value` overrides are parsed as YAML scalars and applied before
+validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedsim.errors import FedsimError
+
+DEFAULT_CONFIG = Path("configs/quickstart.yaml")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    num_clients: int = Field(4, ge=1)
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0)
+    records_per_client: int | None = Field(200, ge=1)
+    nonmembers: int = Field(400, ge=0)
+    test_records: int = Field(500, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from fedsim.datasets import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+        return name
+
+
+class ModelConfig(Section):
+    name: str = "fcn"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from fedsim.models import MODELS
+
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+        return name
+
+
+class TrainConfig(Section):
+    rounds: int = Field(20, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class StrategyConfig(Section):
+    name: str = "fedavg"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        from strategies import STRATEGIES
+
+        if ":" not in name and name not in STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))} "
+                "or give an import path 'package.module:Class'"
+            )
+        return name
+
+
+class AdversaryConfig(Section):
+    role: Literal["server", "participant", "none"] = "server"
+    mode: Literal["passive", "gradient-ascent"] = "passive"
+    isolate: bool = False
+    victim: int = Field(0, ge=0)
+    target_records: int = Field(200, ge=0)
+    gamma: float = Field(1.0, gt=0)
+    active_rounds: list[int] | None = None
+
+
+class BackendConfig(Section):
+    cpus_per_client: float = Field(1, gt=0)
+    gpus_per_client: float = Field(0, ge=0)
+    ray_address: str | None = None
+
+
+class Config(Section):
+    name: str = "quickstart"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    defense: dict[str, Any] = Field(default_factory=dict)
+    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
+    attacks: list[str] = Field(default_factory=lambda: ["loss", "nasr"])
+    observe_rounds: list[int] | None = None
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.adversary.victim >= self.data.num_clients:
+            raise ValueError(
+                f"adversary.victim is {self.adversary.victim} but there are only "
+                f"{self.data.num_clients} clients (ids 0..{self.data.num_clients - 1})"
+            )
+        if self.adversary.isolate and self.adversary.role != "server":
+            raise ValueError("adversary.isolate needs adversary.role: server")
+        return self
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set tree[a][b] = value for 'a.b=value'; the value is read as a YAML scalar or list."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise FedsimError(f"--set {assignment!r}: expected key=value, e.g. --set train.rounds=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise FedsimError(f"--set {assignment!r}: the value is not valid YAML ({exc.problem})") from None
+    node = tree
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FedsimError(f"--set {assignment!r}: {part!r} is not a section, so it has no keys")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    """The first validation problem as one line: where, what, how to fix."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key {where!r}; remove it or check its spelling against the README's config reference"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or kind in ("value_error",) else f" (got {got!r})"
+    return f"{source}: {where}: {message}{shown}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (None: configs/quickstart.yaml if present, else the built-in default)."""
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    tree: dict[str, Any] = {}
+    source = "built-in default config"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise FedsimError(f"{file}: config file not found; give the path of a YAML file (see configs/)")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise FedsimError(f"{file}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise FedsimError(f"{file}: expected a mapping of config keys at the top level")
+        tree = loaded
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise FedsimError(_describe(exc, source)) from None

@@ -1,0 +1,106 @@
+"""`fedsim.Run`: a recorded run folder as Python objects, for attacks and any other tool.
+
+Parameters load only through safetensors (never pickle), and every file is checked against
+the sha256 the manifest lists before it is used, so a tampered or truncated record is named
+instead of silently attacked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors.torch import load
+from torch import nn
+
+from fedsim.config import Config
+from fedsim.datasets import Pool, load_pool
+from fedsim.errors import FedsimError
+from fedsim.membership import load_ledger
+from fedsim.models import build_model
+from fedsim.recorder import MANIFEST, client_file, global_file
+
+
+class Run:
+    """A run folder opened for reading."""
+
+    def __init__(self, folder: Path, config: Config, manifest: dict):
+        self.folder = folder
+        self.config = config
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Run:
+        folder = Path(folder)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise FedsimError(f"{folder}: not a fedsim run folder (no {MANIFEST}); give the folder `fedsim run` printed")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            config = Config.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        except (json.JSONDecodeError, yaml.YAMLError, OSError, ValueError) as exc:
+            raise FedsimError(f"{folder}: the manifest or config.yaml is unreadable ({type(exc).__name__}); the run folder is damaged") from None
+        return cls(folder, config, manifest)
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+    @property
+    def rounds(self) -> list[int]:
+        """The complete rounds, 0 (the initial model) included."""
+        return sorted(int(r) for r in self.manifest["rounds"])
+
+    @cached_property
+    def membership(self) -> pd.DataFrame:
+        return load_ledger(self.folder)
+
+    @cached_property
+    def pool(self) -> Pool:
+        data = self.config.data
+        return load_pool(data.dataset, data.root, data.download)
+
+    def records(self, ids: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of the given record ids, as the model takes them."""
+        return self.pool.take(ids)
+
+    def clients(self, round_number: int) -> list[int]:
+        """The clients whose parameters the server received in a round."""
+        return sorted(int(c) for c in self._round(round_number)["clients"])
+
+    def num_examples(self, round_number: int, client: int) -> int:
+        return int(self._round(round_number)["clients"][str(client)]["num_examples"])
+
+    def _round(self, round_number: int) -> dict:
+        info = self.manifest["rounds"].get(str(round_number))
+        if info is None:
+            raise FedsimError(f"{self.folder}: round {round_number} is not recorded; complete rounds are {self.rounds}")
+        return info
+
+    def _read_verified(self, relative: str) -> bytes:
+        expected = self.manifest["files"].get(relative)
+        path = self.folder / relative
+        if expected is None or not path.is_file():
+            raise FedsimError(f"{path}: not recorded in this run")
+        payload = path.read_bytes()
+        if hashlib.sha256(payload).hexdigest() != expected:
+            raise FedsimError(f"{path}: sha256 does not match the manifest; the file was altered or truncated")
+        return payload
+
+    def state(self, round_number: int, client: int | None = None, kind: str = "clients") -> dict[str, torch.Tensor]:
+        """Recorded parameters: the global model, or what a client sent ('clients') / was sent ('broadcast')."""
+        self._round(round_number)
+        relative = global_file(round_number) if client is None else client_file(round_number, client, kind)
+        return load(self._read_verified(relative))
+
+    def model(self, round_number: int, client: int | None = None) -> nn.Module:
+        """The torch module of a round: the global model, or what the server received from `client`."""
+        model = build_model(self.config.model.name, self.pool.input_shape, self.pool.num_classes, self.config.model.args)
+        model.load_state_dict(self.state(round_number, client))
+        return model.eval()

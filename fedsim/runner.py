@@ -1,0 +1,84 @@
+"""`fedsim run`: from a validated config to a complete run folder.
+
+Everything that can be wrong with the input (data files, ledger sizes, model and strategy
+names) is checked before the run folder is created, so a bad config never leaves a folder
+behind; a failure after that marks the manifest 'failed'.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from fedsim.client_app import make_client_app
+from fedsim.config import Config
+from fedsim.datasets import load_pool
+from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
+from fedsim.models import build_model
+from fedsim.recorder import Recorder
+from fedsim.server_app import ServerPlan, make_server_app
+from fedsim.simulation import quiet_engine_logs, simulate
+from strategies import build_strategy
+
+RUNS = Path("runs")
+
+
+def default_run_folder(config: Config) -> Path:
+    return RUNS / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _point_latest(folder: Path) -> None:
+    """runs/latest -> the newest run folder (when the run lives under runs/)."""
+    latest = RUNS / "latest"
+    if folder.parent.resolve() != RUNS.resolve():
+        return
+    temporary = RUNS / ".latest.tmp"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(folder.name)
+    os.replace(temporary, latest)
+
+
+def run_experiment(config: Config, out: Path | None = None, console: Console | None = None) -> Path:
+    """Simulate the configured federation, recording every round; returns the run folder."""
+    console = console or Console(stderr=True)
+    quiet_engine_logs()
+    pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+    ledger = build_ledger(config, pool)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+    strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+
+    folder = out or default_run_folder(config)
+    recorder = Recorder(folder, config)
+    recorder.start(lambda where: save_ledger(ledger, where))
+    members = ledger[ledger["member"]]
+    client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
+    test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
+
+    def show(row: dict) -> None:
+        train_loss = f"  train loss {row['train_loss']:.4f}" if "train_loss" in row else ""
+        console.print(
+            f"round {row['round']:>3}/{config.train.rounds}  test accuracy {row['test_accuracy']:.4f}  "
+            f"test loss {row['test_loss']:.4f}{train_loss}  [dim]{row['seconds']:.1f} s[/dim]"
+        )
+
+    plan = ServerPlan(strategy, recorder, model, pool.take(test_ids), config.train.rounds, config.seed, show)
+    console.print(
+        f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
+        f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
+    )
+    try:
+        simulate(make_server_app(plan), make_client_app(config, client_records), config.data.num_clients, config.backend)
+    except BaseException as exc:
+        recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if recorder.manifest["rounds_completed"] != config.train.rounds:
+        recorder.finish("failed", error=f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
+        raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
+    recorder.finish("complete")
+    _point_latest(folder)
+    return folder

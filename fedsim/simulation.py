@@ -1,0 +1,48 @@
+"""The one module that calls Flower's simulation entry point (Ray engine).
+
+Keeping every call of Flower's runner here means a change of Flower's API (run_simulation is
+deprecated in favour of `flwr run`) touches one file. Ray and Flower's logs are kept at
+warning level so the user sees fedsim's progress, not the engine's chatter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedsim.config import BackendConfig
+
+
+def quiet_engine_logs() -> None:
+    """Flower logs every round at INFO (and deprecation notices); Ray prints banners. Keep errors only."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="flwr")
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: BackendConfig) -> None:
+    """Run the apps on Flower's Ray simulation engine with `num_clients` virtual nodes."""
+    from flwr.simulation import run_simulation
+
+    quiet_engine_logs()
+    init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+    if backend.ray_address:
+        init_args = {"address": backend.ray_address, "logging_level": logging.ERROR, "log_to_driver": False}
+    backend_config = {
+        "client_resources": {"num_cpus": backend.cpus_per_client, "num_gpus": backend.gpus_per_client},
+        "init_args": init_args,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_clients,
+            backend_config=backend_config,
+        )
