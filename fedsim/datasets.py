@@ -134,11 +134,11 @@ def _torchvision_pool(name: str, cls: type, root: Path | None, download: bool, n
     for train in (True, False):
         try:
             split = cls(root=str(root), train=train, download=download)
-        except RuntimeError as exc:
-            hint = "" if download else ", or set data.download: true to fetch it"
-            raise FedsimError(f"data.root: {name} not found under {root} ({str(exc).splitlines()[0]}); set data.root to torchvision's root folder{hint}") from None
-        except (ValueError, EOFError, OSError) as exc:
-            raise FedsimError(f"data.root: the {name} files under {root} are corrupt or truncated ({exc})") from None
+        except (RuntimeError, ValueError, EOFError, OSError) as exc:
+            if "not found" in str(exc).lower():
+                hint = "" if download else ", or set data.download: true to fetch it"
+                raise FedsimError(f"data.root: {name} not found under {root} (torchvision's layout); set data.root to the folder holding it{hint}") from None
+            raise FedsimError(f"data.root: the {name} files under {root} are corrupt or truncated ({str(exc).splitlines()[0]})") from None
         images = torch.as_tensor(np.asarray(split.data))
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         parts.append((images.contiguous(), torch.as_tensor(np.asarray(split.targets), dtype=torch.int64)))

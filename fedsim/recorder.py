@@ -71,7 +71,8 @@ def _write_atomically(path: Path, payload: bytes) -> None:
 def serialize_state(state: StateDict, metadata: Mapping[str, str]) -> bytes:
     """safetensors bytes of a state dict: deterministic for equal tensors and metadata."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    return save(tensors, metadata=dict(metadata))
+    # One metadata key: safetensors writes several in hash-map order, which varies per process.
+    return save(tensors, metadata={"fedsim": json.dumps(dict(metadata), sort_keys=True)})
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,77 @@
+import pytest
+
+from fedsim.cli import main
+from fedsim.config import Config, load_config
+from fedsim.errors import FedsimError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_built_in_default_is_the_quickstart_on_digits():
+    config = load_config(None)
+    assert config.name == "quickstart" and config.data.dataset == "digits"
+    assert config == Config()
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    config = load_config(None, ["train.rounds=3", "data.partition=dirichlet", "model.args={hidden: [8, 4]}", "adversary.active_rounds=[1, 2]"])
+    assert config.train.rounds == 3 and config.data.partition == "dirichlet"
+    assert config.model.args == {"hidden": [8, 4]} and config.adversary.active_rounds == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("data: {datset: digits}", "unknown key 'data.datset'"),
+        ("train: {rounds: many}", "train.rounds"),
+        ("train: {rounds: 0}", "greater than or equal to 1"),
+        ("data: {alpha: 0}", "data.alpha"),
+        ("data: {dataset: imagenet}", "unknown dataset 'imagenet'"),
+        ("model: {name: vgg99}", "unknown model 'vgg99'"),
+        ("strategy: {name: fedbest}", "unknown strategy 'fedbest'"),
+        ("adversary: {victim: 9}", "only 4 clients"),
+        ("data: [1, 2", "malformed YAML at line"),
+        ("- a\n- b", "mapping of config keys"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path, text, fragment):
+    with pytest.raises(FedsimError) as error:
+        load_config(write(tmp_path, text))
+    message = str(error.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_set_with_a_bad_assignment_fails_clearly():
+    with pytest.raises(FedsimError, match="expected key=value"):
+        load_config(None, ["train.rounds"])
+    with pytest.raises(FedsimError, match="not a section"):
+        load_config(None, ["seed=1", "seed.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "missing.yaml"], "config file not found"),
+        (["run", "--set", "data.dataset=nope"], "unknown dataset"),
+        (["run", "--set", "data.unknown=1"], "unknown key"),
+        (["run", "--set", "data.dataset=mnist", "--set", "data.root=/nonexistent"], "mnist not found under /nonexistent"),
+        (["run", "--set", "data.dataset=location", "--set", "data.root=/tmp"], "not found"),
+        (["run", "--set", "strategy.name=no.such.module:Strategy"], "cannot import module"),
+        (["run", "--set", "data.records_per_client=5000"], "the run needs"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(capsys, argv, fragment):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_config_digest_names_the_config():
+    assert Config().digest() == Config().digest()
+    assert Config().digest() != load_config(None, ["seed=1"]).digest()

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from conftest import shared_data, small_config
+from fedsim.datasets import load_pool
+from fedsim.errors import FedsimError
+from fedsim.membership import ATTACK_EVAL, ATTACK_TRAIN, UTILITY_TEST, build_ledger
+
+
+def test_partitions_are_disjoint_and_cover_exactly_the_members():
+    config = small_config("data.num_clients=5")
+    ledger = build_ledger(config, load_pool("digits", None))
+    assert ledger["record_id"].is_unique
+    members = ledger[ledger["member"]]
+    assert members["client"].notna().all() and ledger.loc[~ledger["member"], "client"].isna().all()
+    per_client = [set(group["record_id"]) for _, group in members.groupby("client")]
+    assert len(per_client) == 5 and all(len(part) == 60 for part in per_client)
+    assert set().union(*per_client) == set(members["record_id"]) and sum(map(len, per_client)) == len(members)
+    assert (ledger["role"] == UTILITY_TEST).sum() == 100 and (~ledger["member"] & (ledger["role"] != UTILITY_TEST)).sum() == 80
+
+
+def test_roles_split_members_and_nonmembers_in_half():
+    ledger = build_ledger(small_config(), load_pool("digits", None))
+    for member in (True, False):
+        group = ledger[(ledger["member"] == member) & (ledger["role"] != UTILITY_TEST)]
+        assert abs((group["role"] == ATTACK_TRAIN).sum() - (group["role"] == ATTACK_EVAL).sum()) <= len(set(ledger["client"].dropna())) + 1
+
+
+def test_server_targets_are_balanced_victim_members_and_nonmembers():
+    ledger = build_ledger(small_config("adversary.victim=2"), load_pool("digits", None))
+    targets = ledger[ledger["target"]]
+    assert len(targets) == 40 and (targets["role"] == ATTACK_EVAL).all()
+    assert set(targets.loc[targets["member"], "client"]) == {2} and targets["member"].sum() == 20
+
+
+def test_participant_targets_are_other_clients_members():
+    ledger = build_ledger(small_config("adversary.role=participant", "adversary.victim=1"), load_pool("digits", None))
+    targets = ledger[ledger["target"] & ledger["member"]]
+    assert len(targets) == 20 and 1 not in set(targets["client"])
+
+
+def test_same_seed_same_ledger_other_seed_other_ledger():
+    pool = load_pool("digits", None)
+    first, again = build_ledger(small_config(), pool), build_ledger(small_config(), pool)
+    assert first.equals(again)
+    assert not first.equals(build_ledger(small_config("seed=1"), pool))
+
+
+def _label_skew(ledger, labels, num_classes):
+    """Mean total-variation distance between each client's label distribution and the pooled one."""
+    members = ledger[ledger["member"]]
+    overall = np.bincount(labels[members["record_id"]], minlength=num_classes) / len(members)
+    distances = []
+    for _, group in members.groupby("client"):
+        local = np.bincount(labels[group["record_id"]], minlength=num_classes) / len(group)
+        distances.append(0.5 * np.abs(local - overall).sum())
+    return float(np.mean(distances))
+
+
+def test_dirichlet_skew_grows_as_alpha_shrinks():
+    pool = load_pool("location", str(shared_data("location")))
+    labels = pool.labels.numpy()
+    skews = {}
+    for alpha in (100.0, 1.0, 0.1):
+        values = [
+            _label_skew(build_ledger(small_config("data.dataset=location", f"data.root={shared_data('location')}",
+                                                  "data.partition=dirichlet", f"data.alpha={alpha}", f"seed={seed}",
+                                                  "data.records_per_client=300", "data.num_clients=8"), pool), labels, 30)
+            for seed in range(3)
+        ]
+        skews[alpha] = np.mean(values)
+    assert skews[100.0] < skews[1.0] < skews[0.1], skews
+
+
+def test_too_few_records_is_a_clear_error():
+    with pytest.raises(FedsimError, match="the run needs 2180 records"):
+        build_ledger(small_config("data.records_per_client=500"), load_pool("digits", None))
+
+
+def test_too_many_targets_is_a_clear_error():
+    with pytest.raises(FedsimError, match="adversary.target_records"):
+        build_ledger(small_config("adversary.target_records=200"), load_pool("digits", None))
