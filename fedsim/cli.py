@@ -21,7 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: configs/quickstart.yaml, else the built-in quickstart)")
     run.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+    attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
+    attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
+    attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
+    attack.add_argument("--rounds", type=_round_list, help="rounds to attack, e.g. 5,10,20 (default: every observed round)")
+    attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
     return parser
+
+
+def _round_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected round numbers separated by commas, e.g. 5,10,20, not {text!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,10 +46,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack(args: argparse.Namespace) -> int:
+    from attackers import ATTACKS
+    from attackers.leakage import measure_leakage
+    from fedsim.run import Run
+
+    unknown = [name for name in args.attacks or [] if name not in ATTACKS]
+    if unknown:
+        raise FedsimError(f"--attack: unknown attack {unknown[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
+    run = Run.open(args.run_dir)
+    rows = measure_leakage(run, args.attacks, args.rounds, progress=lambda line: print(line, file=sys.stderr))
+    if args.out:
+        rows.to_csv(args.out, index=False)
+    print(rows.to_csv(index=False), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run}[args.command](args)
+        return {"run": _run, "attack": _attack}[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

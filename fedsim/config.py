@@ -117,6 +117,16 @@ class Config(Section):
     observe_rounds: list[int] | None = None
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, names: list[str]) -> list[str]:
+        from attackers import ATTACKS
+
+        unknown = [n for n in names if n not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
+        return names
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.adversary.victim >= self.data.num_clients:

@@ -176,6 +176,10 @@ class Recorder:
         with (self.folder / TRAINING_CSV).open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=TRAINING_COLUMNS).writerow({k: row.get(k, "") for k in TRAINING_COLUMNS})
 
+    def write_leakage(self, rows) -> None:
+        """Replace metrics/leakage.csv with `rows` (a DataFrame with LEAKAGE_COLUMNS)."""
+        _write_atomically(self.folder / LEAKAGE_CSV, rows[LEAKAGE_COLUMNS].to_csv(index=False).encode())
+
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the run complete or failed; list the metrics files with their checksums."""
         self.manifest["status"] = status

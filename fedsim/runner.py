@@ -14,12 +14,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from attackers.leakage import measure_leakage
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
 from fedsim.datasets import load_pool
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import build_model
 from fedsim.recorder import Recorder
+from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
 from strategies import build_strategy
@@ -79,6 +81,11 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     if recorder.manifest["rounds_completed"] != config.train.rounds:
         recorder.finish("failed", error=f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
+    try:
+        recorder.write_leakage(measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]")))
+    except BaseException as exc:
+        recorder.finish("failed", error=f"attacks: {type(exc).__name__}: {exc}")
+        raise
     recorder.finish("complete")
     _point_latest(folder)
     return folder

@@ -1,0 +1,177 @@
+"""The white-box membership inference attack of Nasr, Shokri and Houmansadr (S&P 2019).
+
+For each observed snapshot and record: the model's output, the loss, the true label (one-hot)
+and the gradients of chosen layers each go through a small component network; the components'
+outputs, across all snapshots, are concatenated and an encoder (256-128-64-1, ReLU, dropout
+0.2) gives the membership probability. A layer gradient's component is a convolution whose
+kernel spans one row of the (in x out) gradient matrix, then fully connected layers; for a
+linear layer, row j of the gradient is a_j g, so the convolution is a_j (k . g) + b and the
+gradient is never materialised.
+
+Supervised training uses the attacker's known records with a validation split taken from
+them, and early stopping on the validation loss; the evaluation records are never seen.
+The black-box variant keeps only output, loss and label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from attackers.features import Features, LayerGradient
+from attackers.observation import Observation
+
+COMPONENT = 64
+
+
+def _dense(inputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, COMPONENT), nn.ReLU())
+
+
+class GradientComponent(nn.Module):
+    """Row convolution over a layer's gradient, then fully connected layers."""
+
+    def __init__(self, rows: int, width: int, filters: int):
+        super().__init__()
+        self.kernel = nn.Linear(width, filters)  # a convolution kernel spanning one row of width `width`
+        self.dense = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), _dense(rows * filters))
+
+    def forward(self, a: torch.Tensor | None, g: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        if rows is None:  # factored linear gradient: row j is a_j * g
+            convolved = a[:, :, None] * (g @ self.kernel.weight.T)[:, None, :] + self.kernel.bias
+        else:
+            convolved = self.kernel(rows)
+        return self.dense(convolved)
+
+
+@dataclass
+class _Inputs:
+    """Tensors of N records on one snapshot, as the attack model takes them."""
+
+    scalars: torch.Tensor  # (N, 1 + classes + classes): loss, output probabilities, one-hot label
+    gradients: list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]  # (a, g, rows) per layer
+
+    def take(self, index: torch.Tensor) -> _Inputs:
+        def pick(t):
+            return None if t is None else t[index]
+
+        return _Inputs(self.scalars[index], [tuple(pick(t) for t in layer) for layer in self.gradients])
+
+
+class NasrModel(nn.Module):
+    """Components per snapshot, concatenated, then the encoder."""
+
+    def __init__(self, snapshots: int, classes: int, gradient_shapes: Sequence[tuple[int, int]], filters: int):
+        super().__init__()
+        self.classes = classes
+        self.outputs = nn.ModuleList(_dense(classes) for _ in range(snapshots))
+        self.losses = nn.ModuleList(_dense(1) for _ in range(snapshots))
+        self.labels = nn.ModuleList(_dense(classes) for _ in range(snapshots))
+        self.gradients = nn.ModuleList(
+            nn.ModuleList(GradientComponent(rows, width, filters) for rows, width in gradient_shapes) for _ in range(snapshots)
+        )
+        width = snapshots * COMPONENT * (3 + len(gradient_shapes))
+        self.encoder = nn.Sequential(
+            nn.Linear(width, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1),
+        )
+
+    def forward(self, snapshots: list[_Inputs]) -> torch.Tensor:
+        parts = []
+        for s, inputs in enumerate(snapshots):
+            loss, probabilities, label = inputs.scalars.split([1, self.classes, self.classes], dim=1)
+            parts += [self.losses[s](loss), self.outputs[s](probabilities), self.labels[s](label)]
+            parts += [component(*layer) for component, layer in zip(self.gradients[s], inputs.gradients)]
+        return self.encoder(torch.cat(parts, 1)).squeeze(1)
+
+
+class NasrAttack:
+    """Supervised white-box attack; `layers` selects the gradients ('last', 'all', names, or none)."""
+
+    name = "nasr"
+    multi_round = True
+
+    def __init__(self, layers: str | Sequence[str] | None = "last", filters: int = 16, epochs: int = 100,
+                 batch_size: int = 64, lr: float = 1e-3, patience: int = 15, validation: float = 0.2, seed: int = 0):
+        self.layers, self.filters, self.epochs, self.batch_size = layers, filters, epochs, batch_size
+        self.lr, self.patience, self.validation, self.seed = lr, patience, validation, seed
+        self.model: NasrModel | None = None
+        self.scales: list[list[tuple[float, float]]] = []
+        self.threshold = 0.5
+
+    def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
+        snapshots = []
+        if fit:
+            self.scales = []
+        for s, round_number in enumerate(observation.rounds):
+            features: Features = observation.features(ids, round_number, self.layers or "last")
+            scalars = torch.cat([features.loss[:, None], features.probabilities, features.one_hot], 1)
+            layers = list(features.gradients.values()) if self.layers else []
+            if fit:
+                self.scales.append([_scale(layer) for layer in layers])
+            snapshots.append(_Inputs(scalars, [_scaled(layer, scale) for layer, scale in zip(layers, self.scales[s])]))
+        return snapshots
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> NasrAttack:
+        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        inputs = self._inputs(observation, ids, fit=True)
+        shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
+        classes = (inputs[0].scalars.shape[1] - 1) // 2
+        self.model = NasrModel(len(inputs), classes, shapes, self.filters)
+        labels = torch.as_tensor(members, dtype=torch.float32)
+        order = torch.randperm(len(labels), generator=generator)
+        cut = max(1, int(len(order) * self.validation))
+        val_index, train_index = order[:cut], order[cut:]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        loss_fn = nn.BCEWithLogitsLoss()
+        best, best_state, waited = float("inf"), None, 0
+        for _ in range(self.epochs):
+            self.model.train()
+            for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(self.batch_size):
+                optimizer.zero_grad()
+                loss_fn(self.model([s.take(batch) for s in inputs]), labels[batch]).backward()
+                optimizer.step()
+            self.model.eval()
+            with torch.no_grad():
+                val_loss = loss_fn(self.model([s.take(val_index) for s in inputs]), labels[val_index]).item()
+            if val_loss < best - 1e-4:
+                best, waited = val_loss, 0
+                best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        self.model.load_state_dict(best_state)
+        return self
+
+    @torch.no_grad()
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        return torch.sigmoid(self.model(self._inputs(observation, ids, fit=False))).numpy()
+
+
+class NasrBlackBoxAttack(NasrAttack):
+    """The same model on output, loss and label only."""
+
+    name = "nasr_blackbox"
+
+    def __init__(self, **kwargs):
+        super().__init__(layers=None, **kwargs)
+
+
+def _scale(layer: LayerGradient) -> tuple[float, float]:
+    """Scalar scales fitted on the attacker's records, so gradients reach the network at unit size."""
+    if layer.factored:
+        return float(layer.inputs.std()) or 1.0, float(layer.outputs.std()) or 1.0
+    return float(layer.rows().std()) or 1.0, 1.0
+
+
+def _scaled(layer: LayerGradient, scale: tuple[float, float]):
+    if layer.factored:
+        return layer.inputs / scale[0], layer.outputs / scale[1], None
+    return None, None, layer.rows() / scale[0]

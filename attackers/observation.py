@@ -1,0 +1,54 @@
+"""What an attacker observed: the model snapshots of its threat model, with cached features.
+
+A curious server observes the target client's local models (or, under secure aggregation,
+only the aggregates); a curious participant observes the global models. Inference attacks
+ask an Observation for features of records on its snapshots; features are computed once per
+(snapshot, records, layers) and reused by every attack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from attackers.features import DEFAULT_BUDGET, Features, extract
+
+
+@dataclass
+class Observation:
+    """Snapshots (oldest first) an attacker holds, and how to read records."""
+
+    rounds: list[int]
+    load_model: Callable[[int], nn.Module]
+    load_records: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+    memory_budget: int = DEFAULT_BUDGET
+    reference_models: Callable[[int], list[nn.Module]] | None = None  # other clients' models (server only)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
+        """The snapshots observed by round `last_round` (those in `keep`, when given); shares the cache."""
+        rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
+        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self._cache)
+
+    def model(self, round_number: int) -> nn.Module:
+        key = ("model", round_number)
+        if key not in self._cache:
+            self._cache[key] = self.load_model(round_number)
+        return self._cache[key]
+
+    def features(self, ids: np.ndarray, round_number: int, layers: str | Sequence[str] = "last") -> Features:
+        key = ("features", round_number, tuple(np.asarray(ids).tolist()), layers if isinstance(layers, str) else tuple(layers))
+        if key not in self._cache:
+            x, y = self.load_records(ids)
+            self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget)
+        return self._cache[key]
+
+    def losses(self, ids: np.ndarray, models: Sequence[nn.Module]) -> torch.Tensor:
+        """(models, N) per-example losses of the records on other models (no gradients)."""
+        x, y = self.load_records(ids)
+        with torch.no_grad():
+            return torch.stack([nn.functional.cross_entropy(m.eval()(x), y, reduction="none") for m in models])

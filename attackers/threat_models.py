@@ -1,0 +1,79 @@
+"""Threat models (DESIGN.md section 1): what each attacker observes of a recorded run.
+
+- server (global attacker): the target client's local model of each round, with the other
+  clients' models of the same round as references; under secure aggregation only the
+  aggregate, so it attacks the global model instead.
+- participant (local attacker): the global model of each round; its targets are the other
+  clients' members.
+
+The attacker knows the `attack_train` records of its targets' side (members and non-members)
+and is evaluated on the `target` records, which it never trains on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from attackers.observation import Observation
+from fedsim.membership import ATTACK_TRAIN
+from fedsim.run import Run
+
+
+@dataclass
+class AttackerView:
+    attacker: str  # "server" | "participant"
+    target: str  # whose membership is attacked, e.g. "client-000", "global"
+    observation: Observation
+    train_ids: np.ndarray
+    train_members: np.ndarray
+    eval_ids: np.ndarray
+    eval_members: np.ndarray
+
+
+def secure_aggregation(run: Run) -> bool:
+    return bool(run.config.defense.get("secure_aggregation", False))
+
+
+def _balanced(ids: np.ndarray, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Subsample the larger side so the attacker trains on as many members as non-members."""
+    rng = np.random.default_rng(seed)
+    inside, outside = ids[members], ids[~members]
+    n = min(len(inside), len(outside))
+    chosen = np.concatenate([rng.choice(inside, n, replace=False), rng.choice(outside, n, replace=False)])
+    chosen.sort()
+    return chosen, np.isin(chosen, inside)
+
+
+def attacker_view(run: Run) -> AttackerView | None:
+    """The configured adversary's view of the run; None when there is no adversary."""
+    adversary = run.config.adversary
+    if adversary.role == "none":
+        return None
+    ledger: pd.DataFrame = run.membership
+    client = ledger["client"]
+    victim = adversary.victim
+    if adversary.role == "server":
+        member_side = (client == victim).fillna(False)
+    else:
+        member_side = (ledger["member"] & (client != victim)).fillna(False)
+    known = (ledger["role"] == ATTACK_TRAIN) & (member_side | ~ledger["member"])
+    train_ids, train_members = _balanced(ledger.loc[known, "record_id"].to_numpy(), ledger.loc[known, "member"].to_numpy(bool), run.config.seed)
+    targets = ledger[ledger["target"]]
+    eval_ids, eval_members = targets["record_id"].to_numpy(), targets["member"].to_numpy(bool)
+
+    trained = [r for r in run.rounds if r >= 1]
+    if adversary.role == "server" and not secure_aggregation(run):
+        rounds = [r for r in trained if victim in run.clients(r)]
+
+        def references(round_number: int):
+            return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
+
+        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, reference_models=references)
+        target = f"client-{victim:03d}"
+    else:
+        observation = Observation(trained, lambda r: run.model(r), run.records)
+        target = "global" if adversary.role == "server" else "others"
+    return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)

@@ -1,0 +1,75 @@
+"""Membership-inference metrics: AUC, balanced accuracy, TPR at low FPR (Carlini et al. 2022).
+
+Scores are "higher means member". TPR at a given FPR is read exactly off the ROC: the largest
+TPR among the ROC points whose FPR does not exceed the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+FPR_TARGETS = (1e-2, 1e-3)
+
+
+@dataclass(frozen=True)
+class Leakage:
+    auc: float
+    accuracy: float
+    tpr_at_fpr: dict[float, float]
+    n_members: int
+    n_nonmembers: int
+
+    def as_row(self) -> dict[str, float | int]:
+        row: dict[str, float | int] = {"auc": self.auc, "accuracy": self.accuracy}
+        row |= {f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-"): tpr for target, tpr in self.tpr_at_fpr.items()}
+        return row | {"n_members": self.n_members, "n_nonmembers": self.n_nonmembers}
+
+
+def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, target: float) -> float:
+    """Largest TPR on the ROC with FPR <= target."""
+    fpr, tpr, _ = roc_curve(members, scores)
+    return float(tpr[fpr <= target].max())
+
+
+def balanced_accuracy(scores: np.ndarray, members: np.ndarray, threshold: float) -> float:
+    """Mean of TPR and TNR when 'member' means score >= threshold."""
+    predicted = scores >= threshold
+    return float((predicted[members].mean() + (~predicted[~members]).mean()) / 2)
+
+
+def best_threshold(scores: np.ndarray, members: np.ndarray) -> float:
+    """The threshold with the best balanced accuracy on (scores, members): fit on the attacker's known records."""
+    fpr, tpr, thresholds = roc_curve(members, scores)
+    return float(thresholds[np.argmax(tpr - fpr)])
+
+
+def leakage(scores: np.ndarray, members: np.ndarray, threshold: float | None = None) -> Leakage:
+    """Metrics of member scores; accuracy at `threshold` (chosen without these records), else at 0.5-rank."""
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.asarray(members, dtype=bool)
+    if threshold is None:
+        threshold = float(np.median(scores))
+    return Leakage(
+        auc=float(roc_auc_score(members, scores)),
+        accuracy=balanced_accuracy(scores, members, threshold),
+        tpr_at_fpr={target: tpr_at_fpr(scores, members, target) for target in FPR_TARGETS},
+        n_members=int(members.sum()),
+        n_nonmembers=int((~members).sum()),
+    )
+
+
+def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the AUC, resampling members and non-members separately."""
+    rng = np.random.default_rng(seed)
+    scores, members = np.asarray(scores), np.asarray(members, dtype=bool)
+    inside, outside = scores[members], scores[~members]
+    aucs = []
+    for _ in range(samples):
+        a = rng.choice(inside, len(inside))
+        b = rng.choice(outside, len(outside))
+        aucs.append(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
+    low, high = np.percentile(aucs, [2.5, 97.5])
+    return float(low), float(high)

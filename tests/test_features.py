@@ -1,0 +1,48 @@
+"""Per-example features equal a slow per-example backward loop."""
+
+import pytest
+import torch
+from torch import nn
+
+from attackers.features import extract, parametrised_layers
+from fedsim.models import build_model
+
+CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {})}
+
+
+def reference(model, x, y):
+    """One backward pass per example: losses, per-layer weight gradients, total gradient norms."""
+    losses, grads, norms = [], [], []
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(xi[None]), yi[None])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({name: dict(model.named_modules())[name].weight.grad.clone() for name in parametrised_layers(model)})
+        norms.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())).item())
+    return torch.tensor(losses), grads, torch.tensor(norms)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_features_match_a_per_example_backward_loop(name):
+    shape, args = CASES[name]
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, args).eval()
+    x, y = torch.randn(12, *shape), torch.randint(0, 10, (12,))
+    features = extract(model, x, y, layers="all", memory_budget=8 << 20)  # small budget: several chunks
+    losses, grads, norms = reference(model, x, y)
+    torch.testing.assert_close(features.loss, losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(features.gradient_norm, norms, rtol=1e-5, atol=1e-6)
+    for layer, gradient in features.gradients.items():
+        expected = torch.stack([g[layer] for g in grads])
+        torch.testing.assert_close(gradient.weight_gradient(), expected, rtol=1e-5, atol=1e-6)
+    assert features.probabilities.shape == (12, 10) and torch.equal(features.labels, y)
+
+
+def test_rows_of_a_linear_gradient_are_its_transposed_matrix():
+    torch.manual_seed(0)
+    model = build_model("fcn", (6,), 3, {"hidden": [5]}).eval()
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    gradient = extract(model, x, y, layers="last").gradients["2"]
+    assert gradient.factored
+    torch.testing.assert_close(gradient.rows(), gradient.weight_gradient().transpose(1, 2))

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from fedsim.metrics import balanced_accuracy, best_threshold, bootstrap_auc_interval, leakage, tpr_at_fpr
+
+
+def test_perfect_reversed_and_constant_scores():
+    members = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    scores = np.r_[np.linspace(1, 2, 50), np.linspace(-1, 0, 50)]
+    assert leakage(scores, members).auc == 1 and leakage(scores, members).tpr_at_fpr[1e-3] == 1
+    assert leakage(-scores, members).auc == 0 and leakage(-scores, members).tpr_at_fpr[1e-2] == 0
+    assert leakage(np.zeros(100), members).auc == 0.5
+
+
+def brute_force_tpr(scores, members, target):
+    """Largest TPR over all thresholds whose FPR stays within target."""
+    best = 0.0
+    for threshold in np.r_[np.unique(scores), np.inf]:
+        predicted = scores >= threshold
+        if predicted[~members].mean() <= target:
+            best = max(best, predicted[members].mean())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tpr_at_fpr_is_read_exactly_off_the_roc(seed):
+    rng = np.random.default_rng(seed)
+    members = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + members * 1.5
+    for target in (1e-3, 1e-2, 0.1, 0.5):
+        assert tpr_at_fpr(scores, members, target) == pytest.approx(brute_force_tpr(scores, members, target))
+    values = [tpr_at_fpr(scores, members, t) for t in (1e-3, 1e-2, 0.1, 0.5, 1.0)]
+    assert values == sorted(values) and values[-1] == 1.0
+
+
+def test_threshold_and_bootstrap():
+    rng = np.random.default_rng(0)
+    members = rng.random(1000) < 0.5
+    scores = rng.normal(size=1000) + members * 2
+    threshold = best_threshold(scores, members)
+    assert 0.5 < threshold < 1.5 and balanced_accuracy(scores, members, threshold) > 0.8
+    low, high = bootstrap_auc_interval(scores, members)
+    assert low < leakage(scores, members).auc < high and high - low < 0.1
+    assert list(leakage(scores, members).as_row()) == ["auc", "accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers"]
