@@ -52,7 +52,7 @@ class GradientComponent(nn.Module):
 class _Inputs:
     """Tensors of N records on one snapshot, as the attack model takes them."""
 
-    scalars: torch.Tensor  # (N, 1 + classes + classes): loss, output probabilities, one-hot label
+    scalars: torch.Tensor  # (N, signals + 2 classes): standardised log loss (and log gradient norm), output probabilities, one-hot label
     gradients: list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]  # (a, g, rows) per layer
 
     def take(self, index: torch.Tensor) -> _Inputs:
@@ -65,15 +65,15 @@ class _Inputs:
 class NasrModel(nn.Module):
     """Components per snapshot, concatenated, then the encoder."""
 
-    def __init__(self, snapshots: int, classes: int, gradient_shapes: Sequence[tuple[int, int]], filters: int):
+    def __init__(self, snapshots: int, classes: int, signals: int, gradient_shapes: Sequence[tuple[int, int]], filters: int):
         super().__init__()
-        self.classes = classes
-        self.outputs = nn.ModuleList(_dense(classes) for _ in range(snapshots))
-        self.losses = nn.ModuleList(_dense(1) for _ in range(snapshots))
-        self.labels = nn.ModuleList(_dense(classes) for _ in range(snapshots))
-        self.gradients = nn.ModuleList(
-            nn.ModuleList(GradientComponent(rows, width, filters) for rows, width in gradient_shapes) for _ in range(snapshots)
-        )
+        self.classes, self.signals = classes, signals
+        # One set of components reads every snapshot (weights shared across rounds): the
+        # attacker's few known records then train few parameters however many rounds it observes.
+        self.outputs = _dense(classes)
+        self.losses = _dense(signals)
+        self.labels = _dense(classes)
+        self.gradients = nn.ModuleList(GradientComponent(rows, width, filters) for rows, width in gradient_shapes)
         width = snapshots * COMPONENT * (3 + len(gradient_shapes))
         self.encoder = nn.Sequential(
             nn.Linear(width, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.2),
@@ -82,10 +82,10 @@ class NasrModel(nn.Module):
 
     def forward(self, snapshots: list[_Inputs]) -> torch.Tensor:
         parts = []
-        for s, inputs in enumerate(snapshots):
-            loss, probabilities, label = inputs.scalars.split([1, self.classes, self.classes], dim=1)
-            parts += [self.losses[s](loss), self.outputs[s](probabilities), self.labels[s](label)]
-            parts += [component(*layer) for component, layer in zip(self.gradients[s], inputs.gradients)]
+        for inputs in snapshots:
+            loss, probabilities, label = inputs.scalars.split([self.signals, self.classes, self.classes], dim=1)
+            parts += [self.losses(loss), self.outputs(probabilities), self.labels(label)]
+            parts += [component(*layer) for component, layer in zip(self.gradients, inputs.gradients)]
         return self.encoder(torch.cat(parts, 1)).squeeze(1)
 
 
@@ -95,7 +95,7 @@ class NasrAttack:
     name = "nasr"
     multi_round = True
 
-    def __init__(self, layers: str | Sequence[str] | None = "last", filters: int = 16, epochs: int = 100,
+    def __init__(self, layers: str | Sequence[str] | None = "last", filters: int = 4, epochs: int = 100,
                  batch_size: int = 64, lr: float = 1e-3, patience: int = 15, validation: float = 0.2, seed: int = 0):
         self.layers, self.filters, self.epochs, self.batch_size = layers, filters, epochs, batch_size
         self.lr, self.patience, self.validation, self.seed = lr, patience, validation, seed
@@ -109,11 +109,16 @@ class NasrAttack:
             self.scales = []
         for s, round_number in enumerate(observation.rounds):
             features: Features = observation.features(ids, round_number, self.layers or "last")
-            scalars = torch.cat([features.loss[:, None], features.probabilities, features.one_hot], 1)
+            signals = [features.loss.clamp_min(1e-12).log()]
+            if self.layers:
+                signals.append(features.gradient_norm.clamp_min(1e-12).log())
+            signals = torch.stack(signals, 1)
             layers = list(features.gradients.values()) if self.layers else []
             if fit:
-                self.scales.append([_scale(layer) for layer in layers])
-            snapshots.append(_Inputs(scalars, [_scaled(layer, scale) for layer, scale in zip(layers, self.scales[s])]))
+                self.scales.append([(signals.mean(0), signals.std(0).clamp_min(1e-6))] + [_scale(layer) for layer in layers])
+            (mean, std), *layer_scales = self.scales[s]
+            scalars = torch.cat([(signals - mean) / std, features.probabilities, features.one_hot], 1)
+            snapshots.append(_Inputs(scalars, [_scaled(layer, scale) for layer, scale in zip(layers, layer_scales)]))
         return snapshots
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> NasrAttack:
@@ -121,8 +126,9 @@ class NasrAttack:
         torch.manual_seed(self.seed)
         inputs = self._inputs(observation, ids, fit=True)
         shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
-        classes = (inputs[0].scalars.shape[1] - 1) // 2
-        self.model = NasrModel(len(inputs), classes, shapes, self.filters)
+        signals = 2 if self.layers else 1
+        classes = (inputs[0].scalars.shape[1] - signals) // 2
+        self.model = NasrModel(len(inputs), classes, signals, shapes, self.filters)
         labels = torch.as_tensor(members, dtype=torch.float32)
         order = torch.randperm(len(labels), generator=generator)
         cut = max(1, int(len(order) * self.validation))
