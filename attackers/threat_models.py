@@ -34,7 +34,7 @@ class AttackerView:
 
 
 def secure_aggregation(run: Run) -> bool:
-    return bool(run.config.defense.get("secure_aggregation", False))
+    return run.config.defense.secure_aggregation
 
 
 def _balanced(ids: np.ndarray, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

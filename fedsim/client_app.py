@@ -7,7 +7,7 @@ whichever simulation worker runs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +33,12 @@ def partition_of(reply: Message) -> int:
     return int(reply.content[CLIENT_RECORD][PARTITION_KEY])
 
 
-def make_client_app(config: Config, client_records: Mapping[int, np.ndarray]) -> ClientApp:
-    """A ClientApp whose clients train on `client_records[partition id]` of the configured pool."""
-    app = ClientApp()
+def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mods: Sequence = ()) -> ClientApp:
+    """A ClientApp whose clients train on `client_records[partition id]` of the configured pool.
+
+    `mods` are Flower ClientApp mods wrapped around every handler (a curious participant is one).
+    """
+    app = ClientApp(mods=list(mods))
 
     def local_data(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
         torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
@@ -62,6 +65,12 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray]) ->
             CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
         })
         return Message(content=content, reply_to=message)
+
+    @app.query()
+    def identify(message: Message, context: Context) -> Message:
+        """Tell the server this node's partition id (node ids are random per run)."""
+        partition = int(context.node_config[PARTITION_KEY])
+        return Message(content=RecordDict({CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition})}), reply_to=message)
 
     @app.evaluate()
     def evaluate_local(message: Message, context: Context) -> Message:

@@ -98,6 +98,10 @@ class AdversaryConfig(Section):
     active_rounds: list[int] | None = None
 
 
+class DefenseConfig(Section):
+    secure_aggregation: bool = False  # the server sees only the aggregate of the clients' updates
+
+
 class BackendConfig(Section):
     cpus_per_client: float = Field(1, gt=0)
     gpus_per_client: float = Field(0, ge=0)
@@ -111,7 +115,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    defense: dict[str, Any] = Field(default_factory=dict)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
     adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
     attacks: list[str] = Field(default_factory=lambda: ["loss", "nasr"])
     observe_rounds: list[int] | None = None
@@ -136,6 +140,11 @@ class Config(Section):
             )
         if self.adversary.isolate and self.adversary.role != "server":
             raise ValueError("adversary.isolate needs adversary.role: server")
+        if self.adversary.isolate and self.defense.secure_aggregation:
+            raise ValueError("adversary.isolate cannot work under defense.secure_aggregation: the server cannot take the victim's update out of a secure sum")
+        late = [r for r in self.adversary.active_rounds or [] if not 1 <= r <= self.train.rounds]
+        if late:
+            raise ValueError(f"adversary.active_rounds has round {late[0]}, outside 1..{self.train.rounds}")
         return self
 
     def digest(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from attackers.adversary import participant_mods, server_wrapper
 from attackers.leakage import measure_leakage
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
@@ -68,13 +69,15 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
             f"test loss {row['test_loss']:.4f}{train_loss}  [dim]{row['seconds']:.1f} s[/dim]"
         )
 
-    plan = ServerPlan(strategy, recorder, model, pool.take(test_ids), config.train.rounds, config.seed, show)
+    plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
+                      show, adversary=server_wrapper(config, ledger))
+    client_app = make_client_app(config, client_records, participant_mods(config, ledger))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
     )
     try:
-        simulate(make_server_app(plan), make_client_app(config, client_records), config.data.num_clients, config.backend)
+        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
     except BaseException as exc:
         recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise

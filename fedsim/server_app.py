@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -33,13 +33,28 @@ def sorted_replies(replies: Iterable[Message]) -> list[Message]:
     return ok + failed
 
 
-class RecordingStrategy(Strategy):
-    """Delegates to `inner`; records each round's client replies and aggregate."""
+def discover_partitions(grid: Grid, expected: int, timeout: float = 600) -> dict[int, int]:
+    """node id -> partition id, asked of every node once (a QUERY message each)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {expected} simulated clients connected")
+        time.sleep(0.1)
+    questions = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node) for node in sorted(nodes)]
+    replies = grid.send_and_receive(questions, timeout=timeout)
+    return {r.metadata.src_node_id: partition_of(r) for r in replies if not r.has_error()}
 
-    def __init__(self, inner: Strategy, recorder: Recorder):
+
+class RecordingStrategy(Strategy):
+    """Delegates to `inner`; records each round's client replies, aggregate, and what was sent
+    to a client where it was not the aggregate (what an active adversary changed)."""
+
+    def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int]):
         self.inner = inner
         self.recorder = recorder
+        self.partitions = partitions
         self.current: ArrayRecord | None = None
+        self.broadcast: dict[int, ArrayRecord] = {}
         self.train_metrics: dict[int, MetricRecord] = {}
 
     def summary(self) -> None:
@@ -47,7 +62,13 @@ class RecordingStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.current = arrays
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.broadcast = {}
+        for message in messages:
+            sent = next(iter(message.content.array_records.values()), None)
+            if sent is not None and sent is not arrays:
+                self.broadcast[self.partitions[message.metadata.dst_node_id]] = sent
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = sorted_replies(replies)
@@ -59,7 +80,8 @@ class RecordingStrategy(Strategy):
         }
         new_global = arrays if arrays is not None else self.current
         failures = sum(r.has_error() for r in replies)
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, failures=failures)
+        broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
+        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failures)
         if metrics is not None:
             self.train_metrics[server_round] = metrics
         return arrays, metrics
@@ -77,11 +99,13 @@ class ServerPlan:
 
     strategy: Strategy
     recorder: Recorder
+    num_clients: int
     model: nn.Module
     test_data: tuple[torch.Tensor, torch.Tensor]
     rounds: int
     seed: int
     on_round: Callable[[dict], None] = lambda row: None
+    adversary: Callable[[Strategy, dict[int, int]], Strategy] | None = None  # wraps the strategy, given node -> partition
 
 
 def make_server_app(plan: ServerPlan) -> ServerApp:
@@ -92,7 +116,9 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         random.seed(plan.seed)  # Flower samples clients with the global `random`
         np.random.seed(plan.seed)
         torch.manual_seed(plan.seed)
-        recording = RecordingStrategy(plan.strategy, plan.recorder)
+        partitions = discover_partitions(grid, plan.num_clients)
+        strategy = plan.adversary(plan.strategy, partitions) if plan.adversary else plan.strategy
+        recording = RecordingStrategy(strategy, plan.recorder, partitions)
         initial = ArrayRecord(plan.model.state_dict())
         plan.recorder.record_round(0, plan.model.state_dict())
         started = time.perf_counter()

@@ -1,0 +1,53 @@
+"""Puts the configured adversary into the FL loop: a strategy wrapper for a curious server,
+a ClientApp mod for a curious participant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from flwr.serverapp.strategy import Strategy
+
+from attackers.curious_participant import Mod, make_participant_mod
+from attackers.curious_server import CuriousServer
+from fedsim.config import Config
+from fedsim.datasets import load_pool
+from fedsim.models import build_model
+
+
+def _model_factory(config: Config):
+    def make():
+        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+        return build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+
+    return make
+
+
+def target_ids(ledger: pd.DataFrame) -> np.ndarray:
+    return ledger.loc[ledger["target"], "record_id"].to_numpy()
+
+
+def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, dict[int, int]], Strategy] | None:
+    """Wraps the strategy in a CuriousServer when the server is the adversary."""
+    if config.adversary.role != "server":
+        return None
+    ids = target_ids(ledger)
+
+    def wrap(strategy: Strategy, partitions: dict[int, int]) -> Strategy:
+        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+        return CuriousServer(strategy, config.adversary, partitions, _model_factory(config), pool.take(ids))
+
+    return wrap
+
+
+def participant_mods(config: Config, ledger: pd.DataFrame) -> list[Mod]:
+    """The curious participant's mod, when a participant is the adversary."""
+    if config.adversary.role != "participant":
+        return []
+    ids = target_ids(ledger)
+
+    def load_targets():
+        return load_pool(config.data.dataset, config.data.root, config.data.download).take(ids)
+
+    return [make_participant_mod(config.adversary, _model_factory(config), load_targets)]

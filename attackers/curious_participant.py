@@ -1,0 +1,40 @@
+"""The curious participant: a ClientApp mod on the attacker's own client.
+
+Passive, it trains honestly (it observes the global model it is sent each round, which the
+recorder keeps). With gradient ascent, in the rounds it acts in, it adds the ascent step on
+the target records (the other clients' members and non-members) to the parameters it
+uploads. Every other client passes through the mod untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType
+from torch import nn
+
+from attackers.gradient_ascent import ascent_step
+from fedsim.client_app import PARTITION_KEY
+from fedsim.config import AdversaryConfig
+
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+def make_participant_mod(adversary: AdversaryConfig, make_model: Callable[[], nn.Module],
+                         load_targets: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Mod:
+    def curious_participant(message: Message, context: Context, call_next) -> Message:
+        reply = call_next(message, context)
+        is_attacker = int(context.node_config[PARTITION_KEY]) == adversary.victim
+        if not is_attacker or message.metadata.message_type != MessageType.TRAIN or reply.has_error():
+            return reply
+        server_round = int(message.content["config"]["server-round"])
+        if adversary.mode != "gradient-ascent" or (adversary.active_rounds is not None and server_round not in adversary.active_rounds):
+            return reply
+        honest = reply.content["arrays"].to_torch_state_dict()
+        reply.content["arrays"] = ArrayRecord(
+            ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}")
+        )
+        return reply
+
+    return curious_participant

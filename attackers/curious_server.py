@@ -1,0 +1,85 @@
+"""The curious server: a wrapper around any Flower strategy, as Flower's DP wrappers are.
+
+Passive, it changes nothing (the recorder already keeps every client's parameters). Active:
+- gradient ascent: in the rounds it acts in, the victim is sent W + gamma * dL(targets)/dW
+  instead of the aggregate W;
+- isolation: the victim gets a model chain of its own (its own previous local model, with the
+  ascent step when that is on), and its reply never enters the aggregate.
+The victim is found by partition id: `partitions` maps Flower's random node ids to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from attackers.gradient_ascent import ascent_step
+from fedsim.client_app import partition_of
+from fedsim.config import AdversaryConfig
+
+
+class CuriousServer(Strategy):
+    def __init__(
+        self,
+        inner: Strategy,
+        adversary: AdversaryConfig,
+        partitions: Mapping[int, int],
+        make_model: Callable[[], nn.Module],
+        targets: tuple[torch.Tensor, torch.Tensor],
+    ):
+        self.inner = inner
+        self.adversary = adversary
+        self.partitions = partitions
+        self.make_model = make_model
+        self.targets = targets
+        self.victim_chain: ArrayRecord | None = None  # the isolated victim's latest model
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def acts_in(self, server_round: int) -> bool:
+        rounds = self.adversary.active_rounds
+        return self.adversary.mode == "gradient-ascent" and (rounds is None or server_round in rounds)
+
+    def _for_victim(self, server_round: int, aggregate: ArrayRecord) -> ArrayRecord:
+        """What the victim is sent this round."""
+        start = self.victim_chain if self.adversary.isolate and self.victim_chain is not None else aggregate
+        if not self.acts_in(server_round):
+            return start
+        state = ascent_step(self.make_model(), start.to_torch_state_dict(), *self.targets, self.adversary.gamma,
+                            where=f" of round {server_round}")
+        return ArrayRecord(state)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self.adversary.mode == "passive" and not self.adversary.isolate:
+            return messages
+        out = []
+        for message in messages:
+            if self.partitions.get(message.metadata.dst_node_id) == self.adversary.victim:
+                content = RecordDict({key: value for key, value in message.content.items()})
+                array_key = next(iter(message.content.array_records))
+                content[array_key] = self._for_victim(server_round, message.content[array_key])
+                message = Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
+            out.append(message)
+        return out
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if self.adversary.isolate:
+            victim = [r for r in replies if not r.has_error() and partition_of(r) == self.adversary.victim]
+            if victim:
+                self.victim_chain = victim[0].content["arrays"]
+            replies = [r for r in replies if r.has_error() or partition_of(r) != self.adversary.victim]
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)

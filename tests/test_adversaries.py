@@ -1,0 +1,95 @@
+"""Integration: the adversaries inside the real Flower/Ray loop do exactly what they claim."""
+
+import pytest
+import torch
+from torch import nn
+
+from attackers.adversary import target_ids
+from attackers.gradient_ascent import ascent_step
+from conftest import small_config
+from fedsim import Run
+from fedsim.client_app import client_seed
+from fedsim.recorder import client_file, global_file
+from fedsim.runner import run_experiment
+from fedsim.training import train_locally
+
+pytestmark = pytest.mark.integration
+ROUNDS = 3
+
+
+def run_with(tmp_path_factory, name, *overrides):
+    config = small_config(f"train.rounds={ROUNDS}", "data.num_clients=3", *overrides)
+    return Run.open(run_experiment(config, tmp_path_factory.mktemp(name) / "run"))
+
+
+def target_loss(run, state):
+    model = run.model(0)
+    model.load_state_dict(state)
+    x, y = run.records(target_ids(run.membership))
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(x), y).item()
+
+
+def weighted_average(run, round_number, clients):
+    weights = torch.tensor([run.num_examples(round_number, c) for c in clients], dtype=torch.float64)
+    weights /= weights.sum()
+    states = [run.state(round_number, c) for c in clients]
+    return {k: sum(w * s[k].double() for w, s in zip(weights, states)) for k in states[0]}
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory):
+    return run_with(tmp_path_factory, "isolated", "adversary.isolate=true", "adversary.mode=gradient-ascent", "adversary.victim=1")
+
+
+def test_isolated_victim_never_enters_the_aggregate(isolated):
+    for round_number in range(1, ROUNDS + 1):
+        assert isolated.clients(round_number) == [0, 1, 2]  # the victim's reply is recorded...
+        expected = weighted_average(isolated, round_number, [0, 2])  # ...but only the others are averaged
+        for name, tensor in isolated.state(round_number).items():
+            torch.testing.assert_close(tensor.double(), expected[name], rtol=0, atol=1e-6)
+
+
+def test_isolated_victim_gets_its_own_previous_model_plus_the_ascent_step(isolated):
+    x, y = isolated.records(target_ids(isolated.membership))
+    for round_number in range(1, ROUNDS + 1):
+        previous = isolated.state(0) if round_number == 1 else isolated.state(round_number - 1, client=1)
+        expected = ascent_step(isolated.model(0), previous, x, y, gamma=1.0)
+        sent = isolated.state(round_number, client=1, kind="broadcast")
+        for name, tensor in sent.items():
+            torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+        assert not (isolated.folder / client_file(round_number, 0, "broadcast")).exists()
+
+
+def test_server_gradient_ascent_raises_the_targets_loss_on_what_it_sent(tmp_path_factory):
+    run = run_with(tmp_path_factory, "ascent", "adversary.mode=gradient-ascent", "adversary.active_rounds=[2, 3]", "adversary.gamma=2.0")
+    assert not (run.folder / client_file(1, 0, "broadcast")).exists()  # round 1 is not an active round
+    for round_number in (2, 3):
+        aggregate = run.state(round_number - 1)
+        sent = run.state(round_number, client=0, kind="broadcast")
+        assert target_loss(run, sent) > target_loss(run, aggregate) + 0.01
+
+
+def test_participant_upload_is_its_honest_update_plus_the_ascent_step(tmp_path_factory):
+    run = run_with(tmp_path_factory, "participant", "adversary.role=participant", "adversary.mode=gradient-ascent", "adversary.victim=2")
+    ledger = run.membership
+    own = ledger.loc[ledger["client"] == 2, "record_id"].to_numpy()
+    x, y = run.records(own)
+    tx, ty = run.records(target_ids(ledger))
+    for round_number in range(1, ROUNDS + 1):
+        model = run.model(round_number - 1)  # the global model it was sent
+        seed = client_seed(run.config.seed, round_number, 2)
+        torch.manual_seed(seed)
+        train_locally(model, x, y, run.config.train, seed)
+        expected = ascent_step(run.model(0), model.state_dict(), tx, ty, gamma=1.0)
+        for name, tensor in run.state(round_number, client=2).items():
+            torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_passive_adversary_changes_nothing(tmp_path_factory):
+    honest = run_with(tmp_path_factory, "honest", "adversary.role=none")
+    for role in ("server", "participant"):
+        passive = run_with(tmp_path_factory, f"passive-{role}", f"adversary.role={role}")
+        for round_number in range(ROUNDS + 1):
+            assert (passive.folder / global_file(round_number)).read_bytes() == (honest.folder / global_file(round_number)).read_bytes()
+        assert not list(passive.folder.glob("rounds/*/broadcast"))
