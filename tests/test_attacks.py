@@ -1,0 +1,66 @@
+"""Inference attacks on a model trained here (no simulation): they find real members, and
+find nothing when 'members' and non-members come from the same unused pool."""
+
+import numpy as np
+import pytest
+import torch
+
+from attackers import ATTACKS, make_attack
+from attackers.observation import Observation
+from conftest import shared_data
+from fedsim.datasets import load_pool
+from fedsim.metrics import leakage
+from fedsim.models import build_model
+from fedsim.training import train_locally
+from fedsim.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """Two snapshots of an fcn overfitting 300 Location records; the other records were never seen."""
+    pool = load_pool("location", str(shared_data("location")))
+    order = np.random.default_rng(0).permutation(len(pool))
+    members, unused = order[:300], order[300:1100]
+    torch.manual_seed(0)
+    model = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
+    snapshots = {}
+    for round_number in (1, 2):
+        train_locally(model, *pool.take(members), TrainConfig(local_epochs=10, lr=0.1), seed=round_number)
+        snapshots[round_number] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def load_model(round_number):
+        snapshot = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
+        snapshot.load_state_dict(snapshots[round_number])
+        return snapshot
+
+    return Observation([1, 2], load_model, pool.take), members, unused
+
+
+def split(inside, outside, seed):
+    """Balanced attacker-known and evaluation sets from two id pools."""
+    rng = np.random.default_rng(seed)
+    inside, outside = rng.permutation(inside), rng.permutation(outside)
+    half_in, half_out = len(inside) // 2, len(outside) // 2
+    train = np.r_[inside[:half_in], outside[:half_out]]
+    evaluation = np.r_[inside[half_in:], outside[half_out : 2 * half_out]]
+    return (train, np.r_[np.ones(half_in, bool), np.zeros(half_out, bool)],
+            evaluation, np.r_[np.ones(len(inside) - half_in, bool), np.zeros(half_out, bool)])
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attacks_find_real_members(overfit, name):
+    observation, members, unused = overfit
+    train, train_members, evaluation, eval_members = split(members, unused[:300], seed=1)
+    attack = make_attack(name, seed=0).fit(observation, train, train_members)
+    result = leakage(attack.score(observation, evaluation), eval_members, attack.threshold)
+    assert result.auc > 0.6, (name, result)
+
+
+@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory"])
+def test_control_from_one_unused_pool_gives_chance(overfit, name):
+    observation, _, unused = overfit
+    fake_members, nonmembers = unused[:400], unused[400:800]
+    train, train_members, evaluation, eval_members = split(fake_members, nonmembers, seed=2)
+    attack = make_attack(name, seed=0).fit(observation, train, train_members)
+    result = leakage(attack.score(observation, evaluation), eval_members, attack.threshold)
+    assert abs(result.auc - 0.5) < 0.1, (name, result)
