@@ -12,14 +12,16 @@ from typing import Any
 
 from attackers.baselines import ConfidenceAttack, EntropyAttack, GradientNormAttack, LossAttack, TrajectoryAttack
 from attackers.nasr import NasrAttack, NasrBlackBoxAttack
+from attackers.unsupervised import UnsupervisedNasrAttack
 
 ATTACKS: dict[str, type] = {
     cls.name: cls
-    for cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack, NasrAttack, NasrBlackBoxAttack)
+    for cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
+                NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack)
 }
 
 
 def make_attack(name: str, seed: int = 0, **kwargs: Any):
     """A fresh attack by registry name (learned attacks are seeded)."""
     cls = ATTACKS[name]
-    return cls(seed=seed, **kwargs) if issubclass(cls, NasrAttack) else cls(**kwargs)
+    return cls(seed=seed, **kwargs) if issubclass(cls, (NasrAttack, UnsupervisedNasrAttack)) else cls(**kwargs)

@@ -94,11 +94,9 @@ class TrajectoryAttack:
         for round_number in observation.rounds:
             loss = observation.features(ids, round_number).loss
             columns.append(-torch.log(loss + 1e-12))
-            if observation.reference_models is not None:
-                references = observation.reference_models(round_number)
-                if references:
-                    reference_loss = observation.losses(ids, references)
-                    columns.append((torch.log(reference_loss + 1e-12).mean(0) - torch.log(loss + 1e-12)))
+            reference_loss = observation.reference_losses(ids, round_number)
+            if reference_loss is not None:
+                columns.append(torch.log(reference_loss + 1e-12).mean(0) - torch.log(loss + 1e-12))
         return torch.stack(columns, 1).numpy()
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> TrajectoryAttack:

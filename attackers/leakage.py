@@ -2,20 +2,33 @@
 
 Single-snapshot attacks use the snapshot of that round; multi-round attacks combine every
 observed snapshot up to it (restricted to `observe_rounds` when set). The rows follow the
-columns of metrics/leakage.csv (DESIGN.md section 4).
+columns of metrics/leakage.csv (DESIGN.md section 4), with a bootstrap 95% interval of the AUC
+after them; the last round also gets ROC points and per-class leakage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_curve
 
 from attackers import make_attack
 from attackers.threat_models import attacker_view
-from fedsim.metrics import leakage
+from fedsim.metrics import balanced_accuracy, bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS
 from fedsim.run import Run
+
+EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high"]
+
+
+@dataclass
+class LeakageReport:
+    rows: pd.DataFrame  # LEAKAGE_COLUMNS + EXTRA_COLUMNS
+    roc: pd.DataFrame = field(default_factory=pd.DataFrame)  # last round: attack, fpr, tpr
+    per_class: pd.DataFrame = field(default_factory=pd.DataFrame)  # last round: attack, class, auc, accuracy, counts
 
 
 def measure_leakage(
@@ -23,31 +36,48 @@ def measure_leakage(
     attacks: Sequence[str] | None = None,
     rounds: Sequence[int] | None = None,
     progress: Callable[[str], None] = lambda message: None,
-) -> pd.DataFrame:
+) -> LeakageReport:
     """One row per (round, attacker, attack, target) for the run's adversary."""
     view = attacker_view(run)
     if view is None:
-        return pd.DataFrame(columns=LEAKAGE_COLUMNS)
+        return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS))
     names = list(attacks if attacks is not None else run.config.attacks)
     keep = run.config.observe_rounds
-    rows = []
-    for round_number in view.observation.rounds:
-        if rounds is not None and round_number not in rounds:
-            continue
+    attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
+    labels = run.pool.labels.numpy()[view.eval_ids]
+    rows, roc, per_class = [], [], []
+    for round_number in attacked:
         for name in names:
             attack = make_attack(name, seed=run.config.seed)
-            if attack.multi_round:
-                observation = view.observation.up_to(round_number, keep)
-                if not observation.rounds:
-                    continue
-            else:
-                observation = view.observation.up_to(round_number, [round_number])
+            observation = view.observation.up_to(round_number, keep if attack.multi_round else [round_number])
+            if not observation.rounds:
+                continue
             attack.fit(observation, view.train_ids, view.train_members)
-            result = leakage(attack.score(observation, view.eval_ids), view.eval_members, attack.threshold)
+            scores = attack.score(observation, view.eval_ids)
+            result = leakage(scores, view.eval_members, attack.threshold)
+            low, high = bootstrap_auc_interval(scores, view.eval_members, seed=run.config.seed)
             rows.append({
                 "round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
                 "observed_rounds": ";".join(map(str, observation.rounds)), **result.as_row(),
+                "auc_ci_low": low, "auc_ci_high": high,
             })
-            progress(f"round {round_number:>3}  {view.attacker} {name:<14} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
-    frame = pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
-    return frame.round(6)
+            progress(f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
+            if round_number == attacked[-1]:
+                fpr, tpr, _ = roc_curve(view.eval_members, scores)
+                roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
+                per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
+    return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6), pd.DataFrame(roc).round(6),
+                         pd.DataFrame(per_class).round(6))
+
+
+def _per_class(name: str, scores: np.ndarray, members: np.ndarray, labels: np.ndarray, threshold: float) -> list[dict]:
+    rows = []
+    for label in np.unique(labels):
+        mask = labels == label
+        inside, outside = int(members[mask].sum()), int((~members[mask]).sum())
+        if inside and outside:
+            result = leakage(scores[mask], members[mask], threshold)
+            rows.append({"attack": name, "class": int(label), "auc": result.auc,
+                         "accuracy": balanced_accuracy(scores[mask], members[mask], threshold),
+                         "n_members": inside, "n_nonmembers": outside})
+    return rows

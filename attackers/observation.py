@@ -47,8 +47,15 @@ class Observation:
             self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget)
         return self._cache[key]
 
-    def losses(self, ids: np.ndarray, models: Sequence[nn.Module]) -> torch.Tensor:
-        """(models, N) per-example losses of the records on other models (no gradients)."""
-        x, y = self.load_records(ids)
-        with torch.no_grad():
-            return torch.stack([nn.functional.cross_entropy(m.eval()(x), y, reduction="none") for m in models])
+    def reference_losses(self, ids: np.ndarray, round_number: int) -> torch.Tensor | None:
+        """(references, N) losses of the records on the round's reference models, or None without references."""
+        if self.reference_models is None:
+            return None
+        key = ("reference", round_number, tuple(np.asarray(ids).tolist()))
+        if key not in self._cache:
+            models = self.reference_models(round_number)
+            x, y = self.load_records(ids)
+            with torch.no_grad():
+                losses = [nn.functional.cross_entropy(m.eval()(x), y, reduction="none") for m in models]
+            self._cache[key] = torch.stack(losses) if losses else None
+        return self._cache[key]

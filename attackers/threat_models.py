@@ -33,6 +33,22 @@ class AttackerView:
     eval_members: np.ndarray
 
 
+def describe(config) -> str:
+    """The configured threat model in words, for the console and the report."""
+    adversary = config.adversary
+    if adversary.role == "none":
+        return "no adversary: honest run, no leakage measured"
+    if adversary.role == "participant":
+        action = "adds gradient ascent on the targets to its uploads" if adversary.mode == "gradient-ascent" else "trains honestly"
+        return f"curious participant (client {adversary.victim}) observes the global models and {action}; targets: the other clients' members"
+    if config.defense.secure_aggregation:
+        seen = "sees only the aggregate (secure aggregation), so it attacks the global models"
+    else:
+        seen = f"observes client {adversary.victim}'s local models"
+    actions = [a for a, on in (("isolates the victim", adversary.isolate), ("sends it a gradient-ascent step", adversary.mode == "gradient-ascent")) if on]
+    return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
+
+
 def secure_aggregation(run: Run) -> bool:
     return run.config.defense.secure_aggregation
 

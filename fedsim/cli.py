@@ -55,7 +55,7 @@ def _attack(args: argparse.Namespace) -> int:
     if unknown:
         raise FedsimError(f"--attack: unknown attack {unknown[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
     run = Run.open(args.run_dir)
-    rows = measure_leakage(run, args.attacks, args.rounds, progress=lambda line: print(line, file=sys.stderr))
+    rows = measure_leakage(run, args.attacks, args.rounds, progress=lambda line: print(line, file=sys.stderr)).rows
     if args.out:
         rows.to_csv(args.out, index=False)
     print(rows.to_csv(index=False), end="")

@@ -94,6 +94,7 @@ class Recorder:
         self.folder = folder
         self.config = config
         self.manifest: dict[str, Any] = {}
+        self.metrics_files = {TRAINING_CSV, LEAKAGE_CSV}
 
     def start(self, ledger_writer) -> None:
         """Create the folder with config, ledger, empty metrics and a 'running' manifest."""
@@ -176,16 +177,18 @@ class Recorder:
         with (self.folder / TRAINING_CSV).open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=TRAINING_COLUMNS).writerow({k: row.get(k, "") for k in TRAINING_COLUMNS})
 
-    def write_leakage(self, rows) -> None:
-        """Replace metrics/leakage.csv with `rows` (a DataFrame with LEAKAGE_COLUMNS)."""
-        _write_atomically(self.folder / LEAKAGE_CSV, rows[LEAKAGE_COLUMNS].to_csv(index=False).encode())
+    def write_metrics(self, tables: Mapping[str, Any]) -> None:
+        """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""
+        for relative, table in tables.items():
+            _write_atomically(self.folder / relative, table.to_csv(index=False).encode())
+            self.metrics_files.add(relative)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the run complete or failed; list the metrics files with their checksums."""
         self.manifest["status"] = status
         if error:
             self.manifest["error"] = error
-        for relative in (TRAINING_CSV, LEAKAGE_CSV):
+        for relative in sorted(self.metrics_files):
             if (self.folder / relative).exists():
                 self.manifest["files"][relative] = sha256_of(self.folder / relative)
         self._save_manifest()

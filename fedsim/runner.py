@@ -16,12 +16,13 @@ from rich.console import Console
 
 from attackers.adversary import participant_mods, server_wrapper
 from attackers.leakage import measure_leakage
+from attackers.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
 from fedsim.datasets import load_pool
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import build_model
-from fedsim.recorder import Recorder
+from fedsim.recorder import LEAKAGE_CSV, Recorder
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
@@ -84,8 +85,10 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     if recorder.manifest["rounds_completed"] != config.train.rounds:
         recorder.finish("failed", error=f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
+    console.print(f"threat model: {describe(config)}")
     try:
-        recorder.write_leakage(measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]")))
+        report = measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+        recorder.write_metrics({LEAKAGE_CSV: report.rows, "metrics/roc.csv": report.roc, "metrics/leakage_per_class.csv": report.per_class})
     except BaseException as exc:
         recorder.finish("failed", error=f"attacks: {type(exc).__name__}: {exc}")
         raise

@@ -11,6 +11,7 @@ import torch
 from conftest import shared_data, small_config
 from fedsim import Run
 from fedsim.recorder import LEAKAGE_COLUMNS, global_file
+from fedsim.cli import main
 from fedsim.runner import run_experiment
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 def digits_runs(tmp_path_factory):
     """The same small digits config, run twice with the same seed."""
     base = tmp_path_factory.mktemp("digits")
-    config = small_config("train.rounds=3", "data.num_clients=3")
+    config = small_config("train.rounds=3", "data.num_clients=3", "attacks=[loss, trajectory, nasr]")
     return [run_experiment(config, base / f"run-{i}") for i in range(2)]
 
 
@@ -47,11 +48,21 @@ def test_global_model_is_the_example_weighted_average_of_recorded_clients(digits
         assert not torch.equal(run.state(round_number, 0)[name], run.state(round_number, 1)[name])
 
 
+def test_fedsim_attack_reproduces_the_leakage_rows_of_the_run(digits_runs, tmp_path, capsys):
+    folder = digits_runs[0]
+    assert main(["attack", str(folder), "--out", str(tmp_path / "again.csv")]) == 0
+    written = pd.read_csv(folder / "metrics/leakage.csv")
+    assert len(written) == 3 * 3 and set(written["attack"]) == {"loss", "trajectory", "nasr"}
+    assert set(written["target"]) == {"client-000"} and written["observed_rounds"].iloc[-1] == "1;2;3"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), written)
+
+
 def test_run_folder_follows_the_contract(digits_runs):
     folder = digits_runs[0]
     training = pd.read_csv(folder / "metrics/training.csv")
     assert training["round"].tolist() == [0, 1, 2, 3] and training["test_accuracy"].between(0, 1).all()
-    assert list(pd.read_csv(folder / "metrics/leakage.csv").columns) == LEAKAGE_COLUMNS
+    assert list(pd.read_csv(folder / "metrics/leakage.csv").columns)[: len(LEAKAGE_COLUMNS)] == LEAKAGE_COLUMNS
+    assert (folder / "metrics/roc.csv").is_file() and (folder / "metrics/leakage_per_class.csv").is_file()
     membership = pd.read_parquet(folder / "membership.parquet")
     assert list(membership.columns) == ["record_id", "client", "member", "role", "target"]
     assert (folder / "config.yaml").is_file() and (folder / "rounds/0003/clients/client-002.safetensors").is_file()

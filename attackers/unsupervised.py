@@ -1,0 +1,64 @@
+"""The unsupervised white-box attack of Nasr et al.: an encoder-decoder, then two clusters.
+
+The encoder reads the per-snapshot signals of the supervised attack; the decoder must
+reconstruct each record's loss, correctness, uncertainty (prediction entropy) and gradient
+norm. The encodings of the records under attack are split by spectral clustering into two
+clusters; the cluster with the smaller mean gradient norm is "member". The score is how much
+closer a record's encoding is to the member cluster's centre than to the other's. No
+membership labels are used anywhere: `fit` ignores them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import SpectralClustering
+from torch import nn
+
+from attackers.observation import Observation
+
+
+class UnsupervisedNasrAttack:
+    name = "nasr_unsupervised"
+    multi_round = True
+
+    def __init__(self, epochs: int = 200, lr: float = 1e-3, code: int = 8, seed: int = 0):
+        self.epochs, self.lr, self.code, self.seed = epochs, lr, code, seed
+        self.encoder: nn.Module | None = None
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.threshold = 0.0
+
+    def _signals(self, observation: Observation, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4 * snapshots) log loss, correctness, entropy, log gradient norm; and the last gradient norm."""
+        columns = []
+        for round_number in observation.rounds:
+            f = observation.features(ids, round_number)
+            columns += [f.loss.clamp_min(1e-12).log(), f.correct, f.entropy, f.gradient_norm.clamp_min(1e-12).log()]
+        return torch.stack(columns, 1), columns[-1]
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
+        torch.manual_seed(self.seed)
+        signals, _ = self._signals(observation, ids)
+        self.stats = signals.mean(0), signals.std(0).clamp_min(1e-6)
+        inputs = (signals - self.stats[0]) / self.stats[1]
+        width = inputs.shape[1]
+        self.encoder = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, self.code))
+        decoder = nn.Sequential(nn.ReLU(), nn.Linear(self.code, 64), nn.ReLU(), nn.Linear(64, width))
+        optimizer = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=self.lr)
+        for _ in range(self.epochs):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(decoder(self.encoder(inputs)), inputs).backward()
+            optimizer.step()
+        return self
+
+    @torch.no_grad()
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        signals, log_gradient_norm = self._signals(observation, ids)
+        codes = self.encoder((signals - self.stats[0]) / self.stats[1]).numpy()
+        clusters = SpectralClustering(2, affinity="nearest_neighbors", n_neighbors=min(10, len(ids) - 1),
+                                      random_state=self.seed).fit_predict(codes)
+        norms = log_gradient_norm.numpy()
+        member = int(np.argmin([norms[clusters == c].mean() if (clusters == c).any() else np.inf for c in (0, 1)]))
+        centres = [codes[clusters == c].mean(0) if (clusters == c).any() else codes.mean(0) for c in (0, 1)]
+        distance = [np.linalg.norm(codes - centre, axis=1) for centre in centres]
+        return distance[1 - member] - distance[member]

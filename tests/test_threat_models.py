@@ -1,0 +1,76 @@
+"""What each attacker observes of a recorded run (no simulation needed)."""
+
+import pytest
+import torch
+
+from attackers.threat_models import attacker_view
+from conftest import small_config
+from fedsim import Run
+from fedsim.datasets import load_pool
+from fedsim.membership import ATTACK_TRAIN, build_ledger, save_ledger
+from fedsim.models import build_model
+from fedsim.recorder import Recorder
+
+
+def recorded_run(tmp_path, *overrides):
+    config = small_config("data.num_clients=3", *overrides)
+    ledger = build_ledger(config, load_pool("digits", None))
+    recorder = Recorder(tmp_path / "run", config)
+    recorder.start(lambda folder: save_ledger(ledger, folder))
+    torch.manual_seed(0)
+    states = [build_model("fcn", (64,), 10, config.model.args).state_dict() for _ in range(4)]
+    recorder.record_round(0, states[0])
+    recorder.record_round(1, states[0], {c: (states[c + 1], 60) for c in range(3)})
+    recorder.finish("complete")
+    return Run.open(recorder.folder), states
+
+
+def same(model, state):
+    return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_server_observes_the_victims_local_models_and_knows_its_attack_train_members(tmp_path):
+    run, states = recorded_run(tmp_path, "adversary.victim=1")
+    view = attacker_view(run)
+    assert view.attacker == "server" and view.target == "client-001" and view.observation.rounds == [1]
+    assert same(view.observation.model(1), states[2])
+    assert len(view.observation.reference_models(1)) == 2
+    known = run.membership.set_index("record_id").loc[view.train_ids]
+    assert (known["role"] == ATTACK_TRAIN).all() and set(known.loc[known["member"], "client"]) == {1}
+    assert view.train_members.sum() == (~view.train_members).sum()
+    assert not set(view.train_ids) & set(view.eval_ids)
+
+
+def test_under_secure_aggregation_the_server_sees_only_the_aggregate(tmp_path):
+    run, states = recorded_run(tmp_path, "defense.secure_aggregation=true")
+    view = attacker_view(run)
+    assert view.target == "global" and view.observation.reference_models is None
+    assert same(view.observation.model(1), states[0])
+
+
+def test_participant_observes_global_models_and_targets_the_others(tmp_path):
+    run, states = recorded_run(tmp_path, "adversary.role=participant", "adversary.victim=2")
+    view = attacker_view(run)
+    assert view.attacker == "participant" and view.target == "others" and same(view.observation.model(1), states[0])
+    known = run.membership.set_index("record_id").loc[view.train_ids]
+    assert 2 not in set(known.loc[known["member"], "client"])
+
+
+def test_no_adversary_no_view(tmp_path):
+    run, _ = recorded_run(tmp_path, "adversary.role=none")
+    assert attacker_view(run) is None
+
+
+def test_isolation_under_secure_aggregation_is_refused():
+    from fedsim.errors import FedsimError
+
+    with pytest.raises(FedsimError, match="secure sum"):
+        small_config("adversary.isolate=true", "defense.secure_aggregation=true")
+
+
+def test_threat_model_in_words():
+    from attackers.threat_models import describe
+
+    assert "only the aggregate" in describe(small_config("defense.secure_aggregation=true"))
+    assert "isolates the victim and sends it a gradient-ascent step" in describe(small_config("adversary.isolate=true", "adversary.mode=gradient-ascent"))
+    assert "curious participant (client 2)" in describe(small_config("adversary.role=participant", "adversary.victim=2"))
