@@ -188,9 +188,9 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: {where}: {message}{shown}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (None: configs/quickstart.yaml if present, else the built-in default)."""
-    if path is None and DEFAULT_CONFIG.exists():
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), default_file: bool = True) -> Config:
+    """Read a YAML config (None: configs/quickstart.yaml if present and `default_file`, else the built-in default)."""
+    if path is None and default_file and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     tree: dict[str, Any] = {}
     source = "built-in default config"
