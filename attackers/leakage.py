@@ -49,6 +49,8 @@ def measure_leakage(
     for round_number in attacked:
         for name in names:
             attack = make_attack(name, seed=run.config.seed)
+            if attack.multi_round and keep is not None and round_number not in keep:
+                continue  # nothing new observed since the last row of this attack
             observation = view.observation.up_to(round_number, keep if attack.multi_round else [round_number])
             if not observation.rounds:
                 continue

@@ -48,7 +48,7 @@ def _point_latest(folder: Path) -> None:
 
 def run_experiment(config: Config, out: Path | None = None, console: Console | None = None) -> Path:
     """Simulate the configured federation, recording every round; returns the run folder."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     quiet_engine_logs()
     pool = load_pool(config.data.dataset, config.data.root, config.data.download)
     ledger = build_ledger(config, pool)
