@@ -12,16 +12,8 @@ from flwr.serverapp.strategy import Strategy
 from attackers.curious_participant import Mod, make_participant_mod
 from attackers.curious_server import CuriousServer
 from fedsim.config import Config
-from fedsim.datasets import load_pool
-from fedsim.models import build_model
-
-
-def _model_factory(config: Config):
-    def make():
-        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
-        return build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
-
-    return make
+from fedsim.datasets import pool_for
+from fedsim.models import model_for
 
 
 def target_ids(ledger: pd.DataFrame) -> np.ndarray:
@@ -35,8 +27,7 @@ def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, 
     ids = target_ids(ledger)
 
     def wrap(strategy: Strategy, partitions: dict[int, int]) -> Strategy:
-        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
-        return CuriousServer(strategy, config.adversary, partitions, _model_factory(config), pool.take(ids))
+        return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool_for(config.data).take(ids))
 
     return wrap
 
@@ -48,6 +39,6 @@ def participant_mods(config: Config, ledger: pd.DataFrame) -> list[Mod]:
     ids = target_ids(ledger)
 
     def load_targets():
-        return load_pool(config.data.dataset, config.data.root, config.data.download).take(ids)
+        return pool_for(config.data).take(ids)
 
-    return [make_participant_mod(config.adversary, _model_factory(config), load_targets)]
+    return [make_participant_mod(config.adversary, lambda: model_for(config), load_targets)]

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_curve
 
 from attackers import make_attack
 from attackers.threat_models import attacker_view
-from fedsim.metrics import balanced_accuracy, bootstrap_auc_interval, leakage
+from fedsim.metrics import bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS
 from fedsim.run import Run
 
@@ -79,7 +79,6 @@ def _per_class(name: str, scores: np.ndarray, members: np.ndarray, labels: np.nd
         inside, outside = int(members[mask].sum()), int((~members[mask]).sum())
         if inside and outside:
             result = leakage(scores[mask], members[mask], threshold)
-            rows.append({"attack": name, "class": int(label), "auc": result.auc,
-                         "accuracy": balanced_accuracy(scores[mask], members[mask], threshold),
+            rows.append({"attack": name, "class": int(label), "auc": result.auc, "accuracy": result.accuracy,
                          "n_members": inside, "n_nonmembers": outside})
     return rows

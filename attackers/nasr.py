@@ -152,7 +152,8 @@ class NasrAttack:
                 waited += 1
                 if waited >= self.patience:
                     break
-        self.model.load_state_dict(best_state)
+        if best_state is not None:  # else (no epoch improved on a finite loss) keep the last state
+            self.model.load_state_dict(best_state)
         return self
 
     @torch.no_grad()

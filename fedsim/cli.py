@@ -57,7 +57,10 @@ def _attack(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir)
     rows = measure_leakage(run, args.attacks, args.rounds, progress=lambda line: print(line, file=sys.stderr)).rows
     if args.out:
-        rows.to_csv(args.out, index=False)
+        try:
+            rows.to_csv(args.out, index=False)
+        except OSError as exc:
+            raise FedsimError(f"--out: cannot write {args.out} ({exc.strerror}); choose a writable path") from None
     print(rows.to_csv(index=False), end="")
     return 0
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print("fedsim: interrupted; the run folder is marked failed", file=sys.stderr)
+        detail = "; the run folder is marked failed" if args.command == "run" else ""
+        print(f"fedsim: interrupted{detail}", file=sys.stderr)
         return 130
 
 

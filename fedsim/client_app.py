@@ -15,8 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
-from fedsim.datasets import load_pool
-from fedsim.models import build_model
+from fedsim.datasets import pool_for
+from fedsim.models import model_for
 from fedsim.training import evaluate, train_locally
 
 PARTITION_KEY = "partition-id"
@@ -43,12 +43,10 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
     def local_data(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
         torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
         partition = int(context.node_config[PARTITION_KEY])
-        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
-        return partition, *pool.take(client_records[partition])
+        return partition, *pool_for(config.data).take(client_records[partition])
 
     def local_model(message: Message) -> torch.nn.Module:
-        pool = load_pool(config.data.dataset, config.data.root, config.data.download)
-        model = build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+        model = model_for(config)
         model.load_state_dict(message.content["arrays"].to_torch_state_dict())
         return model
 

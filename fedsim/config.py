@@ -142,9 +142,17 @@ class Config(Section):
             raise ValueError("adversary.isolate needs adversary.role: server")
         if self.adversary.isolate and self.defense.secure_aggregation:
             raise ValueError("adversary.isolate cannot work under defense.secure_aggregation: the server cannot take the victim's update out of a secure sum")
-        late = [r for r in self.adversary.active_rounds or [] if not 1 <= r <= self.train.rounds]
-        if late:
-            raise ValueError(f"adversary.active_rounds has round {late[0]}, outside 1..{self.train.rounds}")
+        for key, rounds in (("adversary.active_rounds", self.adversary.active_rounds), ("observe_rounds", self.observe_rounds)):
+            outside = [r for r in rounds or [] if not 1 <= r <= self.train.rounds]
+            if outside:
+                raise ValueError(f"{key} has round {outside[0]}, outside 1..{self.train.rounds}")
+            if rounds is not None and not rounds:
+                raise ValueError(f"{key} is empty; list rounds or use null for all")
+        if self.adversary.role != "none":
+            if self.adversary.target_records < 2:
+                raise ValueError("adversary.target_records must be at least 2 (one member, one non-member) when there is an adversary")
+            if self.data.nonmembers < 4:
+                raise ValueError("data.nonmembers must be at least 4 when there is an adversary: it needs known and target non-members")
         return self
 
     def digest(self) -> str:
@@ -201,6 +209,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise FedsimError(f"{file}: config file not found; give the path of a YAML file (see configs/)")
         try:
             loaded = yaml.safe_load(file.read_text())
+        except UnicodeDecodeError:
+            raise FedsimError(f"{file}: not a text file (not UTF-8); give a YAML config") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

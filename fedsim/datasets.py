@@ -73,6 +73,11 @@ def load_pool(name: str, root: str | None, download: bool = False) -> Pool:
     return DATASETS[name](path, download)
 
 
+def pool_for(data) -> Pool:
+    """The pool a config's `data` section names (loaded once per process)."""
+    return load_pool(data.dataset, data.root, data.download)
+
+
 def _need_root(name: str, root: Path | None, expected: str) -> Path:
     if root is None:
         raise FedsimError(f"data.root: dataset {name!r} needs data.root, the folder holding {expected}")
@@ -212,7 +217,10 @@ def load_imagefolder(root: Path | None, download: bool) -> Pool:
             raise FedsimError(f"data.root: {split} has classes {folder.classes}, unlike {splits[0]}")
         classes = folder.classes
         for path, label in folder.samples:
-            images.append(pil_to_tensor(folder.loader(path)))
+            try:
+                images.append(pil_to_tensor(folder.loader(path)))
+            except (OSError, ValueError) as exc:
+                raise FedsimError(f"{path}: not a readable image ({exc}); remove or replace it") from None
             labels.append(label)
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) != 1:

@@ -42,6 +42,14 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: d
         raise FedsimError(f"model: {exc}") from None
 
 
+def model_for(config) -> nn.Module:
+    """A fresh instance of a run config's model, shaped for its data set."""
+    from fedsim.datasets import pool_for
+
+    pool = pool_for(config.data)
+    return build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+
+
 @register("fcn")
 def fully_connected(
     input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int] = (1024, 512, 256, 128), activation: str = "tanh"

@@ -140,9 +140,10 @@ class Recorder:
         global_state: StateDict,
         clients: Mapping[int, tuple[StateDict, int]] | None = None,
         broadcast: Mapping[int, StateDict] | None = None,
-        failures: int = 0,
+        failed: list[int] | None = None,
     ) -> None:
-        """Write a round: the aggregate, each client's (state, num_examples), what was broadcast.
+        """Write a round: the aggregate, each client's (state, num_examples), what was broadcast,
+        and the partition ids of clients whose reply was an error (-1 where unknown).
 
         Files are staged in a hidden folder and renamed to rounds/NNNN as one step, then the
         manifest lists them: only then is the round complete.
@@ -169,7 +170,7 @@ class Recorder:
             stage(client_file(round_number, client, "broadcast"), state, meta)
         os.replace(staging, final)
         self.manifest["files"].update(hashes)
-        self.manifest["rounds"][str(round_number)] = {"clients": client_info, "failures": failures}
+        self.manifest["rounds"][str(round_number)] = {"clients": client_info, "failed": sorted(failed or [])}
         self.manifest["rounds_completed"] = round_number
         self._save_manifest()
 

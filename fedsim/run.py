@@ -8,6 +8,7 @@ instead of silently attacked.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +21,10 @@ from safetensors.torch import load
 from torch import nn
 
 from fedsim.config import Config
-from fedsim.datasets import Pool, load_pool
+from fedsim.datasets import Pool, pool_for
 from fedsim.errors import FedsimError
-from fedsim.membership import load_ledger
-from fedsim.models import build_model
+from fedsim.membership import FILENAME as LEDGER_FILE
+from fedsim.models import model_for
 from fedsim.recorder import MANIFEST, client_file, global_file
 
 
@@ -59,12 +60,11 @@ class Run:
 
     @cached_property
     def membership(self) -> pd.DataFrame:
-        return load_ledger(self.folder)
+        return pd.read_parquet(io.BytesIO(self._read_verified(LEDGER_FILE)))
 
     @cached_property
     def pool(self) -> Pool:
-        data = self.config.data
-        return load_pool(data.dataset, data.root, data.download)
+        return pool_for(self.config.data)
 
     def records(self, ids: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of the given record ids, as the model takes them."""
@@ -101,6 +101,6 @@ class Run:
 
     def model(self, round_number: int, client: int | None = None) -> nn.Module:
         """The torch module of a round: the global model, or what the server received from `client`."""
-        model = build_model(self.config.model.name, self.pool.input_shape, self.pool.num_classes, self.config.model.args)
+        model = model_for(self.config)
         model.load_state_dict(self.state(round_number, client))
         return model.eval()

@@ -19,9 +19,10 @@ from attackers.leakage import measure_leakage
 from attackers.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
-from fedsim.datasets import load_pool
+from fedsim.datasets import pool_for
+from fedsim.errors import FedsimError
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
-from fedsim.models import build_model
+from fedsim.models import model_for
 from fedsim.recorder import LEAKAGE_CSV, Recorder
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
@@ -38,7 +39,7 @@ def default_run_folder(config: Config) -> Path:
 def _point_latest(folder: Path) -> None:
     """runs/latest -> the newest run folder (when the run lives under runs/)."""
     latest = RUNS / "latest"
-    if folder.parent.resolve() != RUNS.resolve():
+    if folder.parent.resolve() != RUNS.resolve() or (latest.exists() and not latest.is_symlink()):
         return
     temporary = RUNS / ".latest.tmp"
     temporary.unlink(missing_ok=True)
@@ -50,10 +51,12 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     """Simulate the configured federation, recording every round; returns the run folder."""
     console = console or Console(stderr=True, soft_wrap=True)
     quiet_engine_logs()
-    pool = load_pool(config.data.dataset, config.data.root, config.data.download)
+    if config.data.root:  # recorded absolute, so the run can be read back from anywhere
+        config.data.root = str(Path(config.data.root).expanduser().resolve())
+    pool = pool_for(config.data)
     ledger = build_ledger(config, pool)
     torch.manual_seed(config.seed)
-    model = build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+    model = model_for(config)
     strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
 
     folder = out or default_run_folder(config)
@@ -82,6 +85,13 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     except BaseException as exc:
         recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    attacker_failed = [r for r, info in recorder.manifest["rounds"].items() if config.adversary.victim in info.get("failed", [])]
+    if config.adversary.role == "participant" and config.adversary.mode == "gradient-ascent" and attacker_failed:
+        recorder.finish("failed", error=f"the curious participant failed in rounds {attacker_failed}")
+        raise FedsimError(
+            f"adversary: the curious participant (client {config.adversary.victim}) failed in rounds {', '.join(attacker_failed)}, "
+            "most likely a gradient-ascent step with a non-finite loss; lower adversary.gamma"
+        )
     if recorder.manifest["rounds_completed"] != config.train.rounds:
         recorder.finish("failed", error=f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")

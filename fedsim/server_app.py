@@ -45,6 +45,24 @@ def discover_partitions(grid: Grid, expected: int, timeout: float = 600) -> dict
     return {r.metadata.src_node_id: partition_of(r) for r in replies if not r.has_error()}
 
 
+class PartitionOrderedGrid:
+    """The simulation's Grid, listing node ids in partition order.
+
+    Flower samples clients with `random.sample` over `grid.get_node_ids()`; node ids are random
+    per run, so with a seeded `random` only a stable order makes the sampled clients reproducible.
+    """
+
+    def __init__(self, grid: Grid, partitions: dict[int, int]):
+        self._grid = grid
+        self._partitions = partitions
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partitions.get(node, 1 << 30), node))
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
 class RecordingStrategy(Strategy):
     """Delegates to `inner`; records each round's client replies, aggregate, and what was sent
     to a client where it was not the aggregate (what an active adversary changed)."""
@@ -67,7 +85,7 @@ class RecordingStrategy(Strategy):
         for message in messages:
             sent = next(iter(message.content.array_records.values()), None)
             if sent is not None and sent is not arrays:
-                self.broadcast[self.partitions[message.metadata.dst_node_id]] = sent
+                self.broadcast[self.partitions.get(message.metadata.dst_node_id, -1)] = sent
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -79,9 +97,9 @@ class RecordingStrategy(Strategy):
             if not r.has_error()
         }
         new_global = arrays if arrays is not None else self.current
-        failures = sum(r.has_error() for r in replies)
+        failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failures)
+        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed)
         if metrics is not None:
             self.train_metrics[server_round] = metrics
         return arrays, metrics
@@ -133,7 +151,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
                 "test_loss": round(result.loss, 6),
                 "test_accuracy": round(result.accuracy, 6),
                 "clients": len(info.get("clients", {})),
-                "failures": info.get("failures", 0),
+                "failures": len(info.get("failed", [])),
                 "seconds": round(time.perf_counter() - started, 3),
             }
             train_metrics = recording.train_metrics.get(server_round)
@@ -144,6 +162,6 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
             started = time.perf_counter()
             return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
 
-        recording.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds, evaluate_fn=central_evaluation)
+        recording.start(grid=PartitionOrderedGrid(grid, partitions), initial_arrays=initial, num_rounds=plan.rounds, evaluate_fn=central_evaluation)
 
     return app

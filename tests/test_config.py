@@ -75,3 +75,26 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv, fragment):
 def test_config_digest_names_the_config():
     assert Config().digest() == Config().digest()
     assert Config().digest() != load_config(None, ["seed=1"]).digest()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["observe_rounds=[0, 5]"], "observe_rounds has round 0"),
+        (["observe_rounds=[]"], "observe_rounds is empty"),
+        (["adversary.active_rounds=[99]"], "outside 1..20"),
+        (["adversary.target_records=1"], "target_records must be at least 2"),
+        (["data.nonmembers=2"], "nonmembers must be at least 4"),
+        (["adversary.isolate=true", "adversary.role=participant"], "needs adversary.role: server"),
+    ],
+)
+def test_inconsistent_settings_are_refused(overrides, fragment):
+    with pytest.raises(FedsimError, match=fragment):
+        load_config(None, overrides, default_file=False)
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(FedsimError, match="not UTF-8"):
+        load_config(path)

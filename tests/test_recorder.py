@@ -69,3 +69,11 @@ def test_an_existing_output_folder_is_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(FedsimError, match="already exists"):
         Recorder(tmp_path / "taken", small_config()).start(lambda folder: None)
+
+
+def test_a_tampered_membership_file_is_named(recorded):
+    recorder, _, _ = recorded
+    path = recorder.folder / "membership.parquet"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(FedsimError, match="membership.parquet: sha256 does not match"):
+        Run.open(recorder.folder).membership

@@ -93,3 +93,14 @@ def test_cli_prints_the_run_folder_last(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "cli")
     assert "round   1/1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sampled_clients_are_reproducible(tmp_path):
+    """Flower samples with the global `random` over random node ids; fedsim makes that reproducible."""
+    config = small_config("data.num_clients=4", "train.rounds=3", "strategy.args={fraction_train: 0.5}", "adversary.role=none")
+    runs = [Run.open(run_experiment(config, tmp_path / f"run-{i}")) for i in range(2)]
+    sampled = [[tuple(run.clients(r)) for r in run.rounds[1:]] for run in runs]
+    assert sampled[0] == sampled[1] and all(len(clients) == 2 for clients in sampled[0])
+    assert len(set(sampled[0])) > 1  # different clients in different rounds
+    for round_number in runs[0].rounds:
+        assert (runs[0].folder / global_file(round_number)).read_bytes() == (runs[1].folder / global_file(round_number)).read_bytes()
