@@ -129,7 +129,7 @@ class NasrAttack:
         signals = 2 if self.layers else 1
         classes = (inputs[0].scalars.shape[1] - signals) // 2
         self.model = NasrModel(len(inputs), classes, signals, shapes, self.filters)
-        labels = torch.as_tensor(members, dtype=torch.float32)
+        labels = torch.tensor(np.asarray(members), dtype=torch.float32)
         order = torch.randperm(len(labels), generator=generator)
         cut = max(1, int(len(order) * self.validation))
         val_index, train_index = order[:cut], order[cut:]
