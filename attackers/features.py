@@ -5,7 +5,9 @@ layer's input a and the gradient g of the example's loss with respect to the lay
 So one batched backward pass gives (a, g) for every example and every linear layer, the
 exact per-example gradient norm is |a| |g|, and the attack's row convolution is a_j (k . g),
 all without materialising a per-example weight gradient. Other layers (convolutions,
-normalisation) get per-example gradients from torch.func (vmap of grad of functional_call).
+normalisation) get per-example gradients from torch.func (vmap of grad of functional_call),
+except plain 2-D convolutions: their per-example gradient is G U^T from the unfolded input U and
+the output gradient G of the same backward pass, and a norm alone comes from Gram matrices.
 Work is chunked so the materialised part stays within a memory budget.
 """
 
@@ -121,6 +123,11 @@ def _chunk_size(model: nn.Module, dense_numel: int, budget: int) -> int:
     return max(1, budget // max(per_example, 1))
 
 
+def _unfoldable(module: nn.Module) -> bool:
+    """A convolution whose per-example gradient comes from unfold: 2-D, ungrouped, zero padding."""
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+
+
 def extract(
     model: nn.Module,
     x: torch.Tensor,
@@ -132,15 +139,19 @@ def extract(
     model.eval()
     chosen = resolve_layers(model, layers)
     modules = dict(model.named_modules())
-    linear = {n for n in parametrised_layers(model) if isinstance(modules[n], nn.Linear)}
+    owners = parametrised_layers(model)
+    linear = {n for n in owners if isinstance(modules[n], nn.Linear)}
+    convolutions = {n for n in owners if _unfoldable(modules[n])}
     dense_params = [
         f"{n}.{p}" if n else p
-        for n in parametrised_layers(model) if n not in linear
+        for n in owners if n not in linear | convolutions
         for p, _ in modules[n].named_parameters(recurse=False)
     ]
-    dense_numel = sum(dict(model.named_parameters())[k].numel() for k in dense_params)
-    step = _chunk_size(model, dense_numel, memory_budget)
-    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, dense_params) for i in range(0, len(y), step)]
+    params = dict(model.named_parameters())
+    materialised = sum(params[k].numel() for k in dense_params) + sum(modules[n].weight.numel() for n in convolutions)
+    step = _chunk_size(model, materialised, memory_budget)
+    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, dense_params)
+             for i in range(0, len(y), step)]
     first = parts[0]
     for part in parts[1:]:
         first.loss = torch.cat([first.loss, part.loss])
@@ -151,7 +162,25 @@ def extract(
     return first
 
 
-def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: list[str], linear: set[str], dense_params: list[str]) -> Features:
+def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, materialise: bool) -> tuple[LayerGradient | None, torch.Tensor]:
+    """Per-example gradient of a convolution from its unfolded input U (N, Cin k k, L) and output
+    gradient G (N, Cout, L): the weight gradient is G U^T. Its squared norm is read from the
+    Gram matrices, sum over l, m of (G^T G)(U^T U), when they are the smaller object."""
+    unfolded = nn.functional.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+    grads = g.flatten(2)
+    bias = grads.sum(2) if module.bias is not None else None
+    bias_squared = bias.pow(2).sum(1) if bias is not None else 0
+    positions = grads.shape[2]
+    if materialise or positions * positions >= module.weight[0].numel() * module.weight.shape[0]:
+        weight = torch.einsum("nol,nkl->nok", grads, unfolded).reshape(len(a), *module.weight.shape)
+        layer = LayerGradient(dense=weight, bias=bias)
+        return (layer if materialise else None), layer.squared_norm()
+    gram = torch.einsum("nol,nom->nlm", grads, grads) * torch.einsum("nkl,nkm->nlm", unfolded, unfolded)
+    return None, gram.sum((1, 2)) + bias_squared
+
+
+def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: list[str], linear: set[str],
+                   convolutions: set[str], dense_params: list[str]) -> Features:
     modules = dict(model.named_modules())
     captured_inputs: dict[str, torch.Tensor] = {}
     captured_outputs: dict[str, torch.Tensor] = {}
@@ -163,12 +192,12 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
 
         return keep
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in linear]
+    names = sorted(linear | convolutions)
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     try:
         with torch.enable_grad():
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, reduction="none")
-            names = sorted(linear)
             # Examples are independent in eval mode, so d(sum of losses)/d(output_i) is example i's own gradient.
             output_grads = torch.autograd.grad(loss.sum(), [captured_outputs[n] for n in names]) if names else ()
     finally:
@@ -179,17 +208,20 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
     squared = torch.zeros(len(y))
     for name, g in zip(names, output_grads):
         a = captured_inputs[name]
-        has_bias = modules[name].bias is not None
-        layer = LayerGradient(inputs=a, outputs=g, bias=g if has_bias else None)
-        squared += layer.squared_norm()
+        if name in convolutions:
+            layer, layer_squared = _convolution_gradient(modules[name], a, g, materialise=name in chosen)
+        else:
+            layer = LayerGradient(inputs=a, outputs=g, bias=g if modules[name].bias is not None else None)
+            layer_squared = layer.squared_norm()
+        squared += layer_squared
         if name in chosen:
             gradients[name] = layer
     if dense_params:
         dense = _per_example_dense(model, dense_params, x, y)
-        for param_name, tensor in dense.items():
+        for tensor in dense.values():
             squared += tensor.flatten(1).pow(2).sum(1)
         for name in chosen:
-            if name in linear:
+            if name in gradients:
                 continue
             prefix = f"{name}." if name else ""
             gradients[name] = LayerGradient(dense=dense[f"{prefix}weight"], bias=dense.get(f"{prefix}bias"))

@@ -7,7 +7,7 @@ from torch import nn
 from attackers.features import extract, parametrised_layers
 from fedsim.models import build_model
 
-CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {})}
+CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {}), "resnet18": ((3, 16, 16), {})}
 
 
 def reference(model, x, y):
@@ -23,13 +23,14 @@ def reference(model, x, y):
     return torch.tensor(losses), grads, torch.tensor(norms)
 
 
+@pytest.mark.parametrize("layers", ["all", "last"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_features_match_a_per_example_backward_loop(name):
+def test_features_match_a_per_example_backward_loop(name, layers):
     shape, args = CASES[name]
     torch.manual_seed(0)
     model = build_model(name, shape, 10, args).eval()
     x, y = torch.randn(12, *shape), torch.randint(0, 10, (12,))
-    features = extract(model, x, y, layers="all", memory_budget=8 << 20)  # small budget: several chunks
+    features = extract(model, x, y, layers=layers, memory_budget=8 << 20)  # small budget: several chunks
     losses, grads, norms = reference(model, x, y)
     torch.testing.assert_close(features.loss, losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(features.gradient_norm, norms, rtol=1e-5, atol=1e-6)
@@ -37,6 +38,7 @@ def test_features_match_a_per_example_backward_loop(name):
         expected = torch.stack([g[layer] for g in grads])
         torch.testing.assert_close(gradient.weight_gradient(), expected, rtol=1e-5, atol=1e-6)
     assert features.probabilities.shape == (12, 10) and torch.equal(features.labels, y)
+    assert len(features.gradients) == (len(grads[0]) if layers == "all" else 1)
 
 
 def test_rows_of_a_linear_gradient_are_its_transposed_matrix():
