@@ -49,10 +49,6 @@ def describe(config) -> str:
     return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
 
 
-def secure_aggregation(run: Run) -> bool:
-    return run.config.defense.secure_aggregation
-
-
 def _balanced(ids: np.ndarray, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Subsample the larger side so the attacker trains on as many members as non-members."""
     rng = np.random.default_rng(seed)
@@ -81,7 +77,7 @@ def attacker_view(run: Run) -> AttackerView | None:
     eval_ids, eval_members = targets["record_id"].to_numpy(), targets["member"].to_numpy(bool)
 
     trained = [r for r in run.rounds if r >= 1]
-    if adversary.role == "server" and not secure_aggregation(run):
+    if adversary.role == "server" and not run.config.defense.secure_aggregation:
         rounds = [r for r in trained if victim in run.clients(r)]
 
         def references(round_number: int):

@@ -116,6 +116,3 @@ def save_ledger(ledger: pd.DataFrame, folder: Path) -> Path:
     ledger.to_parquet(path, index=False)
     return path
 
-
-def load_ledger(folder: Path) -> pd.DataFrame:
-    return pd.read_parquet(folder / FILENAME)
