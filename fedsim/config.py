@@ -109,7 +109,7 @@ class BackendConfig(Section):
 
 
 class Config(Section):
-    name: str = "quickstart"
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names the run folder
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -172,7 +172,8 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise FedsimError(f"--set {assignment!r}: the value is not valid YAML ({exc.problem})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise FedsimError(f"--set {assignment!r}: the value is not valid YAML ({problem})") from None
     node = tree
     *parents, leaf = key.strip().split(".")
     for part in parents:
@@ -214,7 +215,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise FedsimError(f"{file}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from None
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever the YAML error
+            raise FedsimError(f"{file}: malformed YAML{at}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
