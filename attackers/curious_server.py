@@ -19,11 +19,12 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from attackers.gradient_ascent import ascent_step
+from strategies.wrapper import StrategyWrapper
 from fedsim.client_app import partition_of
 from fedsim.config import AdversaryConfig
 
 
-class CuriousServer(Strategy):
+class CuriousServer(StrategyWrapper):
     def __init__(
         self,
         inner: Strategy,
@@ -32,15 +33,12 @@ class CuriousServer(Strategy):
         make_model: Callable[[], nn.Module],
         targets: tuple[torch.Tensor, torch.Tensor],
     ):
-        self.inner = inner
+        super().__init__(inner)
         self.adversary = adversary
         self.partitions = partitions
         self.make_model = make_model
         self.targets = targets
         self.victim_chain: ArrayRecord | None = None  # the isolated victim's latest model
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def acts_in(self, server_round: int) -> bool:
         rounds = self.adversary.active_rounds
@@ -77,9 +75,3 @@ class CuriousServer(Strategy):
                 self.victim_chain = victim[0].content["arrays"]
             replies = [r for r in replies if r.has_error() or partition_of(r) != self.adversary.victim]
         return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -20,6 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
+
 from fedsim.client_app import partition_of
 from fedsim.recorder import Recorder
 from fedsim.training import evaluate
@@ -63,20 +65,17 @@ class PartitionOrderedGrid:
         return getattr(self._grid, name)
 
 
-class RecordingStrategy(Strategy):
+class RecordingStrategy(StrategyWrapper):
     """Delegates to `inner`; records each round's client replies, aggregate, and what was sent
     to a client where it was not the aggregate (what an active adversary changed)."""
 
     def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int]):
-        self.inner = inner
+        super().__init__(inner)
         self.recorder = recorder
         self.partitions = partitions
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
         self.train_metrics: dict[int, MetricRecord] = {}
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.current = arrays
@@ -103,9 +102,6 @@ class RecordingStrategy(Strategy):
         if metrics is not None:
             self.train_metrics[server_round] = metrics
         return arrays, metrics
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, sorted_replies(replies))
