@@ -11,6 +11,10 @@ gradient is never materialised.
 Supervised training uses the attacker's known records with a validation split taken from
 them, and early stopping on the validation loss; the evaluation records are never seen.
 The black-box variant keeps only output, loss and label.
+
+A curious server also holds the other clients' models of each round, which never trained on
+the target's records; like the trajectory baseline, it adds to the loss component how much
+lower a record's loss is on the target's model than on those (a per-record calibration).
 """
 
 from __future__ import annotations
@@ -112,6 +116,9 @@ class NasrAttack:
             signals = [features.loss.clamp_min(1e-12).log()]
             if self.layers:
                 signals.append(features.gradient_norm.clamp_min(1e-12).log())
+            reference = observation.reference_losses(ids, round_number)
+            if reference is not None:  # the server's per-record calibration: the loss on clients that never trained on it
+                signals.append(reference.clamp_min(1e-12).log().mean(0) - signals[0])
             signals = torch.stack(signals, 1)
             layers = list(features.gradients.values()) if self.layers else []
             if fit:
@@ -126,7 +133,7 @@ class NasrAttack:
         torch.manual_seed(self.seed)
         inputs = self._inputs(observation, ids, fit=True)
         shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
-        signals = 2 if self.layers else 1
+        signals = len(self.scales[0][0][0])
         classes = (inputs[0].scalars.shape[1] - signals) // 2
         self.model = NasrModel(len(inputs), classes, signals, shapes, self.filters)
         labels = torch.tensor(np.asarray(members), dtype=torch.float32)

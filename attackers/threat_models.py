@@ -77,15 +77,16 @@ def attacker_view(run: Run) -> AttackerView | None:
     eval_ids, eval_members = targets["record_id"].to_numpy(), targets["member"].to_numpy(bool)
 
     trained = [r for r in run.rounds if r >= 1]
+    budget = int(run.config.features.memory_budget_gib * (1 << 30))
     if adversary.role == "server" and not run.config.defense.secure_aggregation:
         rounds = [r for r in trained if victim in run.clients(r)]
 
         def references(round_number: int):
             return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
 
-        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, reference_models=references)
+        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references)
         target = f"client-{victim:03d}"
     else:
-        observation = Observation(trained, lambda r: run.model(r), run.records)
+        observation = Observation(trained, lambda r: run.model(r), run.records, budget)
         target = "global" if adversary.role == "server" else "others"
     return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)

@@ -108,6 +108,10 @@ class BackendConfig(Section):
     ray_address: str | None = None
 
 
+class FeaturesConfig(Section):
+    memory_budget_gib: float = Field(2.0, gt=0)  # per-example features are computed in chunks that fit this budget
+
+
 class Config(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names the run folder
     seed: int = 0
@@ -120,6 +124,7 @@ class Config(Section):
     attacks: list[str] = Field(default_factory=lambda: ["loss", "nasr"])
     observe_rounds: list[int] | None = None
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
     @field_validator("attacks")
     @classmethod

@@ -56,6 +56,11 @@ def test_participant_observes_global_models_and_targets_the_others(tmp_path):
     assert 2 not in set(known.loc[known["member"], "client"])
 
 
+def test_the_features_memory_budget_reaches_the_observation(tmp_path):
+    run, _ = recorded_run(tmp_path, "features.memory_budget_gib=0.25")
+    assert attacker_view(run).observation.memory_budget == 1 << 28
+
+
 def test_no_adversary_no_view(tmp_path):
     run, _ = recorded_run(tmp_path, "adversary.role=none")
     assert attacker_view(run) is None
