@@ -23,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/recorder.py
+	$(BIN)/python benchmarks/attack_training.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -22,6 +22,7 @@ from attackers.gradient_ascent import ascent_step
 from strategies.wrapper import StrategyWrapper
 from fedsim.client_app import partition_of
 from fedsim.config import AdversaryConfig
+from fedsim.run import Run
 
 
 class CuriousServer(StrategyWrapper):
@@ -39,6 +40,13 @@ class CuriousServer(StrategyWrapper):
         self.make_model = make_model
         self.targets = targets
         self.victim_chain: ArrayRecord | None = None  # the isolated victim's latest model
+
+    def restore(self, run: Run, last_round: int) -> None:
+        """The isolated victim's chain continues from its latest recorded reply."""
+        super().restore(run, last_round)
+        if self.adversary.isolate:
+            replied = [r for r in range(1, last_round + 1) if self.adversary.victim in run.clients(r)]
+            self.victim_chain = ArrayRecord(run.state(replied[-1], self.adversary.victim)) if replied else None
 
     def acts_in(self, server_round: int) -> bool:
         rounds = self.adversary.active_rounds

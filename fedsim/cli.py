@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: configs/quickstart.yaml, else the built-in quickstart)")
     run.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
+    run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
     attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
@@ -38,10 +40,14 @@ def _round_list(text: str) -> list[int]:
 
 def _run(args: argparse.Namespace) -> int:
     from fedsim.config import load_config
-    from fedsim.runner import run_experiment
+    from fedsim.runner import resume_experiment, run_experiment
 
-    config = load_config(args.config, args.overrides)
-    folder = run_experiment(config, args.out)
+    if args.resume:
+        if args.config or args.overrides or args.out or args.force:
+            raise FedsimError("--resume: a resumed run keeps its own config and folder; drop CONFIG, --set, --out and --force")
+        folder = resume_experiment(args.resume)
+    else:
+        folder = run_experiment(load_config(args.config, args.overrides), args.out, force=args.force)
     print(folder)
     return 0
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        detail = "; the run folder is marked failed" if args.command == "run" else ""
+        detail = "; the run folder is marked failed (continue it with `fedsim run --resume`)" if args.command == "run" else ""
         print(f"fedsim: interrupted{detail}", file=sys.stderr)
         return 130
 

@@ -108,6 +108,15 @@ class BackendConfig(Section):
     ray_address: str | None = None
 
 
+class RecordConfig(Section):
+    dtype: Literal["float32", "float16"] = "float32"  # float16 halves the run folder; records are then rounded
+
+
+class FaultsConfig(Section):
+    client_error_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that its training raises
+    client_dropout_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that it never replies
+
+
 class FeaturesConfig(Section):
     memory_budget_gib: float = Field(2.0, gt=0)  # per-example features are computed in chunks that fit this budget
 
@@ -125,6 +134,8 @@ class Config(Section):
     observe_rounds: list[int] | None = None
     backend: BackendConfig = Field(default_factory=BackendConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
 
     @field_validator("attacks")
     @classmethod

@@ -14,7 +14,9 @@ import json
 import os
 import platform
 import shutil
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from fedsim.errors import FedsimError
 MANIFEST = "manifest.json"
 TRAINING_CSV = "metrics/training.csv"
 LEAKAGE_CSV = "metrics/leakage.csv"
-TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "seconds"]
+TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
 LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
     "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
@@ -68,9 +70,14 @@ def _write_atomically(path: Path, payload: bytes) -> None:
     os.replace(temporary, path)
 
 
-def serialize_state(state: StateDict, metadata: Mapping[str, str]) -> bytes:
-    """safetensors bytes of a state dict: deterministic for equal tensors and metadata."""
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+def serialize_state(state: StateDict, metadata: Mapping[str, str], dtype: torch.dtype | None = None) -> bytes:
+    """safetensors bytes of a state dict: deterministic for equal tensors and metadata.
+    `dtype` (float16) rounds the floating-point tensors to halve the bytes."""
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu()
+        return (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
+
+    tensors = {name: stored(tensor) for name, tensor in state.items()}
     # One metadata key: safetensors writes several in hash-map order, which varies per process.
     return save(tensors, metadata={"fedsim": json.dumps(dict(metadata), sort_keys=True)})
 
@@ -96,14 +103,27 @@ class Recorder:
         self.manifest: dict[str, Any] = {}
         self.metrics_files = {TRAINING_CSV, LEAKAGE_CSV}
 
-    def start(self, ledger_writer) -> None:
-        """Create the folder with config, ledger, empty metrics and a 'running' manifest."""
+    def start(self, ledger_writer, force: bool = False) -> None:
+        """Create the folder with config, ledger, empty metrics and a 'running' manifest.
+
+        An existing folder is refused, unless `force` and it is a run folder: then it is
+        replaced. Anything else is never deleted.
+        """
+        if self.folder.exists() and force:
+            if not (self.folder / MANIFEST).is_file():
+                raise FedsimError(f"--force: {self.folder} is not a fedsim run folder (no {MANIFEST}); fedsim replaces only its own runs")
+            shutil.rmtree(self.folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
-            raise FedsimError(f"--out: {self.folder} already exists; choose another folder or remove it") from None
+            raise FedsimError(f"--out: {self.folder} already exists; continue it with `fedsim run --resume {self.folder}`, "
+                              "replace it with --force, or choose another folder") from None
         except OSError as exc:
             raise FedsimError(f"--out: cannot create {self.folder} ({exc.strerror}); choose a writable folder") from None
+        with self._disk("the run folder"):
+            self._create(ledger_writer)
+
+    def _create(self, ledger_writer) -> None:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.manifest = {
             "format": 1,
@@ -125,6 +145,49 @@ class Recorder:
             self._write_file(name, (",".join(columns) + "\n").encode(), listed=False)
         self._save_manifest()
 
+    @classmethod
+    def reopen(cls, folder: Path) -> Recorder:
+        """Open an interrupted run to continue it after its last complete round.
+
+        Every listed file is checked against its sha256; what a crash left behind (staged or
+        unlisted rounds, temporary files) is removed, and training rows from the last complete
+        round on are dropped (that round's row is written again when the run continues).
+        """
+        from fedsim.run import Run
+
+        run = Run.open(folder)
+        if run.status == "complete":
+            raise FedsimError(f"--resume: {folder} is already complete; nothing to resume")
+        if run.config.digest() != run.manifest["config_sha256"]:
+            raise FedsimError(f"--resume: {folder}/config.yaml does not match the manifest's config_sha256; the folder was edited")
+        recorder = cls(folder, run.config)
+        recorder.manifest = run.manifest
+        files = recorder.manifest["files"]
+        for relative in [r for r in files if r.startswith("metrics/") or r.startswith("plots/") or r.endswith(".html")]:
+            del files[relative]  # written again when the run completes
+        for relative, expected in files.items():
+            path = folder / relative
+            if not path.is_file() or sha256_of(path) != expected:
+                raise FedsimError(f"--resume: {path} is missing or does not match its sha256 in the manifest; the run cannot be continued")
+        last = run.manifest["rounds_completed"]
+        with recorder._disk("the resumed run"):
+            for leftover in (folder / "rounds").glob("*"):
+                if not leftover.name.isdigit() or int(leftover.name) > last:  # staged, or never listed
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            for temporary in folder.rglob(".*.tmp"):
+                temporary.unlink()
+            recorder._keep_training_rows(before=last)
+            recorder.manifest["status"] = "running"
+            recorder.manifest.pop("error", None)
+            recorder._save_manifest()
+        return recorder
+
+    def _keep_training_rows(self, before: int) -> None:
+        path = self.folder / TRAINING_CSV
+        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        kept = "".join(f"{','.join(row.get(c) or '' for c in TRAINING_COLUMNS)}\n" for row in rows if int(row["round"]) < before)
+        _write_atomically(path, (",".join(TRAINING_COLUMNS) + "\n" + kept).encode())
+
     def _write_file(self, relative: str, payload: bytes, listed: bool = True) -> None:
         _write_atomically(self.folder / relative, payload)
         if listed:
@@ -141,47 +204,73 @@ class Recorder:
         clients: Mapping[int, tuple[StateDict, int]] | None = None,
         broadcast: Mapping[int, StateDict] | None = None,
         failed: list[int] | None = None,
+        dropped: list[int] | None = None,
+        train_loss: float | None = None,
     ) -> None:
         """Write a round: the aggregate, each client's (state, num_examples), what was broadcast,
-        and the partition ids of clients whose reply was an error (-1 where unknown).
+        the partition ids of clients whose reply was an error (-1 where unknown) and of those
+        sent training that never replied, and the clients' mean training loss.
 
         Files are staged in a hidden folder and renamed to rounds/NNNN as one step, then the
-        manifest lists them: only then is the round complete.
+        manifest lists them: only then is the round complete. A failed write (disk full, folder
+        gone) raises a FedsimError naming the round and the cause.
         """
+        info: dict[str, Any] = {"clients": {}, "failed": sorted(failed or []), "dropped": sorted(dropped or [])}
+        if train_loss is not None:
+            info["train_loss"] = train_loss
+        with self._disk(f"round {round_number}"):
+            started = time.perf_counter()
+            info["clients"] = self._write_round(round_number, global_state, clients or {}, broadcast or {})
+            info["record_seconds"] = round(time.perf_counter() - started, 4)
+            self.manifest["rounds"][str(round_number)] = info
+            self.manifest["rounds_completed"] = round_number
+            self._save_manifest()
+
+    @contextmanager
+    def _disk(self, what: str):
+        """An OSError while writing becomes one line naming what could not be written and why."""
+        try:
+            yield
+        except OSError as exc:
+            raise FedsimError(f"--out: cannot write {what} to {self.folder} ({exc.strerror or exc}); "
+                              "free disk space or fix the folder, then continue with `fedsim run --resume`") from None
+
+    def _write_round(self, round_number: int, global_state: StateDict, clients: Mapping[int, tuple[StateDict, int]],
+                     broadcast: Mapping[int, StateDict]) -> dict[str, dict[str, int]]:
         final = self.folder / round_dir(round_number)
         staging = final.with_name(f".{final.name}.partial")
+        dtype = torch.float16 if self.config.record.dtype == "float16" else None
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # a leftover of an interrupted attempt, never listed
         hashes: dict[str, str] = {}
 
         def stage(relative: str, state: StateDict, metadata: dict[str, str]) -> None:
-            payload = serialize_state(state, metadata)
+            payload = serialize_state(state, metadata, dtype)
             _write_atomically(staging / Path(relative).relative_to(round_dir(round_number)), payload)
             hashes[relative] = hashlib.sha256(payload).hexdigest()
 
         stage(global_file(round_number), global_state, {"round": str(round_number), "source": "global"})
         client_info = {}
-        for client, (state, num_examples) in sorted((clients or {}).items()):
+        for client, (state, num_examples) in sorted(clients.items()):
             meta = {"round": str(round_number), "source": f"client-{client:03d}", "num_examples": str(num_examples)}
             stage(client_file(round_number, client), state, meta)
             client_info[str(client)] = {"num_examples": num_examples}
-        for client, state in sorted((broadcast or {}).items()):
+        for client, state in sorted(broadcast.items()):
             meta = {"round": str(round_number), "source": f"broadcast-{client:03d}"}
             stage(client_file(round_number, client, "broadcast"), state, meta)
         os.replace(staging, final)
         self.manifest["files"].update(hashes)
-        self.manifest["rounds"][str(round_number)] = {"clients": client_info, "failed": sorted(failed or [])}
-        self.manifest["rounds_completed"] = round_number
-        self._save_manifest()
+        return client_info
 
     def append_training(self, row: Mapping[str, Any]) -> None:
-        with (self.folder / TRAINING_CSV).open("a", newline="") as handle:
+        with self._disk(f"the training metrics of round {row['round']}"), (self.folder / TRAINING_CSV).open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=TRAINING_COLUMNS).writerow({k: row.get(k, "") for k in TRAINING_COLUMNS})
 
     def write_metrics(self, tables: Mapping[str, Any]) -> None:
         """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""
         for relative, table in tables.items():
-            _write_atomically(self.folder / relative, table.to_csv(index=False).encode())
+            with self._disk(relative):
+                _write_atomically(self.folder / relative, table.to_csv(index=False).encode())
             self.metrics_files.add(relative)
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -189,7 +278,8 @@ class Recorder:
         self.manifest["status"] = status
         if error:
             self.manifest["error"] = error
-        for relative in sorted(self.metrics_files):
-            if (self.folder / relative).exists():
-                self.manifest["files"][relative] = sha256_of(self.folder / relative)
-        self._save_manifest()
+        with self._disk(f"the manifest ({status})"):
+            for relative in sorted(self.metrics_files):
+                if (self.folder / relative).exists():
+                    self.manifest["files"][relative] = sha256_of(self.folder / relative)
+            self._save_manifest()

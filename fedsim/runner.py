@@ -17,17 +17,18 @@ from rich.console import Console
 from attackers.adversary import participant_mods, server_wrapper
 from attackers.leakage import measure_leakage
 from attackers.threat_models import describe
-from fedsim.client_app import make_client_app
+from fedsim.client_app import PARTITION_KEY, make_client_app
 from fedsim.config import Config
 from fedsim.datasets import pool_for
 from fedsim.errors import FedsimError
+from fedsim.faults import FaultPlan, failing_client_mod
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import model_for
 from fedsim.recorder import LEAKAGE_CSV, Recorder
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
-from strategies import build_strategy
+from strategies import STATELESS, build_strategy, is_stateless
 
 RUNS = Path("runs")
 
@@ -47,7 +48,7 @@ def _point_latest(folder: Path) -> None:
     os.replace(temporary, latest)
 
 
-def run_experiment(config: Config, out: Path | None = None, console: Console | None = None) -> Path:
+def run_experiment(config: Config, out: Path | None = None, console: Console | None = None, force: bool = False) -> Path:
     """Simulate the configured federation, recording every round; returns the run folder."""
     console = console or Console(stderr=True, soft_wrap=True)
     quiet_engine_logs()
@@ -58,50 +59,94 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     torch.manual_seed(config.seed)
     model = model_for(config)
     strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+    recorder = Recorder(out or default_run_folder(config), config)
+    recorder.start(lambda where: save_ledger(ledger, where), force=force)
+    return _carry_out(recorder, ledger, model, strategy, None, console)
 
-    folder = out or default_run_folder(config)
-    recorder = Recorder(folder, config)
-    recorder.start(lambda where: save_ledger(ledger, where))
+
+def resume_experiment(folder: Path, console: Console | None = None) -> Path:
+    """Continue an interrupted run after its last complete round; the records it adds are those
+    an uninterrupted run with the same seed would have written."""
+    console = console or Console(stderr=True, soft_wrap=True)
+    quiet_engine_logs()
+    recorder = Recorder.reopen(folder)
+    config = recorder.config
+    run = Run.open(folder)
+    last = recorder.manifest["rounds_completed"]
+    torch.manual_seed(config.seed)
+    model = model_for(config)
+    strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+    if last >= 1 and config.record.dtype != "float32":
+        raise FedsimError(f"--resume: the run records {config.record.dtype} (rounded) parameters, and continuing from them would "
+                          "not give an uninterrupted run's records; rerun it with --force")
+    if last >= 1 and not is_stateless(strategy):
+        raise FedsimError(f"--resume: strategy {config.strategy.name} keeps state between rounds that the run folder does not record; "
+                          f"rerun it with --force (resumable strategies: {', '.join(sorted(STATELESS))})")
+    if last >= 0:
+        model.load_state_dict(run.state(last))
+    console.print(f"fedsim: resuming {folder} after round {last}")
+    return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console)
+
+
+def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: Console) -> Path:
+    """Simulate the rounds still to do, then attack the recorded run; the manifest says 'complete' only at the end."""
+    config, folder = recorder.config, recorder.folder
+    pool = pool_for(config.data)
     members = ledger[ledger["member"]]
     client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
     test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
 
     def show(row: dict) -> None:
-        train_loss = f"  train loss {row['train_loss']:.4f}" if "train_loss" in row else ""
+        train_loss = f"  train loss {row['train_loss']:.4f}" if row.get("train_loss", "") != "" else ""
         console.print(
             f"round {row['round']:>3}/{config.train.rounds}  test accuracy {row['test_accuracy']:.4f}  "
             f"test loss {row['test_loss']:.4f}{train_loss}  [dim]{row['seconds']:.1f} s[/dim]"
         )
 
+    faults = FaultPlan.from_config(config.seed, config.faults)
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
-                      show, adversary=server_wrapper(config, ledger))
-    client_app = make_client_app(config, client_records, participant_mods(config, ledger))
+                      show, adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed)
+    mods = [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else []
+    client_app = make_client_app(config, client_records, mods + participant_mods(config, ledger))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
     )
-    try:
-        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
-    except BaseException as exc:
-        recorder.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    attacker_failed = [r for r, info in recorder.manifest["rounds"].items() if config.adversary.victim in info.get("failed", [])]
+    if recorder.manifest["rounds_completed"] < config.train.rounds:
+        try:
+            simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
+        except BaseException as exc:
+            plan.error = plan.error or exc
+        if plan.error is not None:  # what stopped the server app (the engine may only log it)
+            _mark_failed(recorder, f"{type(plan.error).__name__}: {plan.error}")
+            raise plan.error
+    attacker_failed = [r for r, info in recorder.manifest["rounds"].items()
+                       if config.adversary.victim in info.get("failed", []) and not faults.raises(int(r), config.adversary.victim)]
     if config.adversary.role == "participant" and config.adversary.mode == "gradient-ascent" and attacker_failed:
-        recorder.finish("failed", error=f"the curious participant failed in rounds {attacker_failed}")
+        _mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
         raise FedsimError(
             f"adversary: the curious participant (client {config.adversary.victim}) failed in rounds {', '.join(attacker_failed)}, "
             "most likely a gradient-ascent step with a non-finite loss; lower adversary.gamma"
         )
     if recorder.manifest["rounds_completed"] != config.train.rounds:
-        recorder.finish("failed", error=f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
+        _mark_failed(recorder, f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
     console.print(f"threat model: {describe(config)}")
     try:
         report = measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]"))
         recorder.write_metrics({LEAKAGE_CSV: report.rows, "metrics/roc.csv": report.roc, "metrics/leakage_per_class.csv": report.per_class})
     except BaseException as exc:
-        recorder.finish("failed", error=f"attacks: {type(exc).__name__}: {exc}")
+        _mark_failed(recorder, f"attacks: {type(exc).__name__}: {exc}")
         raise
     recorder.finish("complete")
     _point_latest(folder)
     return folder
+
+
+def _mark_failed(recorder: Recorder, error: str) -> None:
+    """Best effort: when the disk itself failed, the manifest may not be writable either (it
+    then still says 'running', which is not 'complete' either)."""
+    try:
+        recorder.finish("failed", error=error)
+    except FedsimError:
+        pass

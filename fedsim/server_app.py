@@ -23,7 +23,9 @@ from flwr.serverapp.strategy import Strategy
 from strategies.wrapper import StrategyWrapper
 
 from fedsim.client_app import partition_of
+from fedsim.faults import DropoutGrid, FaultPlan
 from fedsim.recorder import Recorder
+from fedsim.run import Run
 from fedsim.training import evaluate
 
 
@@ -75,11 +77,12 @@ class RecordingStrategy(StrategyWrapper):
         self.partitions = partitions
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
-        self.train_metrics: dict[int, MetricRecord] = {}
+        self.sent: set[int] = set()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.current = arrays
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.sent = {self.partitions.get(m.metadata.dst_node_id, -1) for m in messages}
         self.broadcast = {}
         for message in messages:
             sent = next(iter(message.content.array_records.values()), None)
@@ -97,14 +100,47 @@ class RecordingStrategy(StrategyWrapper):
         }
         new_global = arrays if arrays is not None else self.current
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
+        dropped = sorted(self.sent - set(received) - set(failed))  # sent training, never replied
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed)
-        if metrics is not None:
-            self.train_metrics[server_round] = metrics
+        train_loss = round(float(metrics["train_loss"]), 6) if metrics is not None and "train_loss" in metrics else None
+        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, sorted_replies(replies))
+
+
+def round_seed(seed: int, server_round: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round]).generate_state(1)[0])
+
+
+class RoundClock(StrategyWrapper):
+    """Numbers rounds from `first_round` (Flower's start() counts from 1; a resumed run goes on
+    after its last complete round) and seeds the server's generators at the start of every
+    round, so what the server draws in round r (Flower samples clients with the global
+    `random`) depends on (seed, r) alone, whether or not the run was interrupted before r."""
+
+    def __init__(self, inner: Strategy, first_round: int, seed: int):
+        super().__init__(inner)
+        self.offset = first_round - 1
+        self.seed = seed
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
+        seed = round_seed(self.seed, server_round)
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        torch.manual_seed(seed)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
 
 
 @dataclass
@@ -120,6 +156,9 @@ class ServerPlan:
     seed: int
     on_round: Callable[[dict], None] = lambda row: None
     adversary: Callable[[Strategy, dict[int, int]], Strategy] | None = None  # wraps the strategy, given node -> partition
+    faults: FaultPlan | None = None
+    resumed: Run | None = None  # an interrupted run to continue after its last complete round; `model` holds that round's global
+    error: BaseException | None = None  # what stopped the server app (the engine only logs it)
 
 
 def make_server_app(plan: ServerPlan) -> ServerApp:
@@ -127,18 +166,29 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        random.seed(plan.seed)  # Flower samples clients with the global `random`
-        np.random.seed(plan.seed)
-        torch.manual_seed(plan.seed)
+        try:
+            serve(grid)
+        except BaseException as exc:
+            plan.error = exc
+            raise
+
+    def serve(grid: Grid) -> None:
         partitions = discover_partitions(grid, plan.num_clients)
         strategy = plan.adversary(plan.strategy, partitions) if plan.adversary else plan.strategy
+        first_round = 1
+        if plan.resumed is not None:
+            first_round = plan.resumed.manifest["rounds_completed"] + 1
+            if isinstance(strategy, StrategyWrapper):
+                strategy.restore(plan.resumed, first_round - 1)
         recording = RecordingStrategy(strategy, plan.recorder, partitions)
         initial = ArrayRecord(plan.model.state_dict())
-        plan.recorder.record_round(0, plan.model.state_dict())
+        if first_round == 1:
+            plan.recorder.record_round(0, plan.model.state_dict())
         started = time.perf_counter()
 
-        def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
             nonlocal started
+            server_round = clock_round + first_round - 1
             plan.model.load_state_dict(arrays.to_torch_state_dict())
             result = evaluate(plan.model, *plan.test_data)
             info = plan.recorder.manifest["rounds"].get(str(server_round), {})
@@ -146,18 +196,22 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
                 "round": server_round,
                 "test_loss": round(result.loss, 6),
                 "test_accuracy": round(result.accuracy, 6),
+                "train_loss": info.get("train_loss", ""),
                 "clients": len(info.get("clients", {})),
                 "failures": len(info.get("failed", [])),
+                "dropouts": len(info.get("dropped", [])),
                 "seconds": round(time.perf_counter() - started, 3),
+                "record_seconds": info.get("record_seconds", ""),
             }
-            train_metrics = recording.train_metrics.get(server_round)
-            if train_metrics is not None and "train_loss" in train_metrics:
-                row["train_loss"] = round(float(train_metrics["train_loss"]), 6)
             plan.recorder.append_training(row)
             plan.on_round(row)
             started = time.perf_counter()
             return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
 
-        recording.start(grid=PartitionOrderedGrid(grid, partitions), initial_arrays=initial, num_rounds=plan.rounds, evaluate_fn=central_evaluation)
+        grid = PartitionOrderedGrid(grid, partitions)
+        if plan.faults is not None:
+            grid = DropoutGrid(grid, plan.faults, partitions)
+        clock = RoundClock(recording, first_round, plan.seed)
+        clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
 
     return app

@@ -20,6 +20,15 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+# Strategies that keep nothing between rounds but what the run folder records (the global
+# model), so an interrupted run can continue with a fresh instance (`fedsim run --resume`).
+STATELESS = {"fedavg"}
+
+
+def is_stateless(strategy: Strategy) -> bool:
+    return type(strategy) in {STRATEGIES[name] for name in STATELESS}
+
+
 def resolve_strategy(name: str) -> type[Strategy]:
     """A registry name or 'package.module:Class' to a Strategy subclass."""
     if ":" not in name:

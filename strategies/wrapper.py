@@ -4,15 +4,25 @@ the way Flower's DP wrappers wrap a strategy. Subclasses override only what they
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+if TYPE_CHECKING:
+    from fedsim.run import Run
+
 
 class StrategyWrapper(Strategy):
     def __init__(self, inner: Strategy):
         self.inner = inner
+
+    def restore(self, run: Run, last_round: int) -> None:
+        """Rebuild what the wrapper keeps between rounds from a recorded run, to continue it
+        after `last_round`. Wrappers that keep such state override this and call super()."""
+        if isinstance(self.inner, StrategyWrapper):
+            self.inner.restore(run, last_round)
 
     def summary(self) -> None:
         self.inner.summary()

@@ -19,11 +19,13 @@ def shared_data(relative: str = "") -> Path:
     return path
 
 
+SMALL = ["data.records_per_client=60", "data.nonmembers=80", "data.test_records=100",
+         "adversary.target_records=40", "train.rounds=2", "model.args={hidden: [32]}", "attacks=[loss]"]
+
+
 def small_config(*overrides: str) -> Config:
     """The built-in quickstart (whatever the working folder holds) made small, with `key=value` overrides."""
-    base = ["data.records_per_client=60", "data.nonmembers=80", "data.test_records=100",
-            "adversary.target_records=40", "train.rounds=2", "model.args={hidden: [32]}", "attacks=[loss]"]
-    return load_config(None, [*base, *overrides], default_file=False)
+    return load_config(None, [*SMALL, *overrides], default_file=False)
 
 
 @pytest.fixture(autouse=True)

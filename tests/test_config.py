@@ -61,7 +61,14 @@ def test_set_with_a_bad_assignment_fails_clearly():
         (["run", "--set", "data.dataset=mnist", "--set", "data.root=/nonexistent"], "mnist not found under /nonexistent"),
         (["run", "--set", "data.dataset=location", "--set", "data.root=/tmp"], "not found"),
         (["run", "--set", "strategy.name=no.such.module:Strategy"], "cannot import module"),
+        (["run", "--set", "strategy.name=fedsim.config:Nope"], "module 'fedsim.config' has no 'Nope'"),
+        (["run", "--set", "strategy.name=fedsim.config:Config"], "is not a flwr.serverapp.strategy.Strategy subclass"),
         (["run", "--set", "data.records_per_client=5000"], "the run needs"),
+        (["run", "--set", "faults.client_error_rate=1.5"], "faults.client_error_rate"),
+        (["run", "--out", "."], "already exists; continue it with `fedsim run --resume .`, replace it with --force"),
+        (["run", "--out", ".", "--force"], "is not a fedsim run folder"),
+        (["run", "--resume", "nowhere"], "nowhere: not a fedsim run folder"),
+        (["run", "configs/quickstart.yaml", "--resume", "nowhere"], "a resumed run keeps its own config"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(capsys, argv, fragment):
@@ -98,3 +105,10 @@ def test_non_utf8_config_is_one_line(tmp_path):
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(FedsimError, match="not UTF-8"):
         load_config(path)
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert main(["run", "--out", str(tmp_path / "a-file" / "run"), "--set", "train.rounds=1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot create" in error and "choose a writable folder" in error

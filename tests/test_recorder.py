@@ -77,3 +77,74 @@ def test_a_tampered_membership_file_is_named(recorded):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(FedsimError, match="membership.parquet: sha256 does not match"):
         Run.open(recorder.folder).membership
+
+
+def test_force_replaces_a_run_folder_but_never_other_folders(recorded, tmp_path):
+    recorder, _, ledger = recorded
+    again = Recorder(recorder.folder, small_config())
+    again.start(lambda folder: save_ledger(ledger, folder), force=True)
+    assert not (recorder.folder / "rounds").exists() and Run.open(recorder.folder).rounds == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(FedsimError, match="not a fedsim run folder"):
+        Recorder(tmp_path / "mine", small_config()).start(lambda folder: None, force=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_reopen_removes_what_a_crash_left_and_keeps_complete_rounds(recorded):
+    recorder, states, _ = recorded
+    recorder.append_training({"round": 0, "test_accuracy": 0.1})
+    recorder.append_training({"round": 1, "test_accuracy": 0.5})
+    folder = recorder.folder
+    (folder / "rounds/.0002.partial/clients").mkdir(parents=True)  # killed while staging round 2
+    (folder / "rounds/0003").mkdir()  # renamed into place but never listed
+    (folder / "rounds/0001/.global.safetensors.tmp").write_bytes(b"half")
+    reopened = Recorder.reopen(folder)
+    assert sorted(p.name for p in (folder / "rounds").iterdir()) == ["0000", "0001"]
+    assert not list(folder.rglob("*.tmp"))
+    assert (folder / "metrics/training.csv").read_text().splitlines()[1:] == ["0,,0.1,,,,,,"]  # round 1's row is written again
+    assert reopened.manifest["rounds_completed"] == 1 and reopened.manifest["status"] == "running"
+    assert all(torch.equal(v, states[2][k]) for k, v in Run.open(folder).state(1, 1).items())
+
+
+def test_reopen_refuses_a_tampered_record_and_a_complete_run(recorded):
+    recorder, _, _ = recorded
+    recorder.finish("complete")
+    with pytest.raises(FedsimError, match="already complete"):
+        Recorder.reopen(recorder.folder)
+    manifest = json.loads((recorder.folder / "manifest.json").read_text())
+    manifest["status"] = "failed"
+    (recorder.folder / "manifest.json").write_text(json.dumps(manifest))
+    path = recorder.folder / global_file(1)
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(FedsimError, match=r"0001/global.safetensors is missing or does not match its sha256"):
+        Recorder.reopen(recorder.folder)
+
+
+def test_a_failed_write_names_the_round_and_leaves_it_incomplete(recorded, monkeypatch):
+    import errno
+
+    import fedsim.recorder as recorder_module
+
+    recorder, states, _ = recorded
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(recorder_module, "_write_atomically", disk_full)
+    with pytest.raises(FedsimError, match=r"cannot write round 2 to .*No space left on device.*--resume"):
+        recorder.record_round(2, states[0], {0: (states[1], 60)})
+    assert recorder.manifest["rounds_completed"] == 1 and "2" not in recorder.manifest["rounds"]
+    assert Run.open(recorder.folder).rounds == [0, 1]
+
+
+def test_float16_records_halve_the_bytes_and_load_as_the_rounded_model(recorded, tmp_path):
+    recorder, states, ledger = recorded
+    half = Recorder(tmp_path / "half", small_config("record.dtype=float16"))
+    half.start(lambda folder: save_ledger(ledger, folder))
+    half.record_round(0, states[1])
+    full_size = (recorder.folder / global_file(0)).stat().st_size
+    assert (half.folder / global_file(0)).stat().st_size < 0.6 * full_size
+    model = Run.open(half.folder).model(0)
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, states[1][name].half().float())

@@ -104,3 +104,23 @@ def test_sampled_clients_are_reproducible(tmp_path):
     assert len(set(sampled[0])) > 1  # different clients in different rounds
     for round_number in runs[0].rounds:
         assert (runs[0].folder / global_file(round_number)).read_bytes() == (runs[1].folder / global_file(round_number)).read_bytes()
+
+
+def test_a_write_failing_mid_run_is_one_clear_error_and_the_run_is_marked_failed(tmp_path, monkeypatch):
+    import errno
+
+    import fedsim.recorder as recorder_module
+    from fedsim.errors import FedsimError
+
+    write = recorder_module._write_atomically
+
+    def full_disk_in_round_2(path, payload):
+        if "0002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, payload)
+
+    monkeypatch.setattr(recorder_module, "_write_atomically", full_disk_in_round_2)
+    with pytest.raises(FedsimError, match="cannot write round 2 .*No space left on device"):
+        run_experiment(small_config("train.rounds=3"), tmp_path / "run")
+    run = Run.open(tmp_path / "run")
+    assert run.status == "failed" and run.rounds == [0, 1] and "No space left" in run.manifest["error"]
