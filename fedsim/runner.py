@@ -12,24 +12,28 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from attackers.adversary import participant_mods, server_wrapper
 from attackers.leakage import measure_leakage
 from attackers.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
+from fedsim.console import RUN_LOG, RunConsole, summary_table
 from fedsim.datasets import pool_for
 from fedsim.errors import FedsimError
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import model_for
-from fedsim.recorder import LEAKAGE_CSV, Recorder
+from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
+from fedsim.report import run_summary, write_report
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
+from fedsim.summary import Summary
 from strategies import build_strategy
 
 RUNS = Path("runs")
+ROUNDS_STAGE = "rounds"
+CLIENTS_STAGE = "client training"
 
 
 def default_run_folder(config: Config) -> Path:
@@ -47,9 +51,21 @@ def _point_latest(folder: Path) -> None:
     os.replace(temporary, latest)
 
 
-def run_experiment(config: Config, out: Path | None = None, console: Console | None = None) -> Path:
-    """Simulate the configured federation, recording every round; returns the run folder."""
-    console = console or Console(stderr=True, soft_wrap=True)
+def run_experiment(config: Config, out: Path | None = None, console: RunConsole | None = None) -> Path:
+    """Simulate the configured federation, recording every round, measure its leakage and write
+    its report; returns the run folder. Progress shows on `console` (default: bars on stderr),
+    the final summary table on its stdout, and both go to the folder's run.log."""
+    console = console or RunConsole()
+    try:
+        with console:
+            folder, summary = _run(config, out, console)
+        console.table(summary_table(summary, f"{config.name}: worst-case leakage per attack"))
+    finally:
+        console.close_log()
+    return folder
+
+
+def _run(config: Config, out: Path | None, console: RunConsole) -> tuple[Path, Summary]:
     quiet_engine_logs()
     if config.data.root:  # recorded absolute, so the run can be read back from anywhere
         config.data.root = str(Path(config.data.root).expanduser().resolve())
@@ -62,6 +78,7 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     folder = out or default_run_folder(config)
     recorder = Recorder(folder, config)
     recorder.start(lambda where: save_ledger(ledger, where))
+    console.log_to(folder / RUN_LOG)
     members = ledger[ledger["member"]]
     client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
     test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
@@ -72,14 +89,18 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
             f"round {row['round']:>3}/{config.train.rounds}  test accuracy {row['test_accuracy']:.4f}  "
             f"test loss {row['test_loss']:.4f}{train_loss}  [dim]{row['seconds']:.1f} s[/dim]"
         )
+        if row["round"] >= 1:
+            console.advance(ROUNDS_STAGE)
 
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
-                      show, adversary=server_wrapper(config, ledger))
+                      show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
+                      adversary=server_wrapper(config, ledger))
     client_app = make_client_app(config, client_records, participant_mods(config, ledger))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
     )
+    console.start(ROUNDS_STAGE, config.train.rounds)
     try:
         simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
     except BaseException as exc:
@@ -97,11 +118,15 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
     console.print(f"threat model: {describe(config)}")
     try:
-        report = measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-        recorder.write_metrics({LEAKAGE_CSV: report.rows, "metrics/roc.csv": report.roc, "metrics/leakage_per_class.csv": report.per_class})
+        run = Run.open(folder)
+        leakage = measure_leakage(run, progress=console)
+        recorder.write_metrics({LEAKAGE_CSV: leakage.rows, ROC_CSV: leakage.roc, PER_CLASS_CSV: leakage.per_class})
+        recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
+        summary = run_summary(run)
     except BaseException as exc:
-        recorder.finish("failed", error=f"attacks: {type(exc).__name__}: {exc}")
+        recorder.finish("failed", error=f"attacks or report: {type(exc).__name__}: {exc}")
         raise
     recorder.finish("complete")
+    console.print(f"report: {folder / REPORT_HTML}")
     _point_latest(folder)
-    return folder
+    return folder, summary
