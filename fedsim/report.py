@@ -166,9 +166,18 @@ def _figure_html(plot: Plot) -> str:
             f"<figcaption>{html.escape(plot.caption)}</figcaption></figure></section>")
 
 
-def _table_html(title: str, table: pd.DataFrame) -> str:
-    return (f"<details><summary>{html.escape(title)}</summary>"
-            f"{table.to_html(index=False, border=0, classes='numbers', na_rep='')}</details>")
+def _table_html(table: pd.DataFrame) -> str:
+    """A table with every value as written in its source (pandas' to_html would re-round numbers)."""
+    header = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{'' if pd.isna(value) else html.escape(display(value))}</td>" for value in row) + "</tr>"
+        for row in table.astype(object).itertuples(index=False)
+    )
+    return f'<table class="numbers"><tr>{header}</tr>{rows}</table>'
+
+
+def _details_html(title: str, table: pd.DataFrame) -> str:
+    return f"<details><summary>{html.escape(title)}</summary>{_table_html(table)}</details>"
 
 
 STYLE = """
@@ -219,8 +228,8 @@ def write_report(run: Run) -> list[str]:
     meta = (f"{run.folder.name}: {config.data.num_clients} clients on {config.data.dataset}, {config.model.name}, "
             f"{config.strategy.name}, {config.train.rounds} rounds, seed {config.seed}; "
             f"fedsim {run.manifest.get('versions', {}).get('fedsim', '?')}, created {run.manifest.get('created', '?')}")
-    tables = [_table_html(LEAKAGE_CSV, summary.leakage)] if not summary.leakage.empty else []
-    tables.append(_table_html(TRAINING_CSV, summary.training))
+    tables = [_details_html(LEAKAGE_CSV, summary.leakage)] if not summary.leakage.empty else []
+    tables.append(_details_html(TRAINING_CSV, summary.training))
     page = _page(f"fedsim report: {config.name}", meta, [summary_html(summary), *map(_figure_html, figures), "<h2>Tables</h2>", *tables])
     written = _write_plots(run.folder, figures)
     write_atomically(run.folder / REPORT_HTML, page.encode("utf-8"))
@@ -271,8 +280,8 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -
     skipped = [run for run in opened if run.status != "complete"]
     note = ("<p>Not complete, left out: " + ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped) + "</p>") if skipped else ""
     sections = [
-        "<h2>Comparison</h2>", table.to_html(index=False, border=0, classes="numbers", na_rep=""), note,
-        "<h2>Worst AUC per run and attack</h2>", points.to_html(index=False, border=0, classes="numbers", na_rep=""),
+        "<h2>Comparison</h2>", _table_html(table), note,
+        "<h2>Worst AUC per run and attack</h2>", _table_html(points),
         *map(_figure_html, figures),
         '<h2>Runs side by side</h2><div class="side-by-side">', *columns, "</div>",
     ]
