@@ -103,5 +103,6 @@ def test_sampled_clients_are_reproducible(tmp_path):
     sampled = [[tuple(run.clients(r)) for r in run.rounds[1:]] for run in runs]
     assert sampled[0] == sampled[1] and all(len(clients) == 2 for clients in sampled[0])
     assert len(set(sampled[0])) > 1  # different clients in different rounds
+    assert "No leakage was measured" in (runs[0].folder / "report.html").read_text()  # no adversary: a report all the same
     for round_number in runs[0].rounds:
         assert (runs[0].folder / global_file(round_number)).read_bytes() == (runs[1].folder / global_file(round_number)).read_bytes()
