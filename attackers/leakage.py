@@ -8,20 +8,39 @@ after them; the last round also gets ROC points and per-class leakage.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from attackers import make_attack
+from attackers import ATTACKS, make_attack
 from attackers.threat_models import attacker_view
 from fedsim.metrics import bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS
 from fedsim.run import Run
 
 EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high"]
+FEATURES_STAGE = "feature extraction"
+ATTACKS_STAGE = "attack training"
+
+
+class Progress(Protocol):
+    """Where measure_leakage reports its two stages (fedsim.console.RunConsole shows them as bars)."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, stage: str, message: str | None = None) -> None: ...
+
+
+class _Silent:
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, message: str | None = None) -> None:
+        pass
 
 
 @dataclass
@@ -35,39 +54,55 @@ def measure_leakage(
     run: Run,
     attacks: Sequence[str] | None = None,
     rounds: Sequence[int] | None = None,
-    progress: Callable[[str], None] = lambda message: None,
+    progress: Progress | None = None,
 ) -> LeakageReport:
-    """One row per (round, attacker, attack, target) for the run's adversary."""
+    """One row per (round, attacker, attack, target) for the run's adversary.
+
+    Features of every snapshot the attacks will read are extracted first (one progress step per
+    snapshot; the observation caches them), then each attack is fitted and scored (one step each).
+    """
+    progress = progress or _Silent()
     view = attacker_view(run)
     if view is None:
         return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS))
     names = list(attacks if attacks is not None else run.config.attacks)
     keep = run.config.observe_rounds
     attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
-    labels = run.pool.labels.numpy()[view.eval_ids]
-    rows, roc, per_class = [], [], []
+    plan = []
     for round_number in attacked:
         for name in names:
-            attack = make_attack(name, seed=run.config.seed)
-            if attack.multi_round and keep is not None and round_number not in keep:
+            multi_round = ATTACKS[name].multi_round
+            if multi_round and keep is not None and round_number not in keep:
                 continue  # nothing new observed since the last row of this attack
-            observation = view.observation.up_to(round_number, keep if attack.multi_round else [round_number])
-            if not observation.rounds:
-                continue
-            attack.fit(observation, view.train_ids, view.train_members)
-            scores = attack.score(observation, view.eval_ids)
-            result = leakage(scores, view.eval_members, attack.threshold)
-            low, high = bootstrap_auc_interval(scores, view.eval_members, seed=run.config.seed)
-            rows.append({
-                "round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
-                "observed_rounds": ";".join(map(str, observation.rounds)), **result.as_row(),
-                "auc_ci_low": low, "auc_ci_high": high,
-            })
-            progress(f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
-            if round_number == attacked[-1]:
-                fpr, tpr, _ = roc_curve(view.eval_members, scores)
-                roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
-                per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
+            observation = view.observation.up_to(round_number, keep if multi_round else [round_number])
+            if observation.rounds:
+                plan.append((round_number, name, observation))
+    snapshots = sorted({r for _, _, observation in plan for r in observation.rounds})
+    progress.start(FEATURES_STAGE, len(snapshots))
+    for round_number in snapshots:
+        for ids in (view.train_ids, view.eval_ids):
+            view.observation.features(ids, round_number)
+        progress.advance(FEATURES_STAGE)
+
+    labels = run.pool.labels.numpy()[view.eval_ids]
+    rows, roc, per_class = [], [], []
+    progress.start(ATTACKS_STAGE, len(plan))
+    for round_number, name, observation in plan:
+        attack = make_attack(name, seed=run.config.seed)
+        attack.fit(observation, view.train_ids, view.train_members)
+        scores = attack.score(observation, view.eval_ids)
+        result = leakage(scores, view.eval_members, attack.threshold)
+        low, high = bootstrap_auc_interval(scores, view.eval_members, seed=run.config.seed)
+        rows.append({
+            "round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
+            "observed_rounds": ";".join(map(str, observation.rounds)), **result.as_row(),
+            "auc_ci_low": low, "auc_ci_high": high,
+        })
+        progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
+        if round_number == attacked[-1]:
+            fpr, tpr, _ = roc_curve(view.eval_members, scores)
+            roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
+            per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
     return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6), pd.DataFrame(roc).round(6),
                          pd.DataFrame(per_class).round(6))
 

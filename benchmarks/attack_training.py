@@ -36,14 +36,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from rich.console import Console
-
+    from fedsim.console import RunConsole
     from fedsim.runner import run_experiment
 
     config = load_config(None, ["train.rounds=8", "attacks=[]", "data.records_per_client=200", "adversary.target_records=200"],
                          default_file=False)
     with tempfile.TemporaryDirectory() as scratch:
-        view = attacker_view(Run.open(run_experiment(config, Path(scratch) / "run", console=Console(stderr=True, quiet=True))))
+        view = attacker_view(Run.open(run_experiment(config, Path(scratch) / "run", console=RunConsole(quiet=True))))
         observation = view.observation
         for r in observation.rounds:
             observation.features(view.train_ids, r)

@@ -48,12 +48,11 @@ def workload(data_root: Path, tiny: bool) -> Config:
 
 
 def run_fedsim(config: Config, out: Path) -> dict[str, float]:
-    from rich.console import Console
-
+    from fedsim.console import RunConsole
     from fedsim.runner import run_experiment
 
     started = time.perf_counter()
-    folder = run_experiment(config, out, console=Console(stderr=True, quiet=True))
+    folder = run_experiment(config, out, console=RunConsole(quiet=True))
     total = time.perf_counter() - started
     training = pd.read_csv(folder / "metrics/training.csv")
     rounds = training[training["round"] >= 1]

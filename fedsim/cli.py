@@ -23,11 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set train.rounds=5 (repeatable)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
     run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
+    run.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
     attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
     attack.add_argument("--rounds", type=_round_list, help="rounds to attack, e.g. 5,10,20 (default: every observed round)")
     attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
+    report = commands.add_parser("report", help="(re)write a complete run's report.html and plots/*.png")
+    report.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     return parser
 
 
@@ -40,14 +43,16 @@ def _round_list(text: str) -> list[int]:
 
 def _run(args: argparse.Namespace) -> int:
     from fedsim.config import load_config
+    from fedsim.console import RunConsole
     from fedsim.runner import resume_experiment, run_experiment
 
+    console = RunConsole(quiet=args.quiet)
     if args.resume:
         if args.config or args.overrides or args.out or args.force:
             raise FedsimError("--resume: a resumed run keeps its own config and folder; drop CONFIG, --set, --out and --force")
-        folder = resume_experiment(args.resume)
+        folder = resume_experiment(args.resume, console)
     else:
-        folder = run_experiment(load_config(args.config, args.overrides), args.out, force=args.force)
+        folder = run_experiment(load_config(args.config, args.overrides), args.out, console, force=args.force)
     print(folder)
     return 0
 
@@ -55,13 +60,15 @@ def _run(args: argparse.Namespace) -> int:
 def _attack(args: argparse.Namespace) -> int:
     from attackers import ATTACKS
     from attackers.leakage import measure_leakage
+    from fedsim.console import RunConsole
     from fedsim.run import Run
 
     unknown = [name for name in args.attacks or [] if name not in ATTACKS]
     if unknown:
         raise FedsimError(f"--attack: unknown attack {unknown[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
     run = Run.open(args.run_dir)
-    rows = measure_leakage(run, args.attacks, args.rounds, progress=lambda line: print(line, file=sys.stderr)).rows
+    with RunConsole() as console:
+        rows = measure_leakage(run, args.attacks, args.rounds, progress=console).rows
     if args.out:
         try:
             rows.to_csv(args.out, index=False)
@@ -71,10 +78,24 @@ def _attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """Regenerate a complete run's report (e.g. after a fedsim update) and relist it in the manifest."""
+    from fedsim.recorder import REPORT_HTML, relist_report
+    from fedsim.report import write_report
+    from fedsim.run import Run
+
+    run = Run.open(args.run_dir)
+    if run.status != "complete":
+        raise FedsimError(f"{args.run_dir}: the run is {run.status}, not complete; only a complete run has a report (run it again with `fedsim run`)")
+    relist_report(run.folder, write_report(run))
+    print(run.folder / REPORT_HTML)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "attack": _attack}[args.command](args)
+        return {"run": _run, "attack": _attack, "report": _report}[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -73,3 +73,11 @@ def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int
         aucs.append(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
     low, high = np.percentile(aucs, [2.5, 97.5])
     return float(low), float(high)
+
+
+def wilson_interval(proportion: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score interval of a binomial proportion (a TPR over n members); stays inside [0, 1] at 0 and 1."""
+    p, n = np.asarray(proportion, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)

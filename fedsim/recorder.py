@@ -30,6 +30,10 @@ from fedsim.errors import FedsimError
 MANIFEST = "manifest.json"
 TRAINING_CSV = "metrics/training.csv"
 LEAKAGE_CSV = "metrics/leakage.csv"
+ROC_CSV = "metrics/roc.csv"
+PER_CLASS_CSV = "metrics/leakage_per_class.csv"
+REPORT_HTML = "report.html"
+PLOTS = "plots"
 TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
 LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
@@ -60,7 +64,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write to a temporary name, then rename into place: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("wb") as handle:
@@ -101,7 +106,7 @@ class Recorder:
         self.folder = folder
         self.config = config
         self.manifest: dict[str, Any] = {}
-        self.metrics_files = {TRAINING_CSV, LEAKAGE_CSV}
+        self.outputs = {TRAINING_CSV, LEAKAGE_CSV}  # listed with their sha256 when the run finishes
 
     def start(self, ledger_writer, force: bool = False) -> None:
         """Create the folder with config, ledger, empty metrics and a 'running' manifest.
@@ -163,7 +168,7 @@ class Recorder:
         recorder = cls(folder, run.config)
         recorder.manifest = run.manifest
         files = recorder.manifest["files"]
-        for relative in [r for r in files if r.startswith("metrics/") or r.startswith("plots/") or r.endswith(".html")]:
+        for relative in [r for r in files if r.startswith("metrics/") or is_report_file(r)]:
             del files[relative]  # written again when the run completes
         for relative, expected in files.items():
             path = folder / relative
@@ -186,16 +191,16 @@ class Recorder:
         path = self.folder / TRAINING_CSV
         rows = list(csv.DictReader(path.open())) if path.is_file() else []
         kept = "".join(f"{','.join(row.get(c) or '' for c in TRAINING_COLUMNS)}\n" for row in rows if int(row["round"]) < before)
-        _write_atomically(path, (",".join(TRAINING_COLUMNS) + "\n" + kept).encode())
+        write_atomically(path, (",".join(TRAINING_COLUMNS) + "\n" + kept).encode())
 
     def _write_file(self, relative: str, payload: bytes, listed: bool = True) -> None:
-        _write_atomically(self.folder / relative, payload)
+        write_atomically(self.folder / relative, payload)
         if listed:
             self.manifest["files"][relative] = hashlib.sha256(payload).hexdigest()
 
     def _save_manifest(self) -> None:
         self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_atomically(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        write_atomically(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
     def record_round(
         self,
@@ -246,7 +251,7 @@ class Recorder:
 
         def stage(relative: str, state: StateDict, metadata: dict[str, str]) -> None:
             payload = serialize_state(state, metadata, dtype)
-            _write_atomically(staging / Path(relative).relative_to(round_dir(round_number)), payload)
+            write_atomically(staging / Path(relative).relative_to(round_dir(round_number)), payload)
             hashes[relative] = hashlib.sha256(payload).hexdigest()
 
         stage(global_file(round_number), global_state, {"round": str(round_number), "source": "global"})
@@ -270,16 +275,37 @@ class Recorder:
         """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""
         for relative, table in tables.items():
             with self._disk(relative):
-                _write_atomically(self.folder / relative, table.to_csv(index=False).encode())
-            self.metrics_files.add(relative)
+                write_atomically(self.folder / relative, table.to_csv(index=False).encode())
+            self.outputs.add(relative)
+
+    def list_at_finish(self, relatives: list[str]) -> None:
+        """Files written into the folder by others (the report) that `finish` lists with their sha256."""
+        self.outputs.update(relatives)
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Mark the run complete or failed; list the metrics files with their checksums."""
+        """Mark the run complete or failed; list the metrics and report files with their checksums."""
         self.manifest["status"] = status
         if error:
             self.manifest["error"] = error
         with self._disk(f"the manifest ({status})"):
-            for relative in sorted(self.metrics_files):
+            for relative in sorted(self.outputs):
                 if (self.folder / relative).exists():
                     self.manifest["files"][relative] = sha256_of(self.folder / relative)
             self._save_manifest()
+
+
+def is_report_file(relative: str) -> bool:
+    return relative == REPORT_HTML or relative.startswith(f"{PLOTS}/")
+
+
+def relist_report(folder: Path, written: list[str]) -> None:
+    """After `fedsim report` rewrote a finished run's report: the manifest lists the new report
+    files with their sha256 instead of the old ones. The report is derived from the metrics
+    tables, so this is the one change a finished manifest accepts; records are never relisted."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    files = {k: v for k, v in manifest["files"].items() if not is_report_file(k)}
+    files.update({relative: sha256_of(folder / relative) for relative in sorted(written)})
+    manifest["files"] = files
+    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_atomically(path, json.dumps(manifest, indent=1).encode())

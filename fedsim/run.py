@@ -83,6 +83,25 @@ class Run:
             raise FedsimError(f"{self.folder}: round {round_number} is not recorded; complete rounds are {self.rounds}")
         return info
 
+    def table(self, relative: str) -> pd.DataFrame:
+        """A metrics table, e.g. 'metrics/leakage.csv'.
+
+        Checked against the manifest's sha256 when the manifest lists it, as it does every
+        metrics file of a finished run; a run still being written (its report is made just
+        before it is marked complete) lists them only when it finishes.
+        """
+        path = self.folder / relative
+        if relative in self.manifest["files"]:
+            payload = self._read_verified(relative)
+        elif path.is_file():
+            payload = path.read_bytes()
+        else:
+            raise FedsimError(f"{path}: missing; the run folder is incomplete (run `fedsim attack` or re-run it)")
+        try:
+            return pd.read_csv(io.BytesIO(payload))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise FedsimError(f"{path}: not a readable CSV table ({type(exc).__name__}); the run folder is damaged") from None
+
     def _read_verified(self, relative: str) -> bytes:
         expected = self.manifest["files"].get(relative)
         path = self.folder / relative

@@ -12,25 +12,29 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from attackers.adversary import participant_mods, server_wrapper
 from attackers.leakage import measure_leakage
 from attackers.threat_models import describe
 from fedsim.client_app import PARTITION_KEY, make_client_app
 from fedsim.config import Config
+from fedsim.console import RUN_LOG, RunConsole, summary_table
 from fedsim.datasets import pool_for
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import model_for
-from fedsim.recorder import LEAKAGE_CSV, Recorder
+from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
+from fedsim.report import run_summary, write_report
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
+from fedsim.summary import Summary
 from strategies import STATELESS, build_strategy, is_stateless
 
 RUNS = Path("runs")
+ROUNDS_STAGE = "rounds"
+CLIENTS_STAGE = "client training"
 
 
 def default_run_folder(config: Config) -> Path:
@@ -48,9 +52,11 @@ def _point_latest(folder: Path) -> None:
     os.replace(temporary, latest)
 
 
-def run_experiment(config: Config, out: Path | None = None, console: Console | None = None, force: bool = False) -> Path:
-    """Simulate the configured federation, recording every round; returns the run folder."""
-    console = console or Console(stderr=True, soft_wrap=True)
+def run_experiment(config: Config, out: Path | None = None, console: RunConsole | None = None, force: bool = False) -> Path:
+    """Simulate the configured federation, recording every round, measure its leakage and write
+    its report; returns the run folder. Progress shows on `console` (default: bars on stderr),
+    the final summary table on its stdout, and both go to the folder's run.log."""
+    console = console or RunConsole()
     quiet_engine_logs()
     if config.data.root:  # recorded absolute, so the run can be read back from anywhere
         config.data.root = str(Path(config.data.root).expanduser().resolve())
@@ -64,10 +70,10 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     return _carry_out(recorder, ledger, model, strategy, None, console)
 
 
-def resume_experiment(folder: Path, console: Console | None = None) -> Path:
+def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     """Continue an interrupted run after its last complete round; the records it adds are those
     an uninterrupted run with the same seed would have written."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or RunConsole()
     quiet_engine_logs()
     recorder = Recorder.reopen(folder)
     config = recorder.config
@@ -84,14 +90,28 @@ def resume_experiment(folder: Path, console: Console | None = None) -> Path:
                           f"rerun it with --force (resumable strategies: {', '.join(sorted(STATELESS))})")
     if last >= 0:
         model.load_state_dict(run.state(last))
-    console.print(f"fedsim: resuming {folder} after round {last}")
     return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console)
 
 
-def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: Console) -> Path:
-    """Simulate the rounds still to do, then attack the recorded run; the manifest says 'complete' only at the end."""
+def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: RunConsole) -> Path:
+    """The rounds still to do, then attacks and report, with the console showing progress."""
+    try:
+        console.log_to(recorder.folder / RUN_LOG)
+        with console:
+            summary = _simulate_and_attack(recorder, ledger, model, strategy, resumed, console)
+        console.table(summary_table(summary, f"{recorder.config.name}: worst-case leakage per attack"))
+    finally:
+        console.close_log()
+    return recorder.folder
+
+
+def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None,
+                         console: RunConsole) -> Summary:
+    """Simulate, attack the recorded run, write its report; the manifest says 'complete' only at the end."""
     config, folder = recorder.config, recorder.folder
     pool = pool_for(config.data)
+    if resumed is not None:
+        console.print(f"fedsim: resuming {folder} after round {recorder.manifest['rounds_completed']}")
     members = ledger[ledger["member"]]
     client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
     test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
@@ -102,16 +122,19 @@ def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, res
             f"round {row['round']:>3}/{config.train.rounds}  test accuracy {row['test_accuracy']:.4f}  "
             f"test loss {row['test_loss']:.4f}{train_loss}  [dim]{row['seconds']:.1f} s[/dim]"
         )
+        console.update(ROUNDS_STAGE, row["round"], config.train.rounds)
 
     faults = FaultPlan.from_config(config.seed, config.faults)
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
-                      show, adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed)
+                      show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
+                      adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed)
     mods = [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else []
     client_app = make_client_app(config, client_records, mods + participant_mods(config, ledger))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
     )
+    console.start(ROUNDS_STAGE, config.train.rounds)
     if recorder.manifest["rounds_completed"] < config.train.rounds:
         try:
             simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
@@ -133,14 +156,18 @@ def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, res
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
     console.print(f"threat model: {describe(config)}")
     try:
-        report = measure_leakage(Run.open(folder), progress=lambda line: console.print(f"[dim]{line}[/dim]"))
-        recorder.write_metrics({LEAKAGE_CSV: report.rows, "metrics/roc.csv": report.roc, "metrics/leakage_per_class.csv": report.per_class})
+        run = Run.open(folder)
+        leakage = measure_leakage(run, progress=console)
+        recorder.write_metrics({LEAKAGE_CSV: leakage.rows, ROC_CSV: leakage.roc, PER_CLASS_CSV: leakage.per_class})
+        recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
+        summary = run_summary(run)
     except BaseException as exc:
-        _mark_failed(recorder, f"attacks: {type(exc).__name__}: {exc}")
+        _mark_failed(recorder, f"attacks or report: {type(exc).__name__}: {exc}")
         raise
     recorder.finish("complete")
+    console.print(f"report: {folder / REPORT_HTML}")
     _point_latest(folder)
-    return folder
+    return summary
 
 
 def _mark_failed(recorder: Recorder, error: str) -> None:

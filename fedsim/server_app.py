@@ -50,18 +50,43 @@ def discover_partitions(grid: Grid, expected: int, timeout: float = 600) -> dict
 
 
 class PartitionOrderedGrid:
-    """The simulation's Grid, listing node ids in partition order.
+    """The simulation's Grid, listing node ids in partition order, and reporting training replies as they arrive.
 
     Flower samples clients with `random.sample` over `grid.get_node_ids()`; node ids are random
     per run, so with a seeded `random` only a stable order makes the sampled clients reproducible.
+    Clients train inside Ray actors, out of the console's reach; the replies reaching the server
+    are what a client-training progress bar can count, so `on_train_replies(received, sent)` is
+    called as they arrive.
     """
 
-    def __init__(self, grid: Grid, partitions: dict[int, int]):
+    def __init__(self, grid: Grid, partitions: dict[int, int], on_train_replies: Callable[[int, int], None] | None = None):
         self._grid = grid
         self._partitions = partitions
+        self._on_train_replies = on_train_replies
 
     def get_node_ids(self) -> list[int]:
         return sorted(self._grid.get_node_ids(), key=lambda node: (self._partitions.get(node, 1 << 30), node))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), counting training replies."""
+        messages = list(messages)
+        report = self._on_train_replies
+        if report is None or not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
+            return list(self._grid.send_and_receive(messages, timeout=timeout))
+        pending = set(self._grid.push_messages(messages))
+        sent = len(pending)
+        report(0, sent)
+        deadline = None if timeout is None else time.time() + timeout
+        replies: list[Message] = []
+        while pending and (deadline is None or time.time() < deadline):
+            arrived = list(self._grid.pull_messages(pending))
+            replies += arrived
+            pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            if arrived:
+                report(len(replies), sent)
+            if pending:
+                time.sleep(getattr(self._grid, "pull_interval", 0.1))
+        return replies
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -155,6 +180,7 @@ class ServerPlan:
     rounds: int
     seed: int
     on_round: Callable[[dict], None] = lambda row: None
+    on_train_replies: Callable[[int, int], None] | None = None  # (received, sent) as a round's training replies arrive
     adversary: Callable[[Strategy, dict[int, int]], Strategy] | None = None  # wraps the strategy, given node -> partition
     faults: FaultPlan | None = None
     resumed: Run | None = None  # an interrupted run to continue after its last complete round; `model` holds that round's global
@@ -208,7 +234,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
             started = time.perf_counter()
             return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
 
-        grid = PartitionOrderedGrid(grid, partitions)
+        grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
         if plan.faults is not None:
             grid = DropoutGrid(grid, plan.faults, partitions)
         clock = RoundClock(recording, first_round, plan.seed)

@@ -131,7 +131,7 @@ def test_a_failed_write_names_the_round_and_leaves_it_incomplete(recorded, monke
     def disk_full(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(recorder_module, "_write_atomically", disk_full)
+    monkeypatch.setattr(recorder_module, "write_atomically", disk_full)
     with pytest.raises(FedsimError, match=r"cannot write round 2 to .*No space left on device.*--resume"):
         recorder.record_round(2, states[0], {0: (states[1], 60)})
     assert recorder.manifest["rounds_completed"] == 1 and "2" not in recorder.manifest["rounds"]

@@ -15,6 +15,7 @@ from conftest import SMALL, small_config
 from fedsim import Run
 from fedsim.cli import main
 from fedsim.faults import FaultPlan
+from fedsim.recorder import is_report_file
 from fedsim.runner import run_experiment
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ SETTINGS = [
 
 
 def _records(run: Run) -> dict[str, str]:
-    return {k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/")}
+    return {k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/") and not is_report_file(k)}
 
 
 def _kill_after_round(folder, round_number: int, process: subprocess.Popen) -> None:

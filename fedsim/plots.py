@@ -1,0 +1,219 @@
+"""The report's figures, one function each, from a run's tables (pandas DataFrames).
+
+Figures are built on matplotlib's object API with the Agg canvas (no pyplot, no display, no
+global backend switch for whoever imports fedsim). `png` turns a figure into PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedsim.metrics import FPR_TARGETS, wilson_interval
+
+WIDE, TALL = 7.5, 3.6  # inches; 100 dpi keeps a figure a few tens of KB
+
+
+def png(figure: Figure) -> bytes:
+    """The figure as PNG bytes (no timestamp in the metadata: same tables, same bytes)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _colours(names: list[str]) -> dict[str, tuple]:
+    """A stable colour per series name (attack or run), in the order given."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+def _series(leakage: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One series per (attacker, attack, target), rows by round, labelled 'attacker/attack'."""
+    groups = leakage.groupby(["attacker", "attack", "target"], sort=False)
+    return [(f"{attacker}/{attack}", rows.sort_values("round")) for (attacker, attack, _), rows in groups]
+
+
+def _chance(axes: Axes, y: float) -> None:
+    axes.axhline(y, color="grey", linestyle=":", linewidth=1, label="chance")
+
+
+def _rounds_axis(axes: Axes) -> None:
+    axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def auc_per_round(leakage: pd.DataFrame) -> Figure:
+    """Membership AUC per round, per attacker and attack, with the 95% bootstrap band of each AUC."""
+    figure = Figure(figsize=(WIDE, TALL))
+    axes = figure.subplots()
+    series = _series(leakage)
+    colours = _colours([label for label, _ in series])
+    for label, rows in series:
+        axes.plot(rows["round"], rows["auc"], marker="o", markersize=3, color=colours[label], label=label)
+        if {"auc_ci_low", "auc_ci_high"} <= set(rows.columns):
+            axes.fill_between(rows["round"], rows["auc_ci_low"], rows["auc_ci_high"], color=colours[label], alpha=0.15, linewidth=0)
+    _chance(axes, 0.5)
+    _rounds_axis(axes)
+    axes.set(ylabel="AUC", title="Membership AUC per round (bands: 95% bootstrap)")
+    axes.legend(fontsize="small", ncols=2)
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def tpr_per_round(leakage: pd.DataFrame) -> Figure:
+    """TPR at FPR 1e-2 and 1e-3 per round, with 95% Wilson bands over the member count."""
+    figure = Figure(figsize=(WIDE, TALL))
+    panels = figure.subplots(1, len(FPR_TARGETS), sharey=True)
+    series = _series(leakage)
+    colours = _colours([label for label, _ in series])
+    for axes, target in zip(panels, FPR_TARGETS):
+        column = f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
+        for label, rows in series:
+            low, high = wilson_interval(rows[column], rows["n_members"])
+            axes.plot(rows["round"], rows[column], marker="o", markersize=3, color=colours[label], label=label)
+            axes.fill_between(rows["round"], low, high, color=colours[label], alpha=0.15, linewidth=0)
+        _chance(axes, target)
+        _rounds_axis(axes)
+        axes.set_title(f"TPR at FPR {target:g}")
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("TPR (bands: 95% Wilson)")
+    panels[0].legend(fontsize="small")
+    return figure
+
+
+def roc_curves(roc: pd.DataFrame, n_nonmembers: int, last_round: int) -> Figure:
+    """ROC of each attack in the last round, linear and log-log; on the log axes FPR 0 is drawn at 1/(2 non-members)."""
+    figure = Figure(figsize=(WIDE, TALL))
+    linear, loglog = figure.subplots(1, 2)
+    names = list(dict.fromkeys(roc["attack"]))
+    colours = _colours(names)
+    floor = 1 / (2 * max(n_nonmembers, 1))
+    for name in names:
+        rows = roc[roc["attack"] == name]
+        linear.plot(rows["fpr"], rows["tpr"], color=colours[name], label=name)
+        loglog.plot(rows["fpr"].clip(lower=floor), rows["tpr"].clip(lower=floor), color=colours[name], label=name)
+    for axes in (linear, loglog):
+        axes.plot([floor, 1], [floor, 1], color="grey", linestyle=":", linewidth=1)
+        axes.set(xlabel="false positive rate", ylabel="true positive rate")
+        axes.grid(alpha=0.3)
+    linear.set(xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, round {last_round}")
+    loglog.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1.05), title="log-log (low FPR)")
+    linear.legend(fontsize="small")
+    return figure
+
+
+def class_distributions(signals: pd.DataFrame, column: str, label: str, max_classes: int = 20) -> Figure:
+    """Members vs non-members of `column` per class (the view of Nasr et al.'s Fig. 2), as box plots on a log axis.
+
+    `signals` has one row per target record: class, member, and the signal columns. Beyond
+    `max_classes` classes, those with the most target records are shown.
+    """
+    counts = signals["class"].value_counts()
+    classes = sorted(counts.index[:max_classes]) if len(counts) > max_classes else sorted(counts.index)
+    figure = Figure(figsize=(WIDE, TALL))
+    axes = figure.subplots()
+    groups = {True: ("member", "tab:red", -0.2), False: ("non-member", "tab:blue", 0.2)}
+    for member, (name, colour, offset) in groups.items():
+        data = [signals.loc[(signals["class"] == c) & (signals["member"] == member), column].to_numpy() for c in classes]
+        present = [i for i, values in enumerate(data) if len(values)]
+        boxes = axes.boxplot([data[i] for i in present], positions=np.array(present) + offset, widths=0.35, patch_artist=True,
+                             showfliers=True, flierprops={"markersize": 2})
+        for box in boxes["boxes"]:
+            box.set(facecolor=colour, alpha=0.5)
+        axes.plot([], [], color=colour, linewidth=6, alpha=0.5, label=name)
+    positive = signals[column][signals[column] > 0]
+    if len(positive) and positive.max() / positive.min() > 20:
+        axes.set_yscale("log")
+    axes.set_xticks(range(len(classes)), [str(c) for c in classes])
+    shown = "" if len(counts) <= max_classes else f" ({max_classes} of {len(counts)} classes)"
+    axes.set(xlabel="class", ylabel=label, title=f"{label}: members vs non-members per class{shown}")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def accuracy_per_class(per_class: pd.DataFrame) -> Figure:
+    """Balanced attack accuracy per class in the last round, one bar per attack."""
+    figure = Figure(figsize=(WIDE, TALL))
+    axes = figure.subplots()
+    names = list(dict.fromkeys(per_class["attack"]))
+    classes = sorted(per_class["class"].unique())
+    colours = _colours(names)
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        rows = per_class[per_class["attack"] == name].set_index("class").reindex(classes)
+        axes.bar(np.arange(len(classes)) + (i - (len(names) - 1) / 2) * width, rows["accuracy"], width, color=colours[name], label=name)
+    _chance(axes, 0.5)
+    axes.set_xticks(range(len(classes)), [str(c) for c in classes])
+    axes.set(xlabel="class", ylabel="balanced accuracy", ylim=(0, 1), title="Attack accuracy per class (last round)")
+    axes.legend(fontsize="small", ncols=2)
+    axes.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def utility_per_round(training: pd.DataFrame) -> Figure:
+    """Test accuracy (left axis) and test and training loss (right axis) of the global model per round."""
+    figure = Figure(figsize=(WIDE, TALL))
+    accuracy = figure.subplots()
+    accuracy.plot(training["round"], training["test_accuracy"], marker="o", markersize=3, color="tab:green", label="test accuracy")
+    _rounds_axis(accuracy)
+    accuracy.set(ylabel="test accuracy", ylim=(0, 1.01), title="Training utility per round")
+    accuracy.grid(alpha=0.3)
+    loss = accuracy.twinx()
+    loss.plot(training["round"], training["test_loss"], color="tab:purple", linestyle="--", label="test loss")
+    if "train_loss" in training and training["train_loss"].notna().any():
+        loss.plot(training["round"], training["train_loss"], color="tab:orange", linestyle=":", label="training loss")
+    loss.set_ylabel("loss")
+    handles = accuracy.get_legend_handles_labels()[0] + loss.get_legend_handles_labels()[0]
+    accuracy.legend(handles=handles, fontsize="small", loc="center right")
+    return figure
+
+
+def privacy_utility(points: pd.DataFrame) -> Figure:
+    """Sweep: final test accuracy (x) against worst AUC (y) of each run, one marker per attack, runs labelled."""
+    figure = Figure(figsize=(WIDE, TALL + 0.8))
+    axes = figure.subplots()
+    names = list(dict.fromkeys(points["attack"]))
+    colours = _colours(names)
+    markers = "osD^v<>ph*"
+    for i, name in enumerate(names):
+        rows = points[points["attack"] == name]
+        axes.scatter(rows["test_accuracy"], rows["worst_auc"], color=colours[name], marker=markers[i % len(markers)], label=name)
+    for run, rows in points.groupby("run", sort=False):
+        top = rows.loc[rows["worst_auc"].idxmax()]
+        axes.annotate(str(run), (top["test_accuracy"], top["worst_auc"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    _chance(axes, 0.5)
+    axes.set(xlabel="final test accuracy (utility)", ylabel="worst AUC over rounds (leakage)", title="Privacy-utility trade-off")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def auc_per_round_by_run(leakages: dict[str, pd.DataFrame]) -> Figure:
+    """Sweep: AUC per round, one panel per attack, one line per run (runs side by side on the same axes)."""
+    attacks = list(dict.fromkeys(a for table in leakages.values() for a in table["attack"]))
+    columns = min(3, max(len(attacks), 1))
+    lines = -(-max(len(attacks), 1) // columns)
+    figure = Figure(figsize=(WIDE, 2.8 * lines + 0.4))
+    panels = figure.subplots(lines, columns, sharey=True, squeeze=False).ravel()
+    colours = _colours(list(leakages))
+    for axes, attack in zip(panels, attacks):
+        for run, table in leakages.items():
+            rows = table[table["attack"] == attack].sort_values("round")
+            axes.plot(rows["round"], rows["auc"], marker="o", markersize=3, color=colours[run], label=run)
+        _chance(axes, 0.5)
+        _rounds_axis(axes)
+        axes.set_title(attack)
+        axes.grid(alpha=0.3)
+    for axes in panels[len(attacks):]:
+        axes.set_visible(False)
+    panels[0].set_ylabel("AUC")
+    panels[0].legend(fontsize="x-small")
+    return figure

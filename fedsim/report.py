@@ -1,0 +1,298 @@
+"""The report people look at: one self-contained report.html (plots embedded as PNG data URIs)
+and the same plots as plots/*.png.
+
+A run's report opens with a summary: the worst-case leakage (the highest AUC over every round,
+attacker and attack), where and by which attack it happened, its low-FPR view, the final test
+accuracy, and the threat model in words. Every number in the summary is a cell of
+metrics/leakage.csv or metrics/training.csv, shown as written there and tagged with where it
+comes from (`data-source`, `data-row`, `data-column`), so a reader's script, or a test, can
+check it. Then: AUC and TPR at low FPR per round with confidence bands, the last round's ROC
+curves (linear and log-log), members vs non-members of loss and last-layer gradient norm per
+class (computed by the attackers' own feature code on the attacker's last snapshot), attack
+accuracy per class, and utility per round.
+
+A sweep's report (`write_sweep_report`) puts its runs side by side and plots privacy against
+utility.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from attackers.threat_models import attacker_view, describe
+from fedsim import plots
+from fedsim.errors import FedsimError
+from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
+from fedsim.run import Run
+from fedsim.summary import Summary, display
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A rendered figure: its file name under plots/, a heading, and what it shows."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def _render(name: str, title: str, caption: str, figure: Figure) -> Plot:
+    return Plot(name, title, caption, plots.png(figure))
+
+
+def record_signals(run: Run) -> pd.DataFrame:
+    """Per target record on the attacker's last observed snapshot: class, member, loss, last-layer gradient norm.
+
+    Uses the attackers' Observation (one batched backward pass, attackers/features.py), so these
+    are the signals the attacks saw. Empty without an adversary.
+    """
+    view = attacker_view(run)
+    if view is None or not view.observation.rounds:
+        return pd.DataFrame(columns=["record_id", "class", "member", "loss", "last_layer_gradient_norm", "round"])
+    last = view.observation.rounds[-1]
+    features = view.observation.features(view.eval_ids, last)
+    (layer,) = features.gradients.values()  # 'last': the model's last parametrised layer
+    return pd.DataFrame({
+        "record_id": view.eval_ids,
+        "class": features.labels.numpy(),
+        "member": view.eval_members,
+        "loss": features.loss.numpy(),
+        "last_layer_gradient_norm": layer.squared_norm().sqrt().numpy(),
+        "round": last,
+    })
+
+
+def run_plots(run: Run, summary: Summary) -> list[Plot]:
+    """Every figure of a run's report, in reading order."""
+    figures = []
+    leakage = summary.leakage
+    if not leakage.empty:
+        figures += [
+            _render("auc_per_round", "Leakage per round", "Membership AUC of every attack, each round it was run; bands are 95% bootstrap intervals.",
+                    plots.auc_per_round(leakage)),
+            _render("tpr_per_round", "TPR at low FPR per round", "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
+                    plots.tpr_per_round(leakage)),
+        ]
+        last_round = int(leakage["round"].max())
+        last = leakage[leakage["round"] == last_round]
+        figures.append(_render("roc", "ROC curves of the last round", f"Round {last_round}: linear axes, and log-log axes for the low-FPR regime.",
+                               plots.roc_curves(run.table(ROC_CSV), int(last["n_nonmembers"].max()), last_round)))
+        signals = record_signals(run)
+        snapshot = f"target records on the attacker's last snapshot (round {int(signals['round'].iloc[0])})" if len(signals) else "target records"
+        figures += [
+            _render("loss_per_class", "Loss per class, members vs non-members", f"Per-example loss of the {snapshot}.",
+                    plots.class_distributions(signals, "loss", "loss")),
+            _render("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members",
+                    f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2).",
+                    plots.class_distributions(signals, "last_layer_gradient_norm", "last-layer gradient norm")),
+            _render("accuracy_per_class", "Attack accuracy per class", f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
+                    plots.accuracy_per_class(run.table(PER_CLASS_CSV))),
+        ]
+    if not summary.training.empty:
+        figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
+                               plots.utility_per_round(summary.training)))
+    return figures
+
+
+def _cell(tag: str, value, source: str, row: int, column: str) -> str:
+    """An element holding one table value, tagged with the file, row and column it comes from."""
+    return (f'<{tag} data-source="{source}" data-row="{row}" data-column="{html.escape(column)}">'
+            f"{html.escape(display(value))}</{tag}>")
+
+
+def _words(text: str) -> str:
+    """Prose that may contain digits of its own (FPR 1e-3, 95%), marked as not data."""
+    return f'<span class="words">{html.escape(text)}</span>'
+
+
+def summary_html(summary: Summary, section_id: str = "summary") -> str:
+    """The summary section; its numbers are tagged cells of leakage.csv and training.csv."""
+    parts = [f'<section id="{section_id}" class="summary"><h2>Summary</h2><p class="words">Threat model: {html.escape(summary.threat_model)}.</p>']
+    worst = summary.worst
+    if worst is None:
+        parts.append("<p>No leakage was measured in this run.</p>")
+    else:
+        index = int(worst.name)
+
+        def cell(column: str) -> str:
+            return _cell("span", worst[column], LEAKAGE_CSV, index, column)
+
+        interval = (f" ({_words('95% interval')} {cell('auc_ci_low')} to {cell('auc_ci_high')})"
+                    if "auc_ci_low" in worst.index else "")
+        parts.append(
+            f'<p class="headline">Worst-case leakage: <strong>AUC {cell("auc")}</strong>{interval} at round {cell("round")}, '
+            f"by the {cell('attacker')}'s {cell('attack')} attack on {cell('target')}; balanced accuracy {cell('accuracy')}, "
+            f"TPR {cell('tpr_at_fpr_1e-2')} at {_words('FPR 1e-2')} and {cell('tpr_at_fpr_1e-3')} at {_words('FPR 1e-3')} "
+            f"over {cell('n_members')} members and {cell('n_nonmembers')} non-members.</p>"
+        )
+        low_fpr = summary.worst_low_fpr
+        index = int(low_fpr.name)
+        parts.append(
+            f"<p>Lowest false-positive regime: TPR {_cell('span', low_fpr['tpr_at_fpr_1e-3'], LEAKAGE_CSV, index, 'tpr_at_fpr_1e-3')} "
+            f"at {_words('FPR 1e-3')}, by the {_cell('span', low_fpr['attack'], LEAKAGE_CSV, index, 'attack')} attack "
+            f"at round {_cell('span', low_fpr['round'], LEAKAGE_CSV, index, 'round')}.</p>"
+        )
+    final = summary.final_training
+    if final is not None:
+        index = int(final.name)
+        parts.append(
+            f"<p>Utility: test accuracy {_cell('span', final['test_accuracy'], TRAINING_CSV, index, 'test_accuracy')} "
+            f"after round {_cell('span', final['round'], TRAINING_CSV, index, 'round')}.</p>"
+        )
+    if worst is not None:
+        columns = summary.headline_columns()
+        header = "".join(f"<th>{html.escape(label)}</th>" for label in columns.values())
+        body = "".join(
+            "<tr>" + "".join(_cell("td", row[column], LEAKAGE_CSV, int(index), column) for column in columns) + "</tr>"
+            for index, row in summary.per_attack.iterrows()
+        )
+        parts.append(f'<h3>Worst case per attack</h3><table class="numbers"><tr>{header}</tr>{body}</table>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _figure_html(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (f'<section id="{plot.name}"><h2>{html.escape(plot.title)}</h2><figure>'
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(plot.title)}">'
+            f"<figcaption>{html.escape(plot.caption)}</figcaption></figure></section>")
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    """A table with every value as written in its source (pandas' to_html would re-round numbers)."""
+    header = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{'' if pd.isna(value) else html.escape(display(value))}</td>" for value in row) + "</tr>"
+        for row in table.astype(object).itertuples(index=False)
+    )
+    return f'<table class="numbers"><tr>{header}</tr>{rows}</table>'
+
+
+def _details_html(title: str, table: pd.DataFrame) -> str:
+    return f"<details><summary>{html.escape(title)}</summary>{_table_html(table)}</details>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 980px; color: #222; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: 0.2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #666; font-size: 0.9rem; }
+section.summary { background: #f6f8fa; border: 1px solid #dde; border-radius: 6px; padding: 0.5rem 1.2rem 1rem; }
+.headline { font-size: 1.1rem; }
+section.summary { overflow-x: auto; }
+table.numbers { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+table.numbers th, table.numbers td { border-bottom: 1px solid #ddd; padding: 0.2rem 0.6rem; text-align: right; }
+figure { margin: 0.5rem 0; } img { max-width: 100%; height: auto; } figcaption { color: #555; font-size: 0.9rem; }
+.side-by-side { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 1rem; }
+.side-by-side > div { border: 1px solid #ddd; border-radius: 6px; padding: 0 0.8rem; }
+details { margin: 0.5rem 0; }
+"""
+
+
+def _page(title: str, meta: str, sections: Iterable[str]) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(meta)}</p>"
+            + "".join(sections) + "</body></html>\n")
+
+
+def _write_plots(folder: Path, figures: list[Plot]) -> list[str]:
+    written = []
+    for plot in figures:
+        relative = f"{PLOTS}/{plot.name}.png"
+        write_atomically(folder / relative, plot.png)
+        written.append(relative)
+    return written
+
+
+def run_summary(run: Run) -> Summary:
+    return Summary(run.table(LEAKAGE_CSV), run.table(TRAINING_CSV), describe(run.config))
+
+
+def write_report(run: Run) -> list[str]:
+    """Write plots/*.png and report.html into the run folder; returns their relative paths.
+
+    Reads only the metrics tables and the recorded snapshots, so it can be run again at any time
+    (`fedsim report`); it does not check the run's status (run_experiment writes the report just
+    before marking the run complete).
+    """
+    summary = run_summary(run)
+    figures = run_plots(run, summary)
+    config = run.config
+    meta = (f"{run.folder.name}: {config.data.num_clients} clients on {config.data.dataset}, {config.model.name}, "
+            f"{config.strategy.name}, {config.train.rounds} rounds, seed {config.seed}; "
+            f"fedsim {run.manifest.get('versions', {}).get('fedsim', '?')}, created {run.manifest.get('created', '?')}")
+    tables = [_details_html(LEAKAGE_CSV, summary.leakage)] if not summary.leakage.empty else []
+    tables.append(_details_html(TRAINING_CSV, summary.training))
+    page = _page(f"fedsim report: {config.name}", meta, [summary_html(summary), *map(_figure_html, figures), "<h2>Tables</h2>", *tables])
+    written = _write_plots(run.folder, figures)
+    write_atomically(run.folder / REPORT_HTML, page.encode("utf-8"))
+    return [*written, REPORT_HTML]
+
+
+def sweep_points(names: list[str], runs: list[Run]) -> pd.DataFrame:
+    """One row per (run, attack): the run's final test accuracy and the attack's worst (highest) AUC over rounds."""
+    rows = []
+    for name, run in zip(names, runs):
+        summary = run_summary(run)
+        final = summary.final_training
+        for _, worst in summary.per_attack.iterrows():
+            rows.append({"run": name, "attacker": worst["attacker"], "attack": worst["attack"], "round": worst["round"],
+                         "test_accuracy": None if final is None else final["test_accuracy"], "worst_auc": worst["auc"]})
+    return pd.DataFrame(rows, columns=["run", "attacker", "attack", "round", "test_accuracy", "worst_auc"])
+
+
+def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -> Path:
+    """A sweep's report.html and plots/*.png in `sweep_dir`: the comparison `table` as given, the
+    privacy-utility plot (final test accuracy against worst AUC per attack), AUC per round of every
+    run on shared axes, and each run's summary and plots side by side. Runs that did not complete
+    are named and left out of the plots. Returns the report's path."""
+    sweep_dir = Path(sweep_dir)
+    opened = [Run.open(folder) for folder in runs]
+    complete = [run for run in opened if run.status == "complete"]
+    if not complete:
+        raise FedsimError(f"{sweep_dir}: none of the sweep's {len(opened)} runs is complete; there is nothing to report")
+    names = [_run_name(sweep_dir, run.folder) for run in complete]
+    points = sweep_points(names, complete)
+    figures = [
+        _render("privacy_utility", "Privacy-utility trade-off",
+                "Each run's final test accuracy (x) against its worst AUC over rounds (y), one marker per attack.",
+                plots.privacy_utility(points.dropna(subset=["test_accuracy"]))),
+        _render("auc_per_round_by_run", "Leakage per round, runs side by side", "AUC per round, one panel per attack, one line per run.",
+                plots.auc_per_round_by_run({name: run.table(LEAKAGE_CSV) for name, run in zip(names, complete)})),
+    ]
+    _write_plots(sweep_dir, figures)
+    columns = []
+    for name, run in zip(names, complete):
+        summary = run_summary(run)
+        link = html.escape(str(Path(name) / REPORT_HTML))
+        pieces = [f'<div><h3><a href="{link}">{html.escape(name)}</a></h3>', summary_html(summary, f"summary-{name}")]
+        if not summary.leakage.empty:
+            pieces.append(_figure_html(_render(f"{name}-auc", "AUC per round", "95% bootstrap bands.", plots.auc_per_round(summary.leakage))))
+        pieces.append(_figure_html(_render(f"{name}-utility", "Utility per round", "Test accuracy and loss.", plots.utility_per_round(summary.training))))
+        columns.append("".join(pieces) + "</div>")
+    skipped = [run for run in opened if run.status != "complete"]
+    note = ("<p>Not complete, left out: " + ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped) + "</p>") if skipped else ""
+    sections = [
+        "<h2>Comparison</h2>", _table_html(table), note,
+        "<h2>Worst AUC per run and attack</h2>", _table_html(points),
+        *map(_figure_html, figures),
+        '<h2>Runs side by side</h2><div class="side-by-side">', *columns, "</div>",
+    ]
+    page = _page(f"fedsim sweep report: {sweep_dir.name}", f"{len(complete)} runs in {sweep_dir}", sections)
+    write_atomically(sweep_dir / REPORT_HTML, page.encode("utf-8"))
+    return sweep_dir / REPORT_HTML
+
+
+def _run_name(sweep_dir: Path, folder: Path) -> str:
+    """A run's folder relative to the sweep folder when inside it (a link that survives moving the sweep)."""
+    try:
+        return str(folder.resolve().relative_to(sweep_dir.resolve()))
+    except ValueError:
+        return str(folder)
