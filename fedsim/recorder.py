@@ -29,6 +29,15 @@ MANIFEST = "manifest.json"
 TRAINING_CSV = "metrics/training.csv"
 LEAKAGE_CSV = "metrics/leakage.csv"
 TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "seconds"]
+
+
+def training_columns(config: Config) -> list[str]:
+    """training.csv's columns: with DP-SGD, the worst client's epsilon and each client's."""
+    if config.defense.dp_sgd is None:
+        return TRAINING_COLUMNS
+    return [*TRAINING_COLUMNS, "epsilon_max", *(f"epsilon_client_{c:03d}" for c in range(config.data.num_clients))]
+
+
 LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
     "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
@@ -121,7 +130,7 @@ class Recorder:
         self._write_file("config.yaml", self.config.to_yaml().encode())
         ledger_path = ledger_writer(self.folder)
         self.manifest["files"][ledger_path.name] = sha256_of(ledger_path)
-        for name, columns in ((TRAINING_CSV, TRAINING_COLUMNS), (LEAKAGE_CSV, LEAKAGE_COLUMNS)):
+        for name, columns in ((TRAINING_CSV, training_columns(self.config)), (LEAKAGE_CSV, LEAKAGE_COLUMNS)):
             self._write_file(name, (",".join(columns) + "\n").encode(), listed=False)
         self._save_manifest()
 
@@ -141,9 +150,11 @@ class Recorder:
         clients: Mapping[int, tuple[StateDict, int]] | None = None,
         broadcast: Mapping[int, StateDict] | None = None,
         failed: list[int] | None = None,
+        secure_sum: list[int] | None = None,
     ) -> None:
         """Write a round: the aggregate, each client's (state, num_examples), what was broadcast,
-        and the partition ids of clients whose reply was an error (-1 where unknown).
+        the partition ids of clients whose reply was an error (-1 where unknown) and, under
+        secure aggregation, of those whose updates the server only saw summed.
 
         Files are staged in a hidden folder and renamed to rounds/NNNN as one step, then the
         manifest lists them: only then is the round complete.
@@ -171,12 +182,15 @@ class Recorder:
         os.replace(staging, final)
         self.manifest["files"].update(hashes)
         self.manifest["rounds"][str(round_number)] = {"clients": client_info, "failed": sorted(failed or [])}
+        if secure_sum is not None:
+            self.manifest["rounds"][str(round_number)]["secure_sum"] = secure_sum
         self.manifest["rounds_completed"] = round_number
         self._save_manifest()
 
     def append_training(self, row: Mapping[str, Any]) -> None:
         with (self.folder / TRAINING_CSV).open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=TRAINING_COLUMNS).writerow({k: row.get(k, "") for k in TRAINING_COLUMNS})
+            columns = training_columns(self.config)
+            csv.DictWriter(handle, fieldnames=columns).writerow({k: row.get(k, "") for k in columns})
 
     def write_metrics(self, tables: Mapping[str, Any]) -> None:
         """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""

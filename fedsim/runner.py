@@ -20,6 +20,7 @@ from attackers.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config
 from fedsim.datasets import pool_for
+from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.models import model_for
@@ -27,7 +28,7 @@ from fedsim.recorder import LEAKAGE_CSV, Recorder
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
-from strategies import build_strategy
+from strategies import build_strategy, train_mods
 
 RUNS = Path("runs")
 
@@ -57,7 +58,9 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
     ledger = build_ledger(config, pool)
     torch.manual_seed(config.seed)
     model = model_for(config)
-    strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
+    if config.defense.dp_sgd is not None:
+        check_model(model, config.model.name)
 
     folder = out or default_run_folder(config)
     recorder = Recorder(folder, config)
@@ -74,8 +77,8 @@ def run_experiment(config: Config, out: Path | None = None, console: Console | N
         )
 
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
-                      show, adversary=server_wrapper(config, ledger))
-    client_app = make_client_app(config, client_records, participant_mods(config, ledger))
+                      show, adversary=server_wrapper(config, ledger), secure_aggregation=config.defense.secure_aggregation)
+    client_app = make_client_app(config, client_records, participant_mods(config, ledger), train_mods(config.strategy))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"

@@ -3,7 +3,8 @@
 `RecordingStrategy` wraps any Message-API strategy the way Flower's DP wrappers do. It sorts
 replies by partition id before the inner strategy aggregates them (replies arrive in any
 order, and float sums depend on order), and hands the recorder every client's parameters and
-the new aggregate, round by round.
+the new aggregate, round by round. Under secure aggregation it sits inside
+`SecureAggregation`, so what it records (the server's view) is the aggregate alone.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from strategies.secure_aggregation import AGGREGATE, CONTRIBUTORS, SecureAggregation
 from strategies.wrapper import StrategyWrapper
 
-from fedsim.client_app import partition_of
+from fedsim.client_app import CLIENT_RECORD, partition_of
 from fedsim.recorder import Recorder
 from fedsim.training import evaluate
 
@@ -76,6 +78,7 @@ class RecordingStrategy(StrategyWrapper):
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
         self.train_metrics: dict[int, MetricRecord] = {}
+        self.client_metrics: dict[int, dict[int, MetricRecord]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.current = arrays
@@ -89,19 +92,31 @@ class RecordingStrategy(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = sorted_replies(replies)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        ok = [r for r in replies if not r.has_error()]
+        # Read before the inner strategy runs: DP wrappers and robust strategies clip replies in place.
         received = {
             partition_of(r): (r.content["arrays"].to_torch_state_dict(), int(r.content["metrics"]["num-examples"]))
-            for r in replies
-            if not r.has_error()
+            for r in ok
+            if partition_of(r) != AGGREGATE
         }
+        summed = [list(r.content[CLIENT_RECORD][CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
+        self.client_metrics[server_round] = {partition_of(r): r.content["metrics"] for r in ok}
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
         new_global = arrays if arrays is not None else self.current
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed)
+        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed,
+                                   secure_sum=summed[0] if summed else None)
         if metrics is not None:
             self.train_metrics[server_round] = metrics
         return arrays, metrics
+
+    def privacy_columns(self, server_round: int) -> dict[str, float]:
+        """epsilon_max and, where the server saw individual replies, epsilon per client (DP-SGD)."""
+        reported = {c: float(m["epsilon"]) for c, m in self.client_metrics.get(server_round, {}).items() if "epsilon" in m}
+        if not reported:
+            return {}
+        return {"epsilon_max": max(reported.values())} | {f"epsilon_client_{c:03d}": e for c, e in reported.items() if c != AGGREGATE}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, sorted_replies(replies))
@@ -120,6 +135,7 @@ class ServerPlan:
     seed: int
     on_round: Callable[[dict], None] = lambda row: None
     adversary: Callable[[Strategy, dict[int, int]], Strategy] | None = None  # wraps the strategy, given node -> partition
+    secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
 
 
 def make_server_app(plan: ServerPlan) -> ServerApp:
@@ -133,6 +149,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         partitions = discover_partitions(grid, plan.num_clients)
         strategy = plan.adversary(plan.strategy, partitions) if plan.adversary else plan.strategy
         recording = RecordingStrategy(strategy, plan.recorder, partitions)
+        outermost = SecureAggregation(recording) if plan.secure_aggregation else recording
         initial = ArrayRecord(plan.model.state_dict())
         plan.recorder.record_round(0, plan.model.state_dict())
         started = time.perf_counter()
@@ -146,10 +163,11 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
                 "round": server_round,
                 "test_loss": round(result.loss, 6),
                 "test_accuracy": round(result.accuracy, 6),
-                "clients": len(info.get("clients", {})),
+                "clients": len(info.get("clients", {})) or len(info.get("secure_sum", [])),
                 "failures": len(info.get("failed", [])),
                 "seconds": round(time.perf_counter() - started, 3),
             }
+            row |= recording.privacy_columns(server_round)
             train_metrics = recording.train_metrics.get(server_round)
             if train_metrics is not None and "train_loss" in train_metrics:
                 row["train_loss"] = round(float(train_metrics["train_loss"]), 6)
@@ -158,6 +176,6 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
             started = time.perf_counter()
             return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
 
-        recording.start(grid=PartitionOrderedGrid(grid, partitions), initial_arrays=initial, num_rounds=plan.rounds, evaluate_fn=central_evaluation)
+        outermost.start(grid=PartitionOrderedGrid(grid, partitions), initial_arrays=initial, num_rounds=plan.rounds, evaluate_fn=central_evaluation)
 
     return app
