@@ -32,8 +32,13 @@ class GridPoint:
 
     @property
     def name(self) -> str:
-        """A folder name from the settings, e.g. 'defense.dp_sgd.noise_multiplier=0.5'."""
-        return "__".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{k}={v}") for k, v in self.settings)
+        """A folder name from the settings, e.g. 'defense.dp_sgd.noise_multiplier=0.5',
+        'strategy=name-fedavg-normbound_args-max_update_norm-1.0'."""
+        def readable(value: str) -> str:
+            value = re.sub(r"\s*:\s*", "-", re.sub(r"\s*,\s*", "_", value))
+            return re.sub(r"[^A-Za-z0-9._=-]+", "", value)
+
+        return "__".join(f"{key}={readable(value)}" for key, value in self.settings)
 
     def overrides(self) -> list[str]:
         return [f"{k}={v}" for k, v in self.settings]
@@ -64,7 +69,11 @@ def parse_grid(items: list[str]) -> list[GridPoint]:
         axes.append([(key.strip(), v) for v in values])
     if not axes:
         raise FedsimError("fedsim sweep: give at least one --grid key=value1,value2")
-    return [GridPoint(tuple(combination)) for combination in itertools.product(*axes)]
+    points = [GridPoint(tuple(combination)) for combination in itertools.product(*axes)]
+    names = [point.name for point in points]
+    if len(set(names)) < len(names):
+        raise FedsimError(f"--grid: two grid points would share the folder {max(names, key=names.count)!r}; make the values differ in more than spacing or punctuation")
+    return points
 
 
 def _status(folder: Path) -> str | None:
