@@ -70,3 +70,27 @@ def test_under_secure_aggregation_the_server_attacker_never_receives_an_individu
     assert training["clients"].tolist()[1:] == [3, 3]
     assert set(pd.read_csv(run.folder / "metrics/leakage.csv")["target"]) == {"global"}
     assert all(torch.isfinite(t).all() for t in run.state(2).values())
+
+
+def test_dp_sgd_refuses_batchnorm_models_in_one_line():
+    from torchvision.models import resnet18
+
+    from fedsim.dp_sgd import check_model
+    from fedsim.errors import FedsimError
+
+    with pytest.raises(FedsimError, match="cannot be trained with DP-SGD .*BatchNorm"):
+        check_model(resnet18(num_classes=10), "resnet18")
+    check_model(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)), "fcn")
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["strategy.name=fedprox", "strategy.args={proximal_mu: 0.1}", "defense.dp_sgd={}"], "proximal term cannot be combined"),
+    (["strategy.name=dp-client-fixed", "strategy.base={name: krum}", "defense.secure_aggregation=true"], "Krum needs each client's update"),
+    (["defense.dp_sgd={noise_multiplier: -1}"], "defense.dp_sgd.noise_multiplier"),
+])
+def test_inconsistent_defences_give_one_line_and_exit_2(overrides, expected, capsys):
+    from fedsim.cli import main
+
+    assert main(["run", *(a for o in overrides for a in ("--set", o))]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
