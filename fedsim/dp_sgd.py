@@ -30,9 +30,10 @@ def check_model(model: nn.Module, model_name: str) -> None:
 
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, dp: DPSGDConfig) -> tuple[nn.Module, Optimizer, DataLoader, float]:
     """Opacus' private (module, optimizer, Poisson-sampled loader) and the loader's sample rate."""
-    engine = PrivacyEngine(accountant=dp.accountant)
+    model.train()  # Opacus refuses a module in eval mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about its non-cryptographic RNG on every call
+        engine = PrivacyEngine(accountant=dp.accountant)
         private_model, private_optimizer, private_loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader,
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
