@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
     report = commands.add_parser("report", help="(re)write a complete run's report.html and plots/*.png")
     report.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
+    sweep = commands.add_parser("sweep", help="run a grid of configs one after another (resumable) and compare them")
+    sweep.add_argument("config", help="YAML config every grid point starts from")
+    sweep.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2", help="a config key and its values, e.g. --grid defense.dp_sgd.noise_multiplier=0.5,1.0 (repeatable: the cartesian product)")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: runs/sweep-<name>); an existing one is resumed")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every grid point (repeatable)")
     return parser
 
 
@@ -92,15 +97,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fedsim.sweep import COMPARISON_CSV, run_sweep
+
+    folder = run_sweep(args.config, args.grid, args.overrides, args.out)
+    table = pd.read_csv(folder / COMPARISON_CSV)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(folder)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "attack": _attack, "report": _report}[args.command](args)
+        return {"run": _run, "attack": _attack, "report": _report, "sweep": _sweep}[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        detail = "; the run folder is marked failed (continue it with `fedsim run --resume`)" if args.command == "run" else ""
+        detail = {"run": "; the run folder is marked failed (continue it with `fedsim run --resume`)",
+                  "sweep": "; run the same sweep again to resume"}.get(args.command, "")
         print(f"fedsim: interrupted{detail}", file=sys.stderr)
         return 130
 

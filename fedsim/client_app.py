@@ -16,11 +16,14 @@ from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
 from fedsim.datasets import pool_for
+from fedsim.dp_sgd import epsilon
 from fedsim.models import model_for
 from fedsim.training import evaluate, train_locally
 
 PARTITION_KEY = "partition-id"
 CLIENT_RECORD = "client"
+DP_STATE = "dp-sgd"  # in the node's Context.state: DP-SGD steps taken in earlier rounds
+PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight, in the train config
 
 
 def client_seed(seed: int, server_round: int, partition: int) -> int:
@@ -33,10 +36,13 @@ def partition_of(reply: Message) -> int:
     return int(reply.content[CLIENT_RECORD][PARTITION_KEY])
 
 
-def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mods: Sequence = ()) -> ClientApp:
+def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mods: Sequence = (), train_mods: Sequence = ()) -> ClientApp:
     """A ClientApp whose clients train on `client_records[partition id]` of the configured pool.
 
-    `mods` are Flower ClientApp mods wrapped around every handler (a curious participant is one).
+    `mods` are Flower ClientApp mods wrapped around every handler (a curious participant is one);
+    `train_mods` only around training, inside `mods` (a client-side DP wrapper's clipping).
+    The client applies FedProx's proximal term when the server sends one, reports its training
+    loss (QFedAvg weighs by it) and, under DP-SGD, its epsilon so far.
     """
     app = ClientApp(mods=list(mods))
 
@@ -50,16 +56,24 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
         model.load_state_dict(message.content["arrays"].to_torch_state_dict())
         return model
 
-    @app.train()
+    @app.train(mods=list(train_mods))
     def train(message: Message, context: Context) -> Message:
         partition, x, y = local_data(context)
         model = local_model(message)
-        seed = client_seed(config.seed, int(message.content["config"]["server-round"]), partition)
+        train_config = message.content["config"]
+        seed = client_seed(config.seed, int(train_config["server-round"]), partition)
         torch.manual_seed(seed)
-        loss = train_locally(model, x, y, config.train, seed)
+        mu = float(train_config[PROXIMAL_MU]) if PROXIMAL_MU in train_config else 0.0
+        dp = config.defense.dp_sgd
+        result = train_locally(model, x, y, config.train, seed, proximal_mu=mu, dp_sgd=dp)
+        metrics = {"num-examples": len(y), "train_loss": result.loss}
+        if dp is not None:
+            steps = result.steps + (int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0)
+            context.state[DP_STATE] = ConfigRecord({"steps": steps})
+            metrics["epsilon"] = epsilon(dp, result.sample_rate, steps)
         content = RecordDict({
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"num-examples": len(y), "train_loss": loss}),
+            "metrics": MetricRecord(metrics),
             CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
         })
         return Message(content=content, reply_to=message)

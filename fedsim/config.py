@@ -74,6 +74,7 @@ class TrainConfig(Section):
 class StrategyConfig(Section):
     name: str = "fedavg"
     args: dict[str, Any] = Field(default_factory=dict)
+    base: StrategyConfig | None = None  # the strategy a wrapper (dp-*) wraps; null: fedavg
 
     @field_validator("name")
     @classmethod
@@ -98,8 +99,18 @@ class AdversaryConfig(Section):
     active_rounds: list[int] | None = None
 
 
+class DPSGDConfig(Section):
+    """Client-side DP-SGD (Opacus): per-example clipping and Gaussian noise in every local step."""
+
+    noise_multiplier: float = Field(1.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
 class DefenseConfig(Section):
     secure_aggregation: bool = False  # the server sees only the aggregate of the clients' updates
+    dp_sgd: DPSGDConfig | None = None  # null: ordinary local SGD
 
 
 class BackendConfig(Section):
@@ -156,6 +167,14 @@ class Config(Section):
             )
         if self.adversary.isolate and self.adversary.role != "server":
             raise ValueError("adversary.isolate needs adversary.role: server")
+        if self.defense.secure_aggregation:
+            from strategies import NEEDS_INDIVIDUAL_UPDATES, strategy_chain
+
+            individual = [cls.__name__ for cls in strategy_chain(self.strategy) if issubclass(cls, NEEDS_INDIVIDUAL_UPDATES)]
+            if individual:
+                raise ValueError(f"strategy {individual[0]} needs each client's update, which defense.secure_aggregation hides; choose fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad or dp-client-fixed")
+        if self.defense.dp_sgd is not None and self.strategy_args("proximal_mu"):
+            raise ValueError("fedprox's proximal term cannot be combined with defense.dp_sgd (Opacus would drop its gradient); set proximal_mu: 0 or remove dp_sgd")
         if self.adversary.isolate and self.defense.secure_aggregation:
             raise ValueError("adversary.isolate cannot work under defense.secure_aggregation: the server cannot take the victim's update out of a secure sum")
         for key, rounds in (("adversary.active_rounds", self.adversary.active_rounds), ("observe_rounds", self.observe_rounds)):
@@ -170,6 +189,15 @@ class Config(Section):
             if self.data.nonmembers < 4:
                 raise ValueError("data.nonmembers must be at least 4 when there is an adversary: it needs known and target non-members")
         return self
+
+    def strategy_args(self, key: str) -> Any:
+        """`key` from the args of the strategy or any base it wraps (None when absent)."""
+        spec: StrategyConfig | None = self.strategy
+        while spec is not None:
+            if key in spec.args:
+                return spec.args[key]
+            spec = spec.base
+        return None
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""

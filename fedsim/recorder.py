@@ -35,6 +35,15 @@ PER_CLASS_CSV = "metrics/leakage_per_class.csv"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
 TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
+
+
+def training_columns(config: Config) -> list[str]:
+    """training.csv's columns: with DP-SGD, the worst client's epsilon and each client's."""
+    if config.defense.dp_sgd is None:
+        return TRAINING_COLUMNS
+    return [*TRAINING_COLUMNS, "epsilon_max", *(f"epsilon_client_{c:03d}" for c in range(config.data.num_clients))]
+
+
 LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
     "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
@@ -146,7 +155,7 @@ class Recorder:
         self._write_file("config.yaml", self.config.to_yaml().encode())
         ledger_path = ledger_writer(self.folder)
         self.manifest["files"][ledger_path.name] = sha256_of(ledger_path)
-        for name, columns in ((TRAINING_CSV, TRAINING_COLUMNS), (LEAKAGE_CSV, LEAKAGE_COLUMNS)):
+        for name, columns in ((TRAINING_CSV, training_columns(self.config)), (LEAKAGE_CSV, LEAKAGE_COLUMNS)):
             self._write_file(name, (",".join(columns) + "\n").encode(), listed=False)
         self._save_manifest()
 
@@ -190,8 +199,9 @@ class Recorder:
     def _keep_training_rows(self, before: int) -> None:
         path = self.folder / TRAINING_CSV
         rows = list(csv.DictReader(path.open())) if path.is_file() else []
-        kept = "".join(f"{','.join(row.get(c) or '' for c in TRAINING_COLUMNS)}\n" for row in rows if int(row["round"]) < before)
-        write_atomically(path, (",".join(TRAINING_COLUMNS) + "\n" + kept).encode())
+        columns = training_columns(self.config)
+        kept = "".join(f"{','.join(row.get(c) or '' for c in columns)}\n" for row in rows if int(row["round"]) < before)
+        write_atomically(path, (",".join(columns) + "\n" + kept).encode())
 
     def _write_file(self, relative: str, payload: bytes, listed: bool = True) -> None:
         write_atomically(self.folder / relative, payload)
@@ -211,10 +221,12 @@ class Recorder:
         failed: list[int] | None = None,
         dropped: list[int] | None = None,
         train_loss: float | None = None,
+        secure_sum: list[int] | None = None,
     ) -> None:
         """Write a round: the aggregate, each client's (state, num_examples), what was broadcast,
         the partition ids of clients whose reply was an error (-1 where unknown) and of those
-        sent training that never replied, and the clients' mean training loss.
+        sent training that never replied, the clients' mean training loss and, under secure
+        aggregation, the clients whose updates the server only saw summed.
 
         Files are staged in a hidden folder and renamed to rounds/NNNN as one step, then the
         manifest lists them: only then is the round complete. A failed write (disk full, folder
@@ -223,6 +235,8 @@ class Recorder:
         info: dict[str, Any] = {"clients": {}, "failed": sorted(failed or []), "dropped": sorted(dropped or [])}
         if train_loss is not None:
             info["train_loss"] = train_loss
+        if secure_sum is not None:
+            info["secure_sum"] = secure_sum
         with self._disk(f"round {round_number}"):
             started = time.perf_counter()
             info["clients"] = self._write_round(round_number, global_state, clients or {}, broadcast or {})
@@ -268,8 +282,9 @@ class Recorder:
         return client_info
 
     def append_training(self, row: Mapping[str, Any]) -> None:
+        columns = training_columns(self.config)
         with self._disk(f"the training metrics of round {row['round']}"), (self.folder / TRAINING_CSV).open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=TRAINING_COLUMNS).writerow({k: row.get(k, "") for k in TRAINING_COLUMNS})
+            csv.DictWriter(handle, fieldnames=columns).writerow({k: row.get(k, "") for k in columns})
 
     def write_metrics(self, tables: Mapping[str, Any]) -> None:
         """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""

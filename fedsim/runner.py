@@ -20,6 +20,7 @@ from fedsim.client_app import PARTITION_KEY, make_client_app
 from fedsim.config import Config
 from fedsim.console import RUN_LOG, RunConsole, summary_table
 from fedsim.datasets import pool_for
+from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
@@ -30,7 +31,7 @@ from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
 from fedsim.summary import Summary
-from strategies import STATELESS, build_strategy, is_stateless
+from strategies import STATELESS, build_strategy, is_stateless, train_mods
 
 RUNS = Path("runs")
 ROUNDS_STAGE = "rounds"
@@ -64,7 +65,9 @@ def run_experiment(config: Config, out: Path | None = None, console: RunConsole 
     ledger = build_ledger(config, pool)
     torch.manual_seed(config.seed)
     model = model_for(config)
-    strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
+    if config.defense.dp_sgd is not None:
+        check_model(model, config.model.name)
     recorder = Recorder(out or default_run_folder(config), config)
     recorder.start(lambda where: save_ledger(ledger, where), force=force)
     return _carry_out(recorder, ledger, model, strategy, None, console)
@@ -81,7 +84,10 @@ def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     last = recorder.manifest["rounds_completed"]
     torch.manual_seed(config.seed)
     model = model_for(config)
-    strategy = build_strategy(config.strategy.name, config.strategy.args, config.data.num_clients)
+    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
+    if last >= 1 and config.defense.dp_sgd is not None:
+        raise FedsimError("--resume: DP-SGD clients keep their privacy accountant between rounds, which the run folder does not "
+                          "record; rerun it with --force")
     if last >= 1 and config.record.dtype != "float32":
         raise FedsimError(f"--resume: the run records {config.record.dtype} (rounded) parameters, and continuing from them would "
                           "not give an uninterrupted run's records; rerun it with --force")
@@ -127,9 +133,10 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     faults = FaultPlan.from_config(config.seed, config.faults)
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
                       show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
-                      adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed)
+                      adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed,
+                      secure_aggregation=config.defense.secure_aggregation)
     mods = [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else []
-    client_app = make_client_app(config, client_records, mods + participant_mods(config, ledger))
+    client_app = make_client_app(config, client_records, mods + participant_mods(config, ledger), train_mods(config.strategy))
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"

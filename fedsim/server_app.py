@@ -3,7 +3,8 @@
 `RecordingStrategy` wraps any Message-API strategy the way Flower's DP wrappers do. It sorts
 replies by partition id before the inner strategy aggregates them (replies arrive in any
 order, and float sums depend on order), and hands the recorder every client's parameters and
-the new aggregate, round by round.
+the new aggregate, round by round. Under secure aggregation it sits inside
+`SecureAggregation`, so what it records (the server's view) is the aggregate alone.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from strategies.secure_aggregation import AGGREGATE, CONTRIBUTORS, SecureAggregation
 from strategies.wrapper import StrategyWrapper
 
-from fedsim.client_app import partition_of
+from fedsim.client_app import CLIENT_RECORD, partition_of
 from fedsim.faults import DropoutGrid, FaultPlan
 from fedsim.recorder import Recorder
 from fedsim.run import Run
@@ -103,6 +105,7 @@ class RecordingStrategy(StrategyWrapper):
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
         self.sent: set[int] = set()
+        self.client_metrics: dict[int, dict[int, MetricRecord]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.current = arrays
@@ -117,19 +120,32 @@ class RecordingStrategy(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = sorted_replies(replies)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        ok = [r for r in replies if not r.has_error()]
+        # Read before the inner strategy runs: DP wrappers and robust strategies clip replies in place.
         received = {
             partition_of(r): (r.content["arrays"].to_torch_state_dict(), int(r.content["metrics"]["num-examples"]))
-            for r in replies
-            if not r.has_error()
+            for r in ok
+            if partition_of(r) != AGGREGATE
         }
+        summed = [list(r.content[CLIENT_RECORD][CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
+        self.client_metrics[server_round] = {partition_of(r): r.content["metrics"] for r in ok}
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
         new_global = arrays if arrays is not None else self.current
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
-        dropped = sorted(self.sent - set(received) - set(failed))  # sent training, never replied
+        replied = set(received) | set(summed[0] if summed else [])
+        dropped = sorted(self.sent - replied - set(failed))  # sent training, never replied
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
         train_loss = round(float(metrics["train_loss"]), 6) if metrics is not None and "train_loss" in metrics else None
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss)
+        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss,
+                                   secure_sum=summed[0] if summed else None)
         return arrays, metrics
+
+    def privacy_columns(self, server_round: int) -> dict[str, float]:
+        """epsilon_max and, where the server saw individual replies, epsilon per client (DP-SGD)."""
+        reported = {c: float(m["epsilon"]) for c, m in self.client_metrics.get(server_round, {}).items() if "epsilon" in m}
+        if not reported:
+            return {}
+        return {"epsilon_max": max(reported.values())} | {f"epsilon_client_{c:03d}": e for c, e in reported.items() if c != AGGREGATE}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, sorted_replies(replies))
@@ -185,6 +201,7 @@ class ServerPlan:
     faults: FaultPlan | None = None
     resumed: Run | None = None  # an interrupted run to continue after its last complete round; `model` holds that round's global
     error: BaseException | None = None  # what stopped the server app (the engine only logs it)
+    secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
 
 
 def make_server_app(plan: ServerPlan) -> ServerApp:
@@ -207,6 +224,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
             if isinstance(strategy, StrategyWrapper):
                 strategy.restore(plan.resumed, first_round - 1)
         recording = RecordingStrategy(strategy, plan.recorder, partitions)
+        outermost = SecureAggregation(recording) if plan.secure_aggregation else recording
         initial = ArrayRecord(plan.model.state_dict())
         if first_round == 1:
             plan.recorder.record_round(0, plan.model.state_dict())
@@ -223,12 +241,13 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
                 "test_loss": round(result.loss, 6),
                 "test_accuracy": round(result.accuracy, 6),
                 "train_loss": info.get("train_loss", ""),
-                "clients": len(info.get("clients", {})),
+                "clients": len(info.get("clients", {})) or len(info.get("secure_sum", [])),
                 "failures": len(info.get("failed", [])),
                 "dropouts": len(info.get("dropped", [])),
                 "seconds": round(time.perf_counter() - started, 3),
                 "record_seconds": info.get("record_seconds", ""),
             }
+            row |= recording.privacy_columns(server_round)
             plan.recorder.append_training(row)
             plan.on_round(row)
             started = time.perf_counter()
@@ -237,7 +256,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
         if plan.faults is not None:
             grid = DropoutGrid(grid, plan.faults, partitions)
-        clock = RoundClock(recording, first_round, plan.seed)
+        clock = RoundClock(outermost, first_round, plan.seed)
         clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
 
     return app

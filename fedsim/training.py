@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsim.config import TrainConfig
+from fedsim.config import DPSGDConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -17,32 +17,54 @@ class Evaluation:
     accuracy: float
 
 
+@dataclass(frozen=True)
+class LocalTraining:
+    loss: float  # mean training loss
+    steps: int  # optimizer steps taken
+    sample_rate: float  # DP-SGD's Poisson sampling rate (batch_size / records otherwise)
+
+
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     if train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
-def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: TrainConfig, seed: int) -> float:
-    """`local_epochs` of mini-batch training on (x, y); returns the mean training loss.
+def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: TrainConfig, seed: int,
+                  proximal_mu: float = 0.0, dp_sgd: DPSGDConfig | None = None) -> LocalTraining:
+    """`local_epochs` of mini-batch training on (x, y).
 
     The shuffling order comes from `seed` alone, so a client's update is reproducible.
+    `proximal_mu` > 0 adds FedProx's term mu/2 * ||w - w_global||^2 (w_global: the weights
+    `model` starts from). With `dp_sgd`, Opacus clips each example's gradient and adds noise,
+    sampling batches by Poisson sampling.
     """
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=train.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, train)
+    sample_rate = min(1.0, train.batch_size / len(y))
+    trained: nn.Module = model
+    if dp_sgd is not None:
+        from fedsim.dp_sgd import make_private
+
+        trained, optimizer, loader, sample_rate = make_private(model, optimizer, loader, dp_sgd)
+    start = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    total, seen = 0.0, 0
+    trained.train()
+    total, seen, steps = 0.0, 0, 0
     for _ in range(train.local_epochs):
         for inputs, labels in loader:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), labels)
+            loss = loss_fn(trained(inputs), labels)
+            if proximal_mu > 0:
+                loss = loss + proximal_mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), start))
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(labels)
-            seen += len(labels)
-    return total / max(seen, 1)
+            steps += 1
+            if len(labels):  # a Poisson-sampled batch may be empty (its loss is nan)
+                total += loss.item() * len(labels)
+                seen += len(labels)
+    return LocalTraining(total / max(seen, 1), steps, sample_rate)
 
 
 @torch.no_grad()
