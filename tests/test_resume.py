@@ -1,5 +1,7 @@
 """Integration: a real run killed with SIGKILL mid-run resumes to the bytes of an uninterrupted
-run, with client sampling, injected client faults and a stateful curious server in play."""
+run, with client sampling, injected client faults and a stateful curious server in play (the
+killed process, the resumed one and the reference sample the same clients: sampling is
+reproducible across processes, whatever node ids Flower draws)."""
 
 import json
 import os
@@ -56,11 +58,14 @@ def test_faults_are_injected_counted_and_the_run_goes_on(reference):
     failed = {r: info["failed"] for r, info in rounds.items() if r != "0"}
     dropped = {r: info["dropped"] for r, info in rounds.items() if r != "0"}
     assert reference.status == "complete" and any(failed.values()) and any(dropped.values())
+    sampled_per_round = []
     for r in failed:
         sampled = set(failed[r]) | set(dropped[r]) | set(reference.clients(int(r)))
         assert len(sampled) == 3  # fraction_train 0.75 of 4
+        sampled_per_round.append(frozenset(sampled))
         assert failed[r] == sorted(c for c in sampled if plan.raises(int(r), c))
         assert dropped[r] == sorted(c for c in sampled if plan.drops(int(r), c))
+    assert len(set(sampled_per_round)) > 1  # Flower's seeded sampling picks different clients in different rounds
     training = pd.read_csv(reference.folder / "metrics/training.csv").set_index("round")
     assert training.loc[1:, "failures"].tolist() == [len(failed[str(r)]) for r in range(1, 7)]
     assert training.loc[1:, "dropouts"].tolist() == [len(dropped[str(r)]) for r in range(1, 7)]

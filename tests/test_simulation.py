@@ -95,18 +95,6 @@ def test_cli_prints_the_run_folder_last(tmp_path):
     assert "round   1/1" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sampled_clients_are_reproducible(tmp_path):
-    """Flower samples with the global `random` over random node ids; fedsim makes that reproducible."""
-    config = small_config("data.num_clients=4", "train.rounds=3", "strategy.args={fraction_train: 0.5}", "adversary.role=none")
-    runs = [Run.open(run_experiment(config, tmp_path / f"run-{i}")) for i in range(2)]
-    sampled = [[tuple(run.clients(r)) for r in run.rounds[1:]] for run in runs]
-    assert sampled[0] == sampled[1] and all(len(clients) == 2 for clients in sampled[0])
-    assert len(set(sampled[0])) > 1  # different clients in different rounds
-    assert "No leakage was measured" in (runs[0].folder / "report.html").read_text()  # no adversary: a report all the same
-    for round_number in runs[0].rounds:
-        assert (runs[0].folder / global_file(round_number)).read_bytes() == (runs[1].folder / global_file(round_number)).read_bytes()
-
-
 def test_a_write_failing_mid_run_is_one_clear_error_and_the_run_is_marked_failed(tmp_path, monkeypatch):
     import errno
 
