@@ -128,7 +128,7 @@ class RecordingStrategy(StrategyWrapper):
             if partition_of(r) != AGGREGATE
         }
         summed = [list(r.content[CLIENT_RECORD][CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
-        self.client_metrics[server_round] = {partition_of(r): r.content["metrics"] for r in ok}
+        self.client_metrics = {server_round: {partition_of(r): r.content["metrics"] for r in ok}}  # this round's only
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         new_global = arrays if arrays is not None else self.current
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
@@ -224,7 +224,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
             if isinstance(strategy, StrategyWrapper):
                 strategy.restore(plan.resumed, first_round - 1)
         recording = RecordingStrategy(strategy, plan.recorder, partitions)
-        outermost = SecureAggregation(recording) if plan.secure_aggregation else recording
+        clock = RoundClock(SecureAggregation(recording) if plan.secure_aggregation else recording, first_round, plan.seed)
         initial = ArrayRecord(plan.model.state_dict())
         if first_round == 1:
             plan.recorder.record_round(0, plan.model.state_dict())
@@ -232,7 +232,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
 
         def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
             nonlocal started
-            server_round = clock_round + first_round - 1
+            server_round = clock_round + clock.offset
             plan.model.load_state_dict(arrays.to_torch_state_dict())
             result = evaluate(plan.model, *plan.test_data)
             info = plan.recorder.manifest["rounds"].get(str(server_round), {})
@@ -256,7 +256,6 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
         if plan.faults is not None:
             grid = DropoutGrid(grid, plan.faults, partitions)
-        clock = RoundClock(outermost, first_round, plan.seed)
         clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
 
     return app
