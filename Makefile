@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/fedsim run
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedsim attackers strategies tests benchmarks
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

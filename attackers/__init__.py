@@ -1,27 +1,25 @@
-"""Adversaries: threat models, manipulations of the FL loop and membership inference attacks.
+"""Adversaries, in two rooms, after the threat models of Nasr, Shokri and Houmansadr (S&P 2019).
 
-Inference attacks follow one protocol, sklearn style:
-`attack.fit(observation, ids, members)` on the attacker's known records, then
-`attack.score(observation, ids)` (higher means member), with `attack.threshold` the decision
-threshold fitted on the known records and `attack.multi_round` whether it combines snapshots.
+- `attackers.active`: what the adversary does inside the FL loop (curious server wrapper,
+  curious participant mod, gradient ascent, isolation);
+- `attackers.inference`: what it infers afterwards from the recorded rounds (threat-model
+  views, per-example features, membership inference attacks, leakage).
+
+Imports point one way: `attackers` may import `fedsim`'s core and engine and `strategies`,
+never the report or CLI. The face is lazy (PEP 562); `ATTACKS` and `make_attack` are kept here
+for callers of the first release.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from attackers.baselines import ConfidenceAttack, EntropyAttack, GradientNormAttack, LossAttack, TrajectoryAttack
-from attackers.nasr import NasrAttack, NasrBlackBoxAttack
-from attackers.unsupervised import UnsupervisedNasrAttack
-
-ATTACKS: dict[str, type] = {
-    cls.name: cls
-    for cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
-                NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack)
-}
+__all__ = ["ATTACKS", "make_attack"]
 
 
-def make_attack(name: str, seed: int = 0, **kwargs: Any):
-    """A fresh attack by registry name (learned attacks are seeded)."""
-    cls = ATTACKS[name]
-    return cls(seed=seed, **kwargs) if issubclass(cls, (NasrAttack, UnsupervisedNasrAttack)) else cls(**kwargs)
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from attackers.inference import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

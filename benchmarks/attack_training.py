@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attackers.nasr import NasrAttack  # noqa: E402
-from attackers.threat_models import attacker_view  # noqa: E402
+from attackers.inference.nasr import NasrAttack  # noqa: E402
+from attackers.inference.threat_models import attacker_view  # noqa: E402
 from fedsim.config import load_config  # noqa: E402
 from fedsim.run import Run  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from fedsim.console import RunConsole
-    from fedsim.runner import run_experiment
+    from fedsim.experiment import run_experiment
 
     config = load_config(None, ["train.rounds=8", "attacks=[]", "data.records_per_client=200", "adversary.target_records=200"],
                          default_file=False)

@@ -37,13 +37,13 @@ def _setup(net: str):
 
 
 def _layer_names(model: nn.Module, layers: str) -> list[str]:
-    from attackers.features import resolve_layers
+    from attackers.inference.features import resolve_layers
 
     return resolve_layers(model, layers)
 
 
 def run_fedsim(model, x, y, layers):
-    from attackers.features import extract
+    from attackers.inference.features import extract
 
     features = extract(model, x, y, layers)
     return features.gradient_norm

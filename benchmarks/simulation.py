@@ -49,7 +49,7 @@ def workload(data_root: Path, tiny: bool) -> Config:
 
 def run_fedsim(config: Config, out: Path) -> dict[str, float]:
     from fedsim.console import RunConsole
-    from fedsim.runner import run_experiment
+    from fedsim.experiment import run_experiment
 
     started = time.perf_counter()
     folder = run_experiment(config, out, console=RunConsole(quiet=True))

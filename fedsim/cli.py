@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="simulate a federation from a config and record every round")
     run.add_argument("config", nargs="?", help="YAML config (default: configs/quickstart.yaml, else the built-in quickstart)")
     run.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set train.rounds=5 (repeatable)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
     run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
     run.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
@@ -33,9 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     sweep = commands.add_parser("sweep", help="run a grid of configs one after another (resumable) and compare them")
     sweep.add_argument("config", help="YAML config every grid point starts from")
-    sweep.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2", help="a config key and its values, e.g. --grid defense.dp_sgd.noise_multiplier=0.5,1.0 (repeatable: the cartesian product)")
+    sweep.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2",
+                       help="a config key and its values, e.g. --grid defense.dp_sgd.noise_multiplier=0.5,1.0 (repeatable: the cartesian product)")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: runs/sweep-<name>); an existing one is resumed")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every grid point (repeatable)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key for every grid point (repeatable)")
     return parser
 
 
@@ -47,9 +50,8 @@ def _round_list(text: str) -> list[int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedsim.config import load_config
     from fedsim.console import RunConsole
-    from fedsim.runner import resume_experiment, run_experiment
+    from fedsim.experiment import load_checked_config, resume_experiment, run_experiment
 
     console = RunConsole(quiet=args.quiet)
     if args.resume:
@@ -57,20 +59,18 @@ def _run(args: argparse.Namespace) -> int:
             raise FedsimError("--resume: a resumed run keeps its own config and folder; drop CONFIG, --set, --out and --force")
         folder = resume_experiment(args.resume, console)
     else:
-        folder = run_experiment(load_config(args.config, args.overrides), args.out, console, force=args.force)
+        folder = run_experiment(load_checked_config(args.config, args.overrides), args.out, console, force=args.force)
     print(folder)
     return 0
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from attackers import ATTACKS
-    from attackers.leakage import measure_leakage
+    from attackers.inference.leakage import measure_leakage
+    from attackers.inference.registry import check_attacks
     from fedsim.console import RunConsole
     from fedsim.run import Run
 
-    unknown = [name for name in args.attacks or [] if name not in ATTACKS]
-    if unknown:
-        raise FedsimError(f"--attack: unknown attack {unknown[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
+    check_attacks(args.attacks or [], "--attack")
     run = Run.open(args.run_dir)
     with RunConsole() as console:
         rows = measure_leakage(run, args.attacks, args.rounds, progress=console).rows

@@ -17,23 +17,14 @@ from flwr.clientapp import ClientApp
 from fedsim.config import Config
 from fedsim.datasets import pool_for
 from fedsim.dp_sgd import epsilon
+from fedsim.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU
 from fedsim.models import model_for
 from fedsim.training import evaluate, train_locally
-
-PARTITION_KEY = "partition-id"
-CLIENT_RECORD = "client"
-DP_STATE = "dp-sgd"  # in the node's Context.state: DP-SGD steps taken in earlier rounds
-PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight, in the train config
 
 
 def client_seed(seed: int, server_round: int, partition: int) -> int:
     """A distinct, reproducible seed per (run seed, round, client)."""
     return int(np.random.SeedSequence([seed, server_round, partition]).generate_state(1)[0])
-
-
-def partition_of(reply: Message) -> int:
-    """The partition id a client put in its reply."""
-    return int(reply.content[CLIENT_RECORD][PARTITION_KEY])
 
 
 def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mods: Sequence = (), train_mods: Sequence = ()) -> ClientApp:

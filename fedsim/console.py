@@ -24,7 +24,7 @@ RUN_LOG = "run.log"
 class RunConsole:
     """Screen (stderr bars and lines, stdout table) plus an optional plain-text log file.
 
-    It is also the `progress` that attackers.leakage.measure_leakage reports its stages to:
+    It is also the `progress` that attackers.inference.leakage.measure_leakage reports its stages to:
     `start(stage, total)` shows (or resets) a bar named after the stage, `advance(stage,
     message)` moves it one step and prints the message as a line.
     """

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from fedsim.errors import FedsimError
+from fedsim.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,16 @@ class Pool:
 
 
 Loader = Callable[[Path | None, bool], Pool]
-DATASETS: dict[str, Loader] = {}
-
-
-def register(name: str) -> Callable[[Loader], Loader]:
-    def add(loader: Loader) -> Loader:
-        DATASETS[name] = loader
-        return loader
-
-    return add
+DATASETS: Registry[Loader] = Registry("dataset", "data.dataset")
+register = DATASETS.register
 
 
 @lru_cache(maxsize=2)
 def load_pool(name: str, root: str | None, download: bool = False) -> Pool:
     """Load a registered data set once per process (simulation workers call this per round)."""
-    if name not in DATASETS:
-        raise FedsimError(f"data.dataset: unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    loader = DATASETS.get_or_fail(name)
     path = Path(root).expanduser() if root else None
-    return DATASETS[name](path, download)
+    return loader(path, download)
 
 
 def pool_for(data) -> Pool:
@@ -87,7 +80,7 @@ def _need_root(name: str, root: Path | None, expected: str) -> Path:
 
 
 def _find_file(name: str, root: Path | None, relative: str) -> Path:
-    """root itself when it is the file, else root/relative; a clear error when neither exists."""
+    """Root itself when it is the file, else root/relative; a clear error when neither exists."""
     root = _need_root(name, root, relative)
     for candidate in (root, root / relative):
         if candidate.is_file():

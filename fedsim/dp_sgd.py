@@ -25,7 +25,8 @@ def check_model(model: nn.Module, model_name: str) -> None:
     """Refuse, in one line, a model Opacus cannot train privately (e.g. BatchNorm mixes examples)."""
     problems = ModuleValidator.validate(model, strict=False)
     if problems:
-        raise FedsimError(f"defense.dp_sgd: model {model_name!r} cannot be trained with DP-SGD ({problems[0]}); choose a model without BatchNorm, e.g. fcn or mnist_cnn")
+        raise FedsimError(f"defense.dp_sgd: model {model_name!r} cannot be trained with DP-SGD ({problems[0]}); "
+                          f"choose a model without BatchNorm, e.g. fcn or mnist_cnn")
 
 
 def make_private(model: nn.Module, optimizer: Optimizer, loader: DataLoader, dp: DPSGDConfig) -> tuple[nn.Module, Optimizer, DataLoader, float]:

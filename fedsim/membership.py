@@ -20,10 +20,11 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 from fedsim.config import Config
 from fedsim.datasets import Pool
 from fedsim.errors import FedsimError
+from fedsim.layout import LEDGER
 
 ATTACK_TRAIN, ATTACK_EVAL, UTILITY_TEST = "attack_train", "attack_eval", "utility_test"
 COLUMNS = ["record_id", "client", "member", "role", "target"]
-FILENAME = "membership.parquet"
+FILENAME = LEDGER
 
 
 def partition_members(ids: np.ndarray, labels: np.ndarray, config: Config) -> list[np.ndarray]:

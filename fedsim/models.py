@@ -15,27 +15,22 @@ import torch
 from torch import nn
 
 from fedsim.errors import FedsimError
+from fedsim.registry import Registry
 
 Builder = Callable[..., nn.Module]
-MODELS: dict[str, Builder] = {}
+MODELS: Registry[Builder] = Registry("model", "model.name")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    def add(builder: Builder) -> Builder:
-        MODELS[name] = builder
-        return builder
-
-    return add
+register = MODELS.register
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
     """Instantiate a registered model; a wrong name or argument is a user error."""
-    if name not in MODELS:
-        raise FedsimError(f"model.name: unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    builder = MODELS.get_or_fail(name)
     try:
-        return MODELS[name](tuple(input_shape), num_classes, **(args or {}))
+        return builder(tuple(input_shape), num_classes, **(args or {}))
     except TypeError as exc:
         raise FedsimError(f"model.args: {exc} (model {name!r})") from None
     except ValueError as exc:

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,22 @@ from safetensors.torch import save
 
 from fedsim.config import Config
 from fedsim.errors import FedsimError
-
-MANIFEST = "manifest.json"
-TRAINING_CSV = "metrics/training.csv"
-LEAKAGE_CSV = "metrics/leakage.csv"
-ROC_CSV = "metrics/roc.csv"
-PER_CLASS_CSV = "metrics/leakage_per_class.csv"
-REPORT_HTML = "report.html"
-PLOTS = "plots"
-TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
+from fedsim.layout import (  # noqa: F401  (re-exported: the run folder's names, for callers of the recorder)
+    LEAKAGE_COLUMNS,
+    LEAKAGE_CSV,
+    MANIFEST,
+    PER_CLASS_CSV,
+    PLOTS,
+    REPORT_HTML,
+    ROC_CSV,
+    TRAINING_COLUMNS,
+    TRAINING_CSV,
+    client_file,
+    global_file,
+    is_report_file,
+    round_dir,
+)
+from fedsim.run import Run
 
 
 def training_columns(config: Config) -> list[str]:
@@ -44,25 +51,7 @@ def training_columns(config: Config) -> list[str]:
     return [*TRAINING_COLUMNS, "epsilon_max", *(f"epsilon_client_{c:03d}" for c in range(config.data.num_clients))]
 
 
-LEAKAGE_COLUMNS = [
-    "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
-    "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
-]
-
 StateDict = Mapping[str, torch.Tensor]
-
-
-def round_dir(round_number: int) -> str:
-    return f"rounds/{round_number:04d}"
-
-
-def client_file(round_number: int, client: int, kind: str = "clients") -> str:
-    """Relative path of what client `client` sent (kind 'clients') or was sent ('broadcast')."""
-    return f"{round_dir(round_number)}/{kind}/client-{client:03d}.safetensors"
-
-
-def global_file(round_number: int) -> str:
-    return f"{round_dir(round_number)}/global.safetensors"
 
 
 def sha256_of(path: Path) -> str:
@@ -85,8 +74,9 @@ def write_atomically(path: Path, payload: bytes) -> None:
 
 
 def serialize_state(state: StateDict, metadata: Mapping[str, str], dtype: torch.dtype | None = None) -> bytes:
-    """safetensors bytes of a state dict: deterministic for equal tensors and metadata.
-    `dtype` (float16) rounds the floating-point tensors to halve the bytes."""
+    """Safetensors bytes of a state dict: deterministic for equal tensors and metadata.
+    `dtype` (float16) rounds the floating-point tensors to halve the bytes.
+    """
     def stored(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach().cpu()
         return (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).contiguous()
@@ -138,7 +128,7 @@ class Recorder:
             self._create(ledger_writer)
 
     def _create(self, ledger_writer) -> None:
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         self.manifest = {
             "format": 1,
             "name": self.config.name,
@@ -167,8 +157,6 @@ class Recorder:
         unlisted rounds, temporary files) is removed, and training rows from the last complete
         round on are dropped (that round's row is written again when the run continues).
         """
-        from fedsim.run import Run
-
         run = Run.open(folder)
         if run.status == "complete":
             raise FedsimError(f"--resume: {folder} is already complete; nothing to resume")
@@ -209,7 +197,7 @@ class Recorder:
             self.manifest["files"][relative] = hashlib.sha256(payload).hexdigest()
 
     def _save_manifest(self) -> None:
-        self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_atomically(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
     def record_round(
@@ -309,18 +297,15 @@ class Recorder:
             self._save_manifest()
 
 
-def is_report_file(relative: str) -> bool:
-    return relative == REPORT_HTML or relative.startswith(f"{PLOTS}/")
-
-
 def relist_report(folder: Path, written: list[str]) -> None:
     """After `fedsim report` rewrote a finished run's report: the manifest lists the new report
     files with their sha256 instead of the old ones. The report is derived from the metrics
-    tables, so this is the one change a finished manifest accepts; records are never relisted."""
+    tables, so this is the one change a finished manifest accepts; records are never relisted.
+    """
     path = folder / MANIFEST
     manifest = json.loads(path.read_text())
     files = {k: v for k, v in manifest["files"].items() if not is_report_file(k)}
     files.update({relative: sha256_of(folder / relative) for relative in sorted(written)})
     manifest["files"] = files
-    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_atomically(path, json.dumps(manifest, indent=1).encode())

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from attackers.threat_models import attacker_view, describe
+from attackers.inference.threat_models import attacker_view, describe
 from fedsim import plots
 from fedsim.errors import FedsimError
 from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
@@ -78,7 +78,8 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
         figures += [
             _render("auc_per_round", "Leakage per round", "Membership AUC of every attack, each round it was run; bands are 95% bootstrap intervals.",
                     plots.auc_per_round(leakage)),
-            _render("tpr_per_round", "TPR at low FPR per round", "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
+            _render("tpr_per_round", "TPR at low FPR per round",
+                    "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
                     plots.tpr_per_round(leakage)),
         ]
         last_round = int(leakage["round"].max())
@@ -93,7 +94,8 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
             _render("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members",
                     f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2).",
                     plots.class_distributions(signals, "last_layer_gradient_norm", "last-layer gradient norm")),
-            _render("accuracy_per_class", "Attack accuracy per class", f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
+            _render("accuracy_per_class", "Attack accuracy per class",
+                    f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
                     plots.accuracy_per_class(run.table(PER_CLASS_CSV))),
         ]
     if not summary.training.empty:
@@ -252,7 +254,8 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -
     """A sweep's report.html and plots/*.png in `sweep_dir`: the comparison `table` as given, the
     privacy-utility plot (final test accuracy against worst AUC per attack), AUC per round of every
     run on shared axes, and each run's summary and plots side by side. Runs that did not complete
-    are named and left out of the plots. Returns the report's path."""
+    are named and left out of the plots. Returns the report's path.
+    """
     sweep_dir = Path(sweep_dir)
     opened = [Run.open(folder) for folder in runs]
     complete = [run for run in opened if run.status == "complete"]
@@ -278,7 +281,8 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -
         pieces.append(_figure_html(_render(f"{name}-utility", "Utility per round", "Test accuracy and loss.", plots.utility_per_round(summary.training))))
         columns.append("".join(pieces) + "</div>")
     skipped = [run for run in opened if run.status != "complete"]
-    note = ("<p>Not complete, left out: " + ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped) + "</p>") if skipped else ""
+    left_out = ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped)
+    note = f"<p>Not complete, left out: {left_out}</p>" if skipped else ""
     sections = [
         "<h2>Comparison</h2>", _table_html(table), note,
         "<h2>Worst AUC per run and attack</h2>", _table_html(points),

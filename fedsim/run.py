@@ -23,9 +23,9 @@ from torch import nn
 from fedsim.config import Config
 from fedsim.datasets import Pool, pool_for
 from fedsim.errors import FedsimError
-from fedsim.membership import FILENAME as LEDGER_FILE
+from fedsim.layout import LEDGER as LEDGER_FILE
+from fedsim.layout import MANIFEST, client_file, global_file
 from fedsim.models import model_for
-from fedsim.recorder import MANIFEST, client_file, global_file
 
 
 class Run:

@@ -16,19 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from torch import nn
 
-from strategies.secure_aggregation import AGGREGATE, CONTRIBUTORS, SecureAggregation
-from strategies.wrapper import StrategyWrapper
-
-from fedsim.client_app import CLIENT_RECORD, partition_of
 from fedsim.faults import DropoutGrid, FaultPlan
+from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, partition_of
 from fedsim.recorder import Recorder
 from fedsim.run import Run
 from fedsim.training import evaluate
+from strategies.secure_aggregation import SecureAggregation
+from strategies.wrapper import StrategyWrapper
 
 
 def sorted_replies(replies: Iterable[Message]) -> list[Message]:
@@ -40,7 +39,7 @@ def sorted_replies(replies: Iterable[Message]) -> list[Message]:
 
 
 def discover_partitions(grid: Grid, expected: int, timeout: float = 600) -> dict[int, int]:
-    """node id -> partition id, asked of every node once (a QUERY message each)."""
+    """Node id -> partition id, asked of every node once (a QUERY message each)."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -96,7 +95,8 @@ class PartitionOrderedGrid:
 
 class RecordingStrategy(StrategyWrapper):
     """Delegates to `inner`; records each round's client replies, aggregate, and what was sent
-    to a client where it was not the aggregate (what an active adversary changed)."""
+    to a client where it was not the aggregate (what an active adversary changed).
+    """
 
     def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int]):
         super().__init__(inner)
@@ -159,7 +159,8 @@ class RoundClock(StrategyWrapper):
     """Numbers rounds from `first_round` (Flower's start() counts from 1; a resumed run goes on
     after its last complete round) and seeds the server's generators at the start of every
     round, so what the server draws in round r (Flower samples clients with the global
-    `random`) depends on (seed, r) alone, whether or not the run was interrupted before r."""
+    `random`) depends on (seed, r) alone, whether or not the run was interrupted before r.
+    """
 
     def __init__(self, inner: Strategy, first_round: int, seed: int):
         super().__init__(inner)

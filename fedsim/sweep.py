@@ -33,7 +33,8 @@ class GridPoint:
     @property
     def name(self) -> str:
         """A folder name from the settings, e.g. 'defense.dp_sgd.noise_multiplier=0.5',
-        'strategy=name-fedavg-normbound_args-max_update_norm-1.0'."""
+        'strategy=name-fedavg-normbound_args-max_update_norm-1.0'.
+        """
         def readable(value: str) -> str:
             value = re.sub(r"\s*:\s*", "-", re.sub(r"\s*,\s*", "_", value))
             return re.sub(r"[^A-Za-z0-9._=-]+", "", value)
@@ -72,7 +73,8 @@ def parse_grid(items: list[str]) -> list[GridPoint]:
     points = [GridPoint(tuple(combination)) for combination in itertools.product(*axes)]
     names = [point.name for point in points]
     if len(set(names)) < len(names):
-        raise FedsimError(f"--grid: two grid points would share the folder {max(names, key=names.count)!r}; make the values differ in more than spacing or punctuation")
+        raise FedsimError(f"--grid: two grid points would share the folder {max(names, key=names.count)!r}; "
+                          "make the values differ in more than spacing or punctuation")
     return points
 
 
@@ -86,13 +88,14 @@ def _status(folder: Path) -> str | None:
 def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], out: Path | None = None,
               console: RunConsole | None = None) -> Path:
     """Run every grid point not yet complete; write comparison.csv and the sweep's report
-    (the runs side by side and the privacy-utility plot)."""
+    (the runs side by side and the privacy-utility plot).
+    """
+    from fedsim.experiment import check_config, run_experiment
     from fedsim.report import write_sweep_report
-    from fedsim.runner import run_experiment
 
     console = console or RunConsole()
     points = parse_grid(grid)
-    configs = {point: load_config(config_path, [*overrides, *point.overrides()]) for point in points}
+    configs = {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in points}
     folder = out or Path("runs") / f"sweep-{next(iter(configs.values())).name}"
     folder.mkdir(parents=True, exist_ok=True)
     for number, (point, config) in enumerate(configs.items(), 1):
@@ -111,7 +114,8 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
 
 def comparison_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Config]) -> pd.DataFrame:
     """One row per run: its grid values, final test accuracy, worst epsilon, and per attack the
-    last round's AUC, the highest AUC over rounds, and the last round's TPR at FPR 1e-3."""
+    last round's AUC, the highest AUC over rounds, and the last round's TPR at FPR 1e-3.
+    """
     rows = []
     for point, folder in runs.items():
         training = pd.read_csv(folder / TRAINING_CSV)

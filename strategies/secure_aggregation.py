@@ -18,11 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedsim.client_app import CLIENT_RECORD, PARTITION_KEY, partition_of
+from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, PARTITION_KEY, partition_of
 from strategies.wrapper import StrategyWrapper
-
-AGGREGATE = -1  # the partition id of the secure aggregate
-CONTRIBUTORS = "contributors"  # partition ids summed into it
 
 
 def secure_sum(replies: list[Message]) -> Message:

@@ -1,5 +1,6 @@
 """A strategy that delegates to another: the base of fedsim's wrappers (recording, curious server),
-the way Flower's DP wrappers wrap a strategy. Subclasses override only what they change."""
+the way Flower's DP wrappers wrap a strategy. Subclasses override only what they change.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ class StrategyWrapper(Strategy):
 
     def restore(self, run: Run, last_round: int) -> None:
         """Rebuild what the wrapper keeps between rounds from a recorded run, to continue it
-        after `last_round`. Wrappers that keep such state override this and call super()."""
+        after `last_round`. Wrappers that keep such state override this and call super().
+        """
         if isinstance(self.inner, StrategyWrapper):
             self.inner.restore(run, last_round)
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from attackers.adversary import target_ids
-from attackers.gradient_ascent import ascent_step
+from attackers.active.adversary import target_ids
+from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
 from fedsim import Run
 from fedsim.client_app import client_seed
+from fedsim.experiment import run_experiment
 from fedsim.recorder import client_file, global_file
-from fedsim.runner import run_experiment
 from fedsim.training import train_locally
 
 pytestmark = pytest.mark.integration

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from attackers import ATTACKS, make_attack
-from attackers.observation import Observation
+from attackers.inference.observation import Observation
+from attackers.inference.registry import ATTACKS, make_attack
 from conftest import shared_data
+from fedsim.config import TrainConfig
 from fedsim.datasets import load_pool
 from fedsim.metrics import leakage
 from fedsim.models import build_model
 from fedsim.training import train_locally
-from fedsim.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import pytest
 from fedsim.cli import main
 from fedsim.config import Config, load_config
 from fedsim.errors import FedsimError
+from fedsim.experiment import load_checked_config
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -40,7 +41,7 @@ def test_overrides_are_parsed_as_yaml_and_validated():
 )
 def test_bad_config_is_one_clear_error(tmp_path, text, fragment):
     with pytest.raises(FedsimError) as error:
-        load_config(write(tmp_path, text))
+        load_checked_config(write(tmp_path, text))
     message = str(error.value)
     assert fragment in message and "\n" not in message
 

@@ -10,12 +10,11 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from attackers.curious_server import CuriousServer
+from attackers.active.curious_server import CuriousServer
 from conftest import small_config
 from fedsim import Run
-from fedsim.client_app import partition_of
-from fedsim.runner import run_experiment
-from strategies.secure_aggregation import AGGREGATE
+from fedsim.experiment import run_experiment
+from fedsim.messages import AGGREGATE, partition_of
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from attackers.features import extract, parametrised_layers
+from attackers.inference.features import extract, parametrised_layers
 from fedsim.models import build_model
 
 CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {}), "resnet18": ((3, 16, 16), {})}

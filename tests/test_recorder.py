@@ -76,7 +76,7 @@ def test_a_tampered_membership_file_is_named(recorded):
     path = recorder.folder / "membership.parquet"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(FedsimError, match="membership.parquet: sha256 does not match"):
-        Run.open(recorder.folder).membership
+        _ = Run.open(recorder.folder).membership
 
 
 def test_force_replaces_a_run_folder_but_never_other_folders(recorded, tmp_path):

@@ -252,7 +252,9 @@ def test_sweep_report_shows_the_runs_side_by_side_and_privacy_against_utility(ru
         final = float(pd.read_csv(folder / "metrics/training.csv")["test_accuracy"].iloc[-1])
         for attack, auc in leakage.groupby("attack")["auc"].max().items():
             # the privacy-utility table: this run's worst AUC of the attack, beside its final test accuracy
-            assert re.search(rf"<td>{re.escape(str(folder))}</td><td>server</td><td>{attack}</td><td>\d+</td><td>{re.escape(repr(final))}</td><td>{re.escape(repr(float(auc)))}</td>", text), attack
+            row = (rf"<td>{re.escape(str(folder))}</td><td>server</td><td>{attack}</td><td>\d+</td>"
+                   rf"<td>{re.escape(repr(final))}</td><td>{re.escape(repr(float(auc)))}</td>")
+            assert re.search(row, text), attack
     assert "<td>plain</td><td>0.1</td></tr><tr><td>quiet</td><td>0.01</td>" in text  # the sweep's own comparison table, as given
 
 

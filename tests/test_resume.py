@@ -16,9 +16,9 @@ import pytest
 from conftest import SMALL, small_config
 from fedsim import Run
 from fedsim.cli import main
+from fedsim.experiment import run_experiment
 from fedsim.faults import FaultPlan
 from fedsim.recorder import is_report_file
-from fedsim.runner import run_experiment
 
 pytestmark = pytest.mark.integration
 

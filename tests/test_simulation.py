@@ -9,9 +9,9 @@ import torch
 
 from conftest import shared_data, small_config
 from fedsim import Run
-from fedsim.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
 from fedsim.cli import main
-from fedsim.runner import run_experiment
+from fedsim.experiment import run_experiment
+from fedsim.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,11 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 
 from conftest import small_config
 from fedsim.cli import main
-from fedsim.client_app import PARTITION_KEY, make_client_app
+from fedsim.client_app import make_client_app
 from fedsim.config import StrategyConfig
 from fedsim.datasets import pool_for
 from fedsim.membership import build_ledger
+from fedsim.messages import PARTITION_KEY
 from fedsim.models import model_for
 from strategies import STRATEGIES, build_strategy, train_mods
 from strategies.norm_bounded import NormBoundedFedAvg
@@ -92,7 +93,9 @@ def test_fedprox_clients_apply_the_proximal_term():
     assert float(grid.sent[0].content["config"]["proximal-mu"]) == 10.0
     # the proximal term pulls the local models, and so their average, back to where they started
     initial = start.to_torch_state_dict()
-    distance = lambda r: sum(((r.arrays.to_torch_state_dict()[k] - initial[k]) ** 2).sum() for k in initial)
+    def distance(r):
+        return sum(((r.arrays.to_torch_state_dict()[k] - initial[k]) ** 2).sum() for k in initial)
+
     assert distance(strong) < 0.5 * distance(plain)
 
 

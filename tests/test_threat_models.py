@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attackers.threat_models import attacker_view
+from attackers.inference.threat_models import attacker_view
 from conftest import small_config
 from fedsim import Run
 from fedsim.datasets import load_pool
@@ -74,7 +74,7 @@ def test_isolation_under_secure_aggregation_is_refused():
 
 
 def test_threat_model_in_words():
-    from attackers.threat_models import describe
+    from attackers.inference.threat_models import describe
 
     assert "only the aggregate" in describe(small_config("defense.secure_aggregation=true"))
     assert "isolates the victim and sends it a gradient-ascent step" in describe(small_config("adversary.isolate=true", "adversary.mode=gradient-ascent"))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attackers.features import DEFAULT_BUDGET, Features, extract
+from attackers.inference.features import DEFAULT_BUDGET, Features, extract
 
 
 @dataclass

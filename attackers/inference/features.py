@@ -165,7 +165,8 @@ def extract(
 def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, materialise: bool) -> tuple[LayerGradient | None, torch.Tensor]:
     """Per-example gradient of a convolution from its unfolded input U (N, Cin k k, L) and output
     gradient G (N, Cout, L): the weight gradient is G U^T. Its squared norm is read from the
-    Gram matrices, sum over l, m of (G^T G)(U^T U), when they are the smaller object."""
+    Gram matrices, sum over l, m of (G^T G)(U^T U), when they are the smaller object.
+    """
     unfolded = nn.functional.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
     grads = g.flatten(2)
     bias = grads.sum(2) if module.bias is not None else None

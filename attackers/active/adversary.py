@@ -1,5 +1,6 @@
 """Puts the configured adversary into the FL loop: a strategy wrapper for a curious server,
-a ClientApp mod for a curious participant."""
+a ClientApp mod for a curious participant.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pandas as pd
 from flwr.serverapp.strategy import Strategy
 
-from attackers.curious_participant import Mod, make_participant_mod
-from attackers.curious_server import CuriousServer
+from attackers.active.curious_participant import Mod, make_participant_mod
+from attackers.active.curious_server import CuriousServer
 from fedsim.config import Config
 from fedsim.datasets import pool_for
 from fedsim.models import model_for

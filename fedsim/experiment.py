@@ -13,29 +13,65 @@ from pathlib import Path
 
 import torch
 
-from attackers.adversary import participant_mods, server_wrapper
-from attackers.leakage import measure_leakage
-from attackers.threat_models import describe
-from fedsim.client_app import PARTITION_KEY, make_client_app
-from fedsim.config import Config
+from attackers.active.adversary import participant_mods, server_wrapper
+from attackers.inference.leakage import measure_leakage
+from attackers.inference.registry import check_attacks
+from attackers.inference.threat_models import describe
+from fedsim.client_app import make_client_app
+from fedsim.config import Config, load_config
 from fedsim.console import RUN_LOG, RunConsole, summary_table
-from fedsim.datasets import pool_for
+from fedsim.datasets import DATASETS, pool_for
 from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
-from fedsim.models import model_for
+from fedsim.messages import PARTITION_KEY
+from fedsim.models import MODELS, model_for
 from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
 from fedsim.report import run_summary, write_report
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
 from fedsim.simulation import quiet_engine_logs, simulate
 from fedsim.summary import Summary
-from strategies import STATELESS, build_strategy, is_stateless, train_mods
+from strategies.registry import STATELESS, build_strategy, check_strategy, is_stateless, train_mods
 
 RUNS = Path("runs")
 ROUNDS_STAGE = "rounds"
 CLIENTS_STAGE = "client training"
+
+
+def check_config(config: Config) -> Config:
+    """Check the names a config gives against the registries that own them.
+
+    The pydantic schema (`fedsim.config`) checks types, ranges and consistency; the names of
+    the dataset, model, strategy (and its base, or import path) and attacks are checked here,
+    by the layers that own those registries, so the schema imports nothing above the core.
+
+    Parameters
+    ----------
+    config : Config
+        A config as `fedsim.config.load_config` returns it.
+
+    Returns
+    -------
+    Config
+        The same config, for chaining.
+
+    Raises
+    ------
+    FedsimError
+        One line naming the first unknown name, the key it came from and the choices.
+    """
+    DATASETS.get_or_fail(config.data.dataset)
+    MODELS.get_or_fail(config.model.name)
+    check_strategy(config)
+    check_attacks(config.attacks)
+    return config
+
+
+def load_checked_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`fedsim.config.load_config`, then `check_config`: what `fedsim run` and `fedsim sweep` read."""
+    return check_config(load_config(path, overrides))
 
 
 def default_run_folder(config: Config) -> Path:
@@ -56,8 +92,10 @@ def _point_latest(folder: Path) -> None:
 def run_experiment(config: Config, out: Path | None = None, console: RunConsole | None = None, force: bool = False) -> Path:
     """Simulate the configured federation, recording every round, measure its leakage and write
     its report; returns the run folder. Progress shows on `console` (default: bars on stderr),
-    the final summary table on its stdout, and both go to the folder's run.log."""
+    the final summary table on its stdout, and both go to the folder's run.log.
+    """
     console = console or RunConsole()
+    check_config(config)
     quiet_engine_logs()
     if config.data.root:  # recorded absolute, so the run can be read back from anywhere
         config.data.root = str(Path(config.data.root).expanduser().resolve())
@@ -75,7 +113,8 @@ def run_experiment(config: Config, out: Path | None = None, console: RunConsole 
 
 def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     """Continue an interrupted run after its last complete round; the records it adds are those
-    an uninterrupted run with the same seed would have written."""
+    an uninterrupted run with the same seed would have written.
+    """
     console = console or RunConsole()
     quiet_engine_logs()
     recorder = Recorder.reopen(folder)
@@ -179,7 +218,8 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
 
 def _mark_failed(recorder: Recorder, error: str) -> None:
     """Best effort: when the disk itself failed, the manifest may not be writable either (it
-    then still says 'running', which is not 'complete' either)."""
+    then still says 'running', which is not 'complete' either).
+    """
     try:
         recorder.finish("failed", error=error)
     except FedsimError:

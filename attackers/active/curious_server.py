@@ -18,11 +18,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from attackers.gradient_ascent import ascent_step
-from strategies.wrapper import StrategyWrapper
-from fedsim.client_app import partition_of
+from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
+from fedsim.messages import partition_of
 from fedsim.run import Run
+from strategies.wrapper import StrategyWrapper
 
 
 class CuriousServer(StrategyWrapper):

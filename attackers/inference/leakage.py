@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from attackers import ATTACKS, make_attack
-from attackers.threat_models import attacker_view
+from attackers.inference.registry import ATTACKS, make_attack
+from attackers.inference.threat_models import attacker_view
 from fedsim.metrics import bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS
 from fedsim.run import Run

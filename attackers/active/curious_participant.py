@@ -14,9 +14,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from torch import nn
 
-from attackers.gradient_ascent import ascent_step
-from fedsim.client_app import PARTITION_KEY
+from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
+from fedsim.messages import PARTITION_KEY
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 

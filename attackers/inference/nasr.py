@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attackers.features import Features, LayerGradient
-from attackers.observation import Observation
+from attackers.inference.features import Features, LayerGradient
+from attackers.inference.observation import Observation
 
 COMPONENT = 64
 

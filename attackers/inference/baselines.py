@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from attackers.observation import Observation
+from attackers.inference.observation import Observation
 from fedsim.metrics import best_threshold
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attackers.observation import Observation
+from attackers.inference.observation import Observation
 from fedsim.membership import ATTACK_TRAIN
 from fedsim.run import Run
 

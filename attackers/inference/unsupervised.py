@@ -15,7 +15,7 @@ import torch
 from sklearn.cluster import SpectralClustering
 from torch import nn
 
-from attackers.observation import Observation
+from attackers.inference.observation import Observation
 
 
 class UnsupervisedNasrAttack:

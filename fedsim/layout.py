@@ -1,0 +1,41 @@
+"""The run folder's layout (DESIGN.md section 4): file names and table columns, nothing else.
+
+A leaf of the import graph: the recorder writes these paths, `fedsim.Run` reads them, the
+report and the sweep find their tables by them, and none of those need import each other for it.
+"""
+
+from __future__ import annotations
+
+LEDGER = "membership.parquet"
+MANIFEST = "manifest.json"
+TRAINING_CSV = "metrics/training.csv"
+LEAKAGE_CSV = "metrics/leakage.csv"
+ROC_CSV = "metrics/roc.csv"
+PER_CLASS_CSV = "metrics/leakage_per_class.csv"
+REPORT_HTML = "report.html"
+PLOTS = "plots"
+TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
+LEAKAGE_COLUMNS = [
+    "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
+    "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
+]
+
+
+def round_dir(round_number: int) -> str:
+    """Relative path of round `round_number`'s folder (0 holds the initial model)."""
+    return f"rounds/{round_number:04d}"
+
+
+def client_file(round_number: int, client: int, kind: str = "clients") -> str:
+    """Relative path of what client `client` sent (kind 'clients') or was sent ('broadcast')."""
+    return f"{round_dir(round_number)}/{kind}/client-{client:03d}.safetensors"
+
+
+def global_file(round_number: int) -> str:
+    """Relative path of the aggregate after round `round_number`."""
+    return f"{round_dir(round_number)}/global.safetensors"
+
+
+def is_report_file(relative: str) -> bool:
+    """Whether a manifest entry is part of the report (derived from the metrics, rewritable)."""
+    return relative == REPORT_HTML or relative.startswith(f"{PLOTS}/")

@@ -1,0 +1,116 @@
+"""One registry helper for every name a config can give (datasets, models, strategies, attacks).
+
+A registry maps names to objects and owns the one-line error for an unknown name, so each
+registry answers "unknown X; choose one of ..." the same way. Import paths
+(`package.module:Class`) are resolved with `pkgutil.resolve_name`.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+from fedsim.errors import FedsimError
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """Names to objects, with one clear error for a name that is not registered.
+
+    Parameters
+    ----------
+    kind : str
+        What the registry holds, for messages ("dataset", "model", "strategy", "attack").
+    key : str
+        The config key that names an entry (e.g. "data.dataset"), where an error points.
+    """
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.key = key
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers its argument under `name` and returns it unchanged."""
+
+        def add(entry: T) -> T:
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def add(self, name: str, entry: T) -> None:
+        """Register `entry` under `name` (replacing an earlier entry of that name)."""
+        self._entries[name] = entry
+
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def choices(self) -> str:
+        """The registered names, sorted and comma-separated (for messages and help texts)."""
+        return ", ".join(sorted(self._entries))
+
+    def get_or_fail(self, name: str, key: str | None = None, hint: str = "") -> T:
+        """The entry registered as `name`.
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+        key : str, optional
+            Where the name came from, for the message (default: the registry's config key).
+        hint : str
+            Added to the message after the list of choices (e.g. "or 'package.module:Class'").
+
+        Returns
+        -------
+        T
+            The registered entry.
+
+        Raises
+        ------
+        FedsimError
+            When `name` is not registered: one line naming the key, the name and the choices.
+        """
+        if name not in self._entries:
+            raise FedsimError(f"{key or self.key}: unknown {self.kind} {name!r}; choose one of {self.choices()}{hint}")
+        return self._entries[name]
+
+
+def resolve_import(path: str, key: str) -> object:
+    """The object an import path 'package.module:Name' names.
+
+    Parameters
+    ----------
+    path : str
+        'package.module:Name' (or 'package.module.Name'), as `pkgutil.resolve_name` reads it.
+    key : str
+        The config key that gave the path, for the message.
+
+    Returns
+    -------
+    object
+        The imported object.
+
+    Raises
+    ------
+    FedsimError
+        When the module cannot be imported or has no such attribute: one line with the cause.
+    """
+    module, _, attribute = path.partition(":")
+    try:
+        return pkgutil.resolve_name(path)
+    except ImportError as exc:
+        raise FedsimError(f"{key}: cannot import module {module!r} ({type(exc).__name__}: {exc}); check the import path and PYTHONPATH") from None
+    except (AttributeError, ValueError) as exc:
+        raise FedsimError(f"{key}: module {module!r} has no {attribute!r} ({type(exc).__name__}); check the class name") from None
+    except Exception as exc:  # a user's module may fail at import in any way; say which
+        raise FedsimError(f"{key}: importing {path!r} failed ({type(exc).__name__}: {exc})") from None
