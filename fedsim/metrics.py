@@ -1,7 +1,9 @@
 """Membership-inference metrics: AUC, balanced accuracy, TPR at low FPR (Carlini et al. 2022).
 
 Scores are "higher means member". TPR at a given FPR is read exactly off the ROC: the largest
-TPR among the ROC points whose FPR does not exceed the target.
+TPR among the ROC points whose FPR does not exceed the target. Every operating point is kept
+(`roc_curve(..., drop_intermediate=False)`): sklearn's default drops collinear vertices, which
+under-reports TPR when scores tie (discrete scores, losses that round to 0).
 """
 
 from __future__ import annotations
@@ -29,8 +31,24 @@ class Leakage:
 
 
 def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, target: float) -> float:
-    """Largest TPR on the ROC with FPR <= target."""
-    fpr, tpr, _ = roc_curve(members, scores)
+    """Largest TPR on the ROC with FPR <= target.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        Membership scores, shape (n_records,); higher means member. Ties are allowed.
+    members : np.ndarray
+        Ground truth, shape (n_records,), bool.
+    target : float
+        The largest false positive rate allowed, in [0, 1].
+
+    Returns
+    -------
+    float
+        The largest TPR over all thresholds ``score >= t`` whose FPR is at most `target` (every
+        operating point of the ROC, as in Carlini et al. 2022; collinear points are not dropped).
+    """
+    fpr, tpr, _ = roc_curve(members, scores, drop_intermediate=False)
     return float(tpr[fpr <= target].max())
 
 

@@ -22,6 +22,17 @@ def brute_force_tpr(scores, members, target):
     return best
 
 
+def test_tpr_at_fpr_with_tied_scores_keeps_every_operating_point():
+    """Issue 20: sklearn's default drop_intermediate=True drops the collinear point (FPR 2/3, TPR 2/3)."""
+    scores = np.array([3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1], dtype=float)
+    members = np.array([1, 1, 0, 0] * 3, dtype=bool)
+    assert tpr_at_fpr(scores, members, 0.67) == pytest.approx(2 / 3)
+    assert tpr_at_fpr(scores, members, 0.34) == pytest.approx(1 / 3)
+    assert tpr_at_fpr(scores, members, 0.3) == 0.0
+    assert tpr_at_fpr(scores, members, 1.0) == 1.0
+    assert leakage(scores, members).tpr_at_fpr[1e-2] == 0.0
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_tpr_at_fpr_is_read_exactly_off_the_roc(seed):
     rng = np.random.default_rng(seed)

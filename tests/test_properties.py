@@ -30,6 +30,29 @@ def test_tpr_at_fpr_is_monotone_in_fpr(members, seed):
     assert values == sorted(values) and values[-1] == 1.0 and all(0 <= v <= 1 for v in values)
 
 
+def brute_force_tpr(scores: np.ndarray, members: np.ndarray, target: float) -> float:
+    """Largest TPR over every threshold `score >= t` (each distinct score, and +inf) whose FPR is <= target."""
+    best = 0.0
+    for threshold in [*np.unique(scores), np.inf]:
+        predicted = scores >= threshold
+        if predicted[~members].mean() <= target:
+            best = max(best, predicted[members].mean())
+    return float(best)
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels, st.data())
+def test_tpr_at_fpr_equals_a_threshold_scan_on_tied_integer_scores(members, data):
+    members = np.array(members)
+    scores = np.array(data.draw(st.lists(st.integers(0, 4), min_size=len(members), max_size=len(members))), dtype=float)
+    n_out = int((~members).sum())
+    # the exact FPRs reachable (k / n_out), just above and just below them, and the usual targets
+    targets = sorted({0.0, 1e-3, 1e-2, 0.1, 0.5, 1.0} | {k / n_out for k in range(n_out + 1)}
+                     | {min(1.0, k / n_out + 1e-9) for k in range(n_out + 1)} | {max(0.0, k / n_out - 1e-9) for k in range(n_out + 1)})
+    for target in targets:
+        assert tpr_at_fpr(scores, members, target) == pytest.approx(brute_force_tpr(scores, members, target), abs=1e-12)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.integers(-5, 50), st.floats(-1, 2, allow_nan=False))
 def test_sizes_and_alpha_are_accepted_or_refused_with_one_line(rounds, alpha):

@@ -100,7 +100,7 @@ def measure_leakage(
         })
         progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
         if round_number == attacked[-1]:
-            fpr, tpr, _ = roc_curve(view.eval_members, scores)
+            fpr, tpr, _ = roc_curve(view.eval_members, scores, drop_intermediate=False)  # every operating point
             roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
             per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
     return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6), pd.DataFrame(roc).round(6),
