@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from fedsim.errors import FedsimError
 
@@ -100,6 +100,24 @@ class FaultsConfig(Section):
     client_dropout_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that it never replies
 
 
+class AttackConfig(Section):
+    """One inference attack: its registry name and arguments (checked against the attack's declared
+    parameters by `attackers.inference.registry`). In YAML either a bare name or `{name, args}`.
+    """
+
+    name: str = Field(description="registry name of the attack, e.g. loss, nasr")
+    args: dict[str, Any] = Field(default_factory=dict, description="the attack's parameters (see its Params)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_serializer(mode="wrap")
+    def _as_name(self, handler: Any) -> Any:
+        return self.name if not self.args else handler(self)  # a bare name stays a bare name in config.yaml
+
+
 class FeaturesConfig(Section):
     memory_budget_gib: float = Field(2.0, gt=0)  # per-example features are computed in chunks that fit this budget
 
@@ -113,7 +131,8 @@ class Config(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
-    attacks: list[str] = Field(default_factory=lambda: ["loss", "nasr"])
+    attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")])
+    attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
     observe_rounds: list[int] | None = None
     backend: BackendConfig = Field(default_factory=BackendConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)

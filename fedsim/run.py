@@ -120,6 +120,7 @@ class Run:
 
     def model(self, round_number: int, client: int | None = None) -> nn.Module:
         """The torch module of a round: the global model, or what the server received from `client`."""
-        model = model_for(self.config)
+        with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: draw nothing from the caller's generator
+            model = model_for(self.config)
         model.load_state_dict(self.state(round_number, client))
         return model.eval()

@@ -124,7 +124,7 @@ def comparison_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Confi
         row["test_accuracy"] = float(training["test_accuracy"].iloc[-1])
         if "epsilon_max" in training:
             row["epsilon_max"] = float(training["epsilon_max"].iloc[-1])
-        for attack in configs[point].attacks:
+        for attack in (spec.name for spec in configs[point].attacks):
             rows_of = leakage[leakage["attack"] == attack].sort_values("round")
             if rows_of.empty:
                 continue

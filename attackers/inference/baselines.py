@@ -1,92 +1,140 @@
 """Baseline membership inference attacks: thresholds on one snapshot, and loss trajectories.
 
 Every attack scores "higher means member". Single-snapshot attacks read the last observed
-snapshot; their decision threshold is fitted on the attacker's known records.
+snapshot; their decision threshold is fitted on the attacker's known records. None of them
+draws random numbers (`deterministic`): one fit stands for every attack seed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.observation import Observation
 from fedsim.metrics import best_threshold
 
 
-class ThresholdAttack:
-    """Score = a signal of the last snapshot; threshold fitted for balanced accuracy."""
+class ThresholdAttack(MembershipInferenceAttack):
+    """Score = a signal of the last observed snapshot; threshold fitted for balanced accuracy.
+
+    Subclasses implement `signal`. The threshold maximises TPR - FPR (Youden's J, i.e. balanced
+    accuracy) on the attacker's known records (`fedsim.metrics.best_threshold`).
+    """
 
     name = "threshold"
     multi_round = False
-
-    def __init__(self) -> None:
-        self.threshold: float | None = None
+    deterministic = True
+    Params = AttackParams
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """The per-record signal, higher means member.
+
+        Parameters
+        ----------
+        observation : Observation
+            Snapshots the attacker holds; the last one is read.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Signal, float, shape (n_records,).
+        """
         raise NotImplementedError
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> ThresholdAttack:
+        """Choose the threshold on the known records (ids, members: shape (n_records,)); returns self."""
         self.threshold = best_threshold(self.signal(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """The signal itself, shape (n_records,)."""
         return self.signal(observation, ids)
 
 
 class LossAttack(ThresholdAttack):
-    """Yeom et al. 2018: members have lower loss."""
+    """Members have lower loss (Yeom, Giacomelli, Fredrikson and Jha, CSF 2018).
+
+    Score = minus the cross-entropy loss (nats) on the last observed snapshot.
+    """
 
     name = "loss"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Minus the loss in nats, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).loss.numpy()
 
 
 class ConfidenceAttack(ThresholdAttack):
-    """Members get a higher probability on their true label."""
+    """Members get a higher probability on their true label (Salem et al., NDSS 2019).
+
+    Score = softmax probability of the true label on the last observed snapshot.
+    """
 
     name = "confidence"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Probability of the true label, in [0, 1], shape (n_records,)."""
         features = observation.features(ids, observation.rounds[-1])
         return features.probabilities.gather(1, features.labels[:, None]).squeeze(1).numpy()
 
 
 class EntropyAttack(ThresholdAttack):
-    """Members get more certain (lower-entropy) predictions."""
+    """Members get more certain (lower-entropy) predictions (Salem et al., NDSS 2019).
+
+    Score = minus the prediction entropy (nats) on the last observed snapshot.
+    """
 
     name = "entropy"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Minus the entropy of the predicted distribution in nats, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).entropy.numpy()
 
 
 class GradientNormAttack(ThresholdAttack):
-    """Members have smaller per-example gradients (norm over all parameters, computed exactly)."""
+    """Members have smaller per-example gradients (Nasr, Shokri and Houmansadr, S&P 2019, section on gradient norms).
+
+    Score = minus the exact L2 norm of the per-example gradient over all parameters.
+    """
 
     name = "grad_norm"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Minus the per-example gradient L2 norm, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).gradient_norm.numpy()
 
 
-class TrajectoryAttack:
-    """Loss trajectories across the observed rounds (in the spirit of FedMIA and loss-trajectory MIAs).
+class TrajectoryParams(AttackParams):
+    """Parameters of the trajectory attack."""
 
-    Each record's losses on every observed snapshot, plus, for the server, how much lower the
+    max_iter: int = Field(1000, ge=1, description="iterations of the logistic regression's lbfgs solver")
+
+
+class TrajectoryAttack(MembershipInferenceAttack):
+    """Loss trajectories across the observed rounds (in the spirit of FedMIA, Zhu et al. 2024, and
+    loss-trajectory MIAs, Liu et al., CCS 2022).
+
+    Each record's log-losses on every observed snapshot, plus, for the server, how much lower the
     target's loss is than on the other clients' models of the same round (those clients never
-    trained on the target's records: a per-record reference). A logistic regression trained on
-    the attacker's known records combines them.
+    trained on the target's records: a per-record reference). A logistic regression (sklearn,
+    lbfgs: deterministic) trained on the attacker's known records combines them.
     """
 
     name = "trajectory"
     multi_round = True
+    deterministic = True
+    Params = TrajectoryParams
 
-    def __init__(self) -> None:
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=self.params.max_iter))
         self.threshold = 0.5
 
     def _signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
@@ -100,8 +148,10 @@ class TrajectoryAttack:
         return torch.stack(columns, 1).numpy()
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> TrajectoryAttack:
+        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self."""
         self.model.fit(self._signals(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Member probability in [0, 1], shape (n_records,)."""
         return self.model.predict_proba(self._signals(observation, ids))[:, 1]

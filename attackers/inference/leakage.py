@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from attackers.inference.registry import ATTACKS, make_attack
+from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
 from fedsim.metrics import bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS
@@ -65,18 +65,19 @@ def measure_leakage(
     view = attacker_view(run)
     if view is None:
         return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS))
-    names = list(attacks if attacks is not None else run.config.attacks)
+    specs = list(attacks if attacks is not None else run.config.attacks)
     keep = run.config.observe_rounds
     attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
     plan = []
     for round_number in attacked:
-        for name in names:
+        for spec in specs:
+            name = attack_name(spec)
             multi_round = ATTACKS[name].multi_round
             if multi_round and keep is not None and round_number not in keep:
                 continue  # nothing new observed since the last row of this attack
             observation = view.observation.up_to(round_number, keep if multi_round else [round_number])
             if observation.rounds:
-                plan.append((round_number, name, observation))
+                plan.append((round_number, spec, observation))
     snapshots = sorted({r for _, _, observation in plan for r in observation.rounds})
     progress.start(FEATURES_STAGE, len(snapshots))
     for round_number in snapshots:
@@ -87,8 +88,9 @@ def measure_leakage(
     labels = run.pool.labels.numpy()[view.eval_ids]
     rows, roc, per_class = [], [], []
     progress.start(ATTACKS_STAGE, len(plan))
-    for round_number, name, observation in plan:
-        attack = make_attack(name, seed=run.config.seed)
+    for round_number, spec, observation in plan:
+        name = attack_name(spec)
+        attack = make_attack(spec, seed=run.config.seed)
         attack.fit(observation, view.train_ids, view.train_members)
         scores = attack.score(observation, view.eval_ids)
         result = leakage(scores, view.eval_members, attack.threshold)

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import Features, LayerGradient
 from attackers.inference.observation import Observation
 
@@ -93,19 +95,53 @@ class NasrModel(nn.Module):
         return self.encoder(torch.cat(parts, 1)).squeeze(1)
 
 
-class NasrAttack:
-    """Supervised white-box attack; `layers` selects the gradients ('last', 'all', names, or none)."""
+class NasrTrainingParams(AttackParams):
+    """How the attack model of Nasr et al. is trained (shared by the white-box and black-box variants)."""
+
+    filters: int = Field(4, ge=1, description="convolution filters per gradient row in a layer-gradient component")
+    epochs: int = Field(100, ge=1, description="most training epochs over the attacker's known records")
+    batch_size: int = Field(64, ge=1, description="records per Adam step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    patience: int = Field(15, ge=1, description="epochs without a lower validation loss before stopping early")
+    validation: float = Field(0.2, gt=0, lt=1, description="share of the known records held out for early stopping")
+
+
+class NasrParams(NasrTrainingParams):
+    """Parameters of the white-box attack."""
+
+    layers: str | list[str] | None = Field(
+        "last", description="gradients read: 'last', 'all', module names of the target model, or null for none")
+
+
+class NasrAttack(MembershipInferenceAttack):
+    """Supervised white-box attack of Nasr, Shokri and Houmansadr (S&P 2019), section IV.
+
+    `layers` selects the gradients ('last', 'all', module names, or none). The attack model
+    is trained with Adam on the attacker's known records, early stopping on a validation split
+    of them; its initialisation, dropout and batch order draw from the attack's own seed.
+
+    Attributes
+    ----------
+    epochs_trained : int
+        Epochs actually run by the last `fit` (at most `params.epochs`).
+    """
 
     name = "nasr"
     multi_round = True
+    deterministic = False
+    Params: type[AttackParams] = NasrParams
 
-    def __init__(self, layers: str | Sequence[str] | None = "last", filters: int = 4, epochs: int = 100,
-                 batch_size: int = 64, lr: float = 1e-3, patience: int = 15, validation: float = 0.2, seed: int = 0):
-        self.layers, self.filters, self.epochs, self.batch_size = layers, filters, epochs, batch_size
-        self.lr, self.patience, self.validation, self.seed = lr, patience, validation, seed
+    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
         self.model: NasrModel | None = None
-        self.scales: list[list[tuple[float, float]]] = []
+        self.scales: list[list[tuple]] = []
         self.threshold = 0.5
+        self.epochs_trained = 0
+
+    @property
+    def layers(self) -> str | Sequence[str] | None:
+        """The layers whose gradients the attack reads (None: no gradients)."""
+        return getattr(self.params, "layers", None)
 
     def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
         snapshots = []
@@ -129,53 +165,71 @@ class NasrAttack:
         return snapshots
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> NasrAttack:
-        generator = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        inputs = self._inputs(observation, ids, fit=True)
+        """Train the attack model on the known records.
+
+        Parameters
+        ----------
+        observation : Observation
+            Snapshots the attacker holds; every one is read (one component set shared across them).
+        ids : numpy.ndarray
+            Known record ids, shape (n_records,).
+        members : numpy.ndarray
+            Their membership, bool, shape (n_records,).
+
+        Returns
+        -------
+        NasrAttack
+            self, with the weights of the epoch with the lowest validation loss.
+        """
+        p = self.params
+        inputs = self._inputs(observation, ids, fit=True)  # reads the run before any random draw
         shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
         signals = len(self.scales[0][0][0])
         classes = (inputs[0].scalars.shape[1] - signals) // 2
-        self.model = NasrModel(len(inputs), classes, signals, shapes, self.filters)
+        generator = self.torch_generator()
         labels = torch.tensor(np.asarray(members), dtype=torch.float32)
-        order = torch.randperm(len(labels), generator=generator)
-        cut = max(1, int(len(order) * self.validation))
-        val_index, train_index = order[:cut], order[cut:]
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-        loss_fn = nn.BCEWithLogitsLoss()
-        best, best_state, waited = float("inf"), None, 0
-        for _ in range(self.epochs):
-            self.model.train()
-            for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(self.batch_size):
-                optimizer.zero_grad()
-                loss_fn(self.model([s.take(batch) for s in inputs]), labels[batch]).backward()
-                optimizer.step()
-            self.model.eval()
-            with torch.no_grad():
-                val_loss = loss_fn(self.model([s.take(val_index) for s in inputs]), labels[val_index]).item()
-            if val_loss < best - 1e-4:
-                best, waited = val_loss, 0
-                best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
+        with self.own_torch_random():  # initialisation and dropout
+            self.model = NasrModel(len(inputs), classes, signals, shapes, p.filters)
+            order = torch.randperm(len(labels), generator=generator)
+            cut = max(1, int(len(order) * p.validation))
+            val_index, train_index = order[:cut], order[cut:]
+            optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr)
+            loss_fn = nn.BCEWithLogitsLoss()
+            best, best_state, waited = float("inf"), None, 0
+            self.epochs_trained = 0
+            for _ in range(p.epochs):
+                self.epochs_trained += 1
+                self.model.train()
+                for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(p.batch_size):
+                    optimizer.zero_grad()
+                    loss_fn(self.model([s.take(batch) for s in inputs]), labels[batch]).backward()
+                    optimizer.step()
+                self.model.eval()
+                with torch.no_grad():
+                    val_loss = loss_fn(self.model([s.take(val_index) for s in inputs]), labels[val_index]).item()
+                if val_loss < best - 1e-4:
+                    best, waited = val_loss, 0
+                    best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+                else:
+                    waited += 1
+                    if waited >= p.patience:
+                        break
         if best_state is not None:  # else (no epoch improved on a finite loss) keep the last state
             self.model.load_state_dict(best_state)
         return self
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,)."""
         self.model.eval()
         return torch.sigmoid(self.model(self._inputs(observation, ids, fit=False))).numpy()
 
 
 class NasrBlackBoxAttack(NasrAttack):
-    """The same model on output, loss and label only."""
+    """The same model on output, loss and label only (the black-box setting of Nasr et al., S&P 2019)."""
 
     name = "nasr_blackbox"
-
-    def __init__(self, **kwargs):
-        super().__init__(layers=None, **kwargs)
+    Params = NasrTrainingParams
 
 
 def _scale(layer: LayerGradient) -> tuple[float, float]:

@@ -1,27 +1,106 @@
-"""The inference attacks by registry name (config `attacks:`, `fedsim attack --attack`)."""
+"""The inference attacks by registry name (config `attacks:`, `fedsim attack --attack`).
+
+Every entry is a `MembershipInferenceAttack` subclass; `make_attack` builds one from a name (or
+a config entry `{name, args}`) with its arguments validated against the attack's `Params`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+from pydantic import ValidationError
+
+from attackers.inference.base import MembershipInferenceAttack
 from attackers.inference.baselines import ConfidenceAttack, EntropyAttack, GradientNormAttack, LossAttack, TrajectoryAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
+from fedsim.errors import FedsimError
 from fedsim.registry import Registry
 
-ATTACKS: Registry[type] = Registry("attack", "attacks")
+ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
              NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack):
     ATTACKS.add(_cls.name, _cls)
 
 
-def make_attack(name: str, seed: int = 0, **kwargs: Any):
-    """A fresh attack by registry name (learned attacks are seeded)."""
-    cls = ATTACKS.get_or_fail(name)
-    return cls(seed=seed, **kwargs) if issubclass(cls, (NasrAttack, UnsupervisedNasrAttack)) else cls(**kwargs)
+def _name_and_args(spec: Any) -> tuple[str, dict[str, Any]]:
+    """(name, args) of a registry name or a config entry with `name` and `args` (attribute or key)."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping):
+        return spec["name"], dict(spec.get("args") or {})
+    return spec.name, dict(spec.args or {})
 
 
-def check_attacks(names: list[str], key: str = "attacks") -> None:
-    """Raise FedsimError (one line) for the first name that is not a registered attack."""
-    for name in names:
-        ATTACKS.get_or_fail(name, key)
+def attack_params(spec: Any, key: str = "attacks"):
+    """The validated parameters of an attack entry.
+
+    Parameters
+    ----------
+    spec : str or AttackConfig or mapping
+        A registry name, or an entry with `name` and `args`.
+    key : str
+        Where the entry came from, for the message.
+
+    Returns
+    -------
+    AttackParams
+        An instance of the attack's `Params`.
+
+    Raises
+    ------
+    FedsimError
+        One line for an unknown attack, an unknown argument (naming the arguments it has) or an
+        ill-typed value.
+    """
+    name, args = _name_and_args(spec)
+    cls = ATTACKS.get_or_fail(name, key)
+    try:
+        return cls.Params.model_validate(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        declared = ", ".join(cls.Params.model_fields) or "none"
+        if first["type"] == "extra_forbidden":
+            raise FedsimError(f"{key}: attack {name!r} has no argument {where!r}; its arguments are: {declared}") from None
+        raise FedsimError(f"{key}: attack {name!r}, argument {where!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def make_attack(spec: Any, seed: int | np.random.SeedSequence = 0, **kwargs: Any) -> MembershipInferenceAttack:
+    """A fresh attack.
+
+    Parameters
+    ----------
+    spec : str or AttackConfig or mapping
+        A registry name, or an entry with `name` and `args`.
+    seed : int or numpy.random.SeedSequence
+        Where the attack's randomness comes from (`attackers.inference.base.attack_seed_sequence`).
+    **kwargs
+        Arguments added to (and overriding) the entry's `args`.
+
+    Returns
+    -------
+    MembershipInferenceAttack
+        The attack, unfitted.
+
+    Raises
+    ------
+    FedsimError
+        As `attack_params`.
+    """
+    name, args = _name_and_args(spec)
+    params = attack_params({"name": name, "args": {**args, **kwargs}})
+    return ATTACKS[name](params, seed)
+
+
+def attack_name(spec: Any) -> str:
+    """The registry name of a name or a config entry."""
+    return _name_and_args(spec)[0]
+
+
+def check_attacks(specs: Iterable[Any], key: str = "attacks") -> None:
+    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments."""
+    for spec in specs:
+        attack_params(spec, key)

@@ -12,18 +12,37 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.cluster import SpectralClustering
 from torch import nn
 
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.observation import Observation
 
 
-class UnsupervisedNasrAttack:
+class UnsupervisedParams(AttackParams):
+    """Parameters of the unsupervised attack."""
+
+    epochs: int = Field(200, ge=1, description="full-batch Adam steps of the encoder-decoder")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    code: int = Field(8, ge=1, description="width of the encoding that is clustered")
+
+
+class UnsupervisedNasrAttack(MembershipInferenceAttack):
+    """Unsupervised white-box attack (Nasr, Shokri and Houmansadr, S&P 2019, section IV-D).
+
+    Fitting trains the encoder-decoder on the known records without their labels; scoring
+    clusters the targets' encodings (sklearn's SpectralClustering, seeded from the attack).
+    Initialisation draws from the attack's own seed.
+    """
+
     name = "nasr_unsupervised"
     multi_round = True
+    deterministic = False
+    Params = UnsupervisedParams
 
-    def __init__(self, epochs: int = 200, lr: float = 1e-3, code: int = 8, seed: int = 0):
-        self.epochs, self.lr, self.code, self.seed = epochs, lr, code, seed
+    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
         self.encoder: nn.Module | None = None
         self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.threshold = 0.0
@@ -37,15 +56,17 @@ class UnsupervisedNasrAttack:
         return torch.stack(columns, 1), columns[-1]
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
-        torch.manual_seed(self.seed)
+        """Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self."""
+        p = self.params
         signals, _ = self._signals(observation, ids)
         self.stats = signals.mean(0), signals.std(0).clamp_min(1e-6)
         inputs = (signals - self.stats[0]) / self.stats[1]
         width = inputs.shape[1]
-        self.encoder = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, self.code))
-        decoder = nn.Sequential(nn.ReLU(), nn.Linear(self.code, 64), nn.ReLU(), nn.Linear(64, width))
-        optimizer = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=self.lr)
-        for _ in range(self.epochs):
+        with self.own_torch_random():
+            self.encoder = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, p.code))
+            decoder = nn.Sequential(nn.ReLU(), nn.Linear(p.code, 64), nn.ReLU(), nn.Linear(64, width))
+        optimizer = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=p.lr)
+        for _ in range(p.epochs):
             optimizer.zero_grad()
             nn.functional.mse_loss(decoder(self.encoder(inputs)), inputs).backward()
             optimizer.step()
@@ -53,6 +74,7 @@ class UnsupervisedNasrAttack:
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,)."""
         signals, log_gradient_norm = self._signals(observation, ids)
         codes = self.encoder((signals - self.stats[0]) / self.stats[1]).numpy()
         clusters = SpectralClustering(2, affinity="nearest_neighbors", n_neighbors=min(10, len(ids) - 1),
