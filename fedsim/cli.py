@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="sweep folder (default: runs/sweep-<name>); an existing one is resumed")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key for every grid point (repeatable)")
+    sweep.add_argument("--seeds", type=int, metavar="K", help="run every grid point with seeds 0..K-1")
+    sweep.add_argument("--baseline", metavar="KEY=VALUE",
+                       help="write paired.csv: each setting minus the one with KEY=VALUE, seed by seed, with a 95%% paired t interval")
     return parser
 
 
@@ -100,11 +103,13 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from fedsim.sweep import COMPARISON_CSV, run_sweep
+    from fedsim.sweep import COMPARISON_CSV, PAIRED_CSV, format_paired, run_sweep
 
-    folder = run_sweep(args.config, args.grid, args.overrides, args.out)
+    folder = run_sweep(args.config, args.grid, args.overrides, args.out, seeds=args.seeds, baseline=args.baseline)
     table = pd.read_csv(folder / COMPARISON_CSV)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.baseline is not None:
+        print(format_paired(pd.read_csv(folder / PAIRED_CSV)))
     print(folder)
     return 0
 

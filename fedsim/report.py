@@ -250,7 +250,7 @@ def sweep_points(names: list[str], runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "attacker", "attack", "round", "test_accuracy", "worst_auc"])
 
 
-def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -> Path:
+def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame, paired: pd.DataFrame | None = None) -> Path:
     """A sweep's report.html and plots/*.png in `sweep_dir`: the comparison `table` as given, the
     privacy-utility plot (final test accuracy against worst AUC per attack), AUC per round of every
     run on shared axes, and each run's summary and plots side by side. Runs that did not complete
@@ -283,8 +283,11 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame) -
     skipped = [run for run in opened if run.status != "complete"]
     left_out = ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped)
     note = f"<p>Not complete, left out: {left_out}</p>" if skipped else ""
+    paired_section = [] if paired is None else [
+        "<h2>Paired differences (setting minus baseline, same seed)</h2>",
+        "<p>Mean over seeds of the per-seed difference, with its 95% paired t interval.</p>", _table_html(paired)]
     sections = [
-        "<h2>Comparison</h2>", _table_html(table), note,
+        "<h2>Comparison</h2>", _table_html(table), note, *paired_section,
         "<h2>Worst AUC per run and attack</h2>", _table_html(points),
         *map(_figure_html, figures),
         '<h2>Runs side by side</h2><div class="side-by-side">', *columns, "</div>",

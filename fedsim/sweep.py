@@ -4,6 +4,10 @@ Each grid point is an ordinary run folder under the sweep folder, named by its s
 point whose run is complete is skipped when the sweep is started again; one left incomplete
 (crashed or interrupted) is run again from the start. Every point's config is validated before
 the first run starts, so a bad grid value fails at once with one line.
+
+With `seeds=K` every grid point runs with seeds 0..K-1 (an extra `seed` axis); with a baseline
+`KEY=VALUE` each setting is compared with the point that differs only in KEY=VALUE, seed by
+seed, and `paired.csv` holds the mean difference and its paired t interval (fedsim.paired).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import pandas as pd
 from fedsim.config import Config, load_config
 from fedsim.console import RunConsole
 from fedsim.errors import FedsimError
+from fedsim.paired import PAIRED_METRICS, paired_table
 from fedsim.recorder import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
 
 COMPARISON_CSV = "comparison.csv"
+PAIRED_CSV = "paired.csv"
+SEED_KEY = "seed"
 PLOT = "plots/privacy_utility.png"  # written by fedsim.report.write_sweep_report, with report.html
 
 
@@ -59,8 +66,8 @@ def _split_values(text: str) -> list[str]:
     return [*values, current.strip()]
 
 
-def parse_grid(items: list[str]) -> list[GridPoint]:
-    """`--grid key=v1,v2` options -> their cartesian product."""
+def parse_grid(items: list[str], seeds: int | None = None) -> list[GridPoint]:
+    """`--grid key=v1,v2` options -> their cartesian product (times seeds 0..seeds-1 when given)."""
     axes: list[list[tuple[str, str]]] = []
     for item in items:
         key, sep, raw = item.partition("=")
@@ -70,12 +77,53 @@ def parse_grid(items: list[str]) -> list[GridPoint]:
         axes.append([(key.strip(), v) for v in values])
     if not axes:
         raise FedsimError("fedsim sweep: give at least one --grid key=value1,value2")
+    if seeds is not None:
+        if seeds < 1:
+            raise FedsimError(f"--seeds {seeds}: give a number of seeds >= 1 (2 or more for an interval)")
+        if any(axis[0][0] == SEED_KEY for axis in axes):
+            raise FedsimError("--seeds: the grid already has a 'seed' axis; drop --grid seed=... or --seeds")
+        axes.append([(SEED_KEY, str(seed)) for seed in range(seeds)])
     points = [GridPoint(tuple(combination)) for combination in itertools.product(*axes)]
     names = [point.name for point in points]
     if len(set(names)) < len(names):
         raise FedsimError(f"--grid: two grid points would share the folder {max(names, key=names.count)!r}; "
                           "make the values differ in more than spacing or punctuation")
     return points
+
+
+def parse_baseline(baseline: str, points: list[GridPoint]) -> tuple[str, str]:
+    """`KEY=VALUE` -> (key, value), checked against the grid: KEY is a grid axis and VALUE one of its values."""
+    key, sep, value = baseline.partition("=")
+    key, value = key.strip(), value.strip()
+    axes: dict[str, list[str]] = {}
+    for point in points:
+        for k, v in point.settings:
+            values = axes.setdefault(k, [])
+            if v not in values:
+                values.append(v)
+    if not sep or key not in axes or key == SEED_KEY:
+        raise FedsimError(f"--baseline {baseline!r}: expected KEY=VALUE with KEY one of the grid's keys "
+                          f"({', '.join(k for k in axes if k != SEED_KEY)}), e.g. --baseline adversary.mode=passive")
+    if value not in axes[key]:
+        raise FedsimError(f"--baseline {baseline!r}: {value!r} is not among the grid's values of {key} ({', '.join(axes[key])})")
+    return key, value
+
+
+def setting_name(point: GridPoint) -> str:
+    """The grid point's name without its seed: what paired.csv calls a setting."""
+    return GridPoint(tuple((k, v) for k, v in point.settings if k != SEED_KEY)).name
+
+
+def pairs_of(points: list[GridPoint], key: str, value: str) -> dict[str, str]:
+    """Each setting name -> its baseline's name: the same settings with KEY set to VALUE."""
+    pairs = {}
+    for point in points:
+        settings = dict(point.settings)
+        if settings[key] == value:
+            continue
+        baseline = GridPoint(tuple((k, value if k == key else v) for k, v in point.settings))
+        pairs[setting_name(point)] = setting_name(baseline)
+    return pairs
 
 
 def _status(folder: Path) -> str | None:
@@ -86,15 +134,20 @@ def _status(folder: Path) -> str | None:
 
 
 def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], out: Path | None = None,
-              console: RunConsole | None = None) -> Path:
+              console: RunConsole | None = None, seeds: int | None = None, baseline: str | None = None) -> Path:
     """Run every grid point not yet complete; write comparison.csv and the sweep's report
     (the runs side by side and the privacy-utility plot).
+
+    With `seeds`, every grid point runs with seeds 0..seeds-1; with `baseline` ("KEY=VALUE", KEY
+    a grid key), paired.csv compares each setting with its baseline seed by seed (see
+    `paired_table`) and the report shows it.
     """
     from fedsim.experiment import check_config, run_experiment
     from fedsim.report import write_sweep_report
 
     console = console or RunConsole()
-    points = parse_grid(grid)
+    points = parse_grid(grid, seeds)
+    baseline_value = parse_baseline(baseline, points) if baseline is not None else None
     configs = {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in points}
     folder = out or Path("runs") / f"sweep-{next(iter(configs.values())).name}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,8 +161,37 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
         run_experiment(config, run_folder, console)
     table = comparison_table({point: folder / point.name for point in points}, configs)
     table.to_csv(folder / COMPARISON_CSV, index=False)
-    write_sweep_report(folder, [folder / point.name for point in points], table)
+    paired = None
+    if baseline_value is not None:
+        paired = sweep_paired_table({point: folder / point.name for point in points}, configs, *baseline_value)
+        paired.to_csv(folder / PAIRED_CSV, index=False)
+    write_sweep_report(folder, [folder / point.name for point in points], table, paired)
     return folder
+
+
+def sweep_paired_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Config], key: str, value: str) -> pd.DataFrame:
+    """paired.csv of a sweep: every setting minus its baseline (KEY=VALUE), seed by seed, on
+    AUC, TPR at FPR 1e-2 (per attacker, attack, round) and the final test accuracy (attack
+    'utility').
+    """
+    leakage = {}
+    for point, folder in runs.items():
+        if _status(folder) != "complete":
+            continue
+        rows = pd.read_csv(folder / LEAKAGE_CSV)
+        training = pd.read_csv(folder / TRAINING_CSV)
+        utility = pd.DataFrame([{"attacker": "-", "attack": "utility", "round": int(training["round"].iloc[-1]),
+                                 "test_accuracy": float(training["test_accuracy"].iloc[-1])}])
+        leakage[(setting_name(point), configs[point].seed)] = pd.concat([rows, utility], ignore_index=True)
+    return paired_table(leakage, pairs_of(list(runs), key, value), (*PAIRED_METRICS, "test_accuracy"))
+
+
+def format_paired(table: pd.DataFrame) -> str:
+    """paired.csv as a console table (last round of each setting, attack and metric)."""
+    if table.empty:
+        return "paired: no setting has a complete baseline run with the same seed"
+    last = table[table["round"] == table.groupby(["setting", "attack"])["round"].transform("max")]
+    return last.to_string(index=False, float_format=lambda v: f"{v:+.4f}")
 
 
 def comparison_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Config]) -> pd.DataFrame:
