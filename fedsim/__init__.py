@@ -1,7 +1,8 @@
 """fedsim: federated-learning simulation with adversarial participants and membership leakage.
 
 The face is lazy (PEP 562): `import fedsim` or `import fedsim.errors` loads neither torch nor
-Flower; `fedsim.Run` imports the run reader on first use.
+Flower; `fedsim.Run`, `fedsim.simulate` and `fedsim.measure` import what they need
+on first use.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fedsim.api import measure, simulate
+    from fedsim.errors import FedsimError
     from fedsim.run import Run
 
-__all__ = ["Run"]
+__all__ = ["FedsimError", "Run", "measure", "simulate"]
+_HOMES = {"Run": "fedsim.run", "simulate": "fedsim.api", "measure": "fedsim.api", "FedsimError": "fedsim.errors"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Run":
-        from fedsim.run import Run
+    if name in _HOMES:
+        import importlib
 
-        return Run
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

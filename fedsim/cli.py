@@ -10,21 +10,39 @@ from fedsim.errors import FedsimError
 
 USAGE_ERROR = 2
 
+# Every line below that starts with "fedsim " is run through `fedsim check` (or the command's own
+# argument validation) by tests/test_examples.py, as are the README's.
+EXAMPLES = """examples:
+  fedsim run
+  fedsim run --set train.rounds=5
+  fedsim run configs/location.yaml --out runs/location
+  fedsim check configs/mnist.yaml --set data.root=../shared/data
+  fedsim attack runs/latest --attack loss --attack nasr --rounds 5,10
+  fedsim report runs/latest
+  fedsim sweep configs/quickstart.yaml --grid adversary.mode=passive,gradient-ascent --set train.rounds=5
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsim",
         description="Simulate federated learning with a curious server or participant and measure membership leakage.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="simulate a federation from a config and record every round")
-    run.add_argument("config", nargs="?", help="YAML config (default: configs/quickstart.yaml, else the built-in quickstart)")
+    run.add_argument("config", nargs="?", help="YAML config (default: the quickstart shipped with fedsim, configs/quickstart.yaml)")
     run.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set train.rounds=5 (repeatable)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
     run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
     run.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
+    check = commands.add_parser("check", help="validate a config and its data files without running; print the resolved config")
+    check.add_argument("config", nargs="?", help="YAML config (default: the quickstart shipped with fedsim)")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, as for `fedsim run` (repeatable)")
     attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
@@ -52,6 +70,23 @@ def _round_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected round numbers separated by commas, e.g. 5,10,20, not {text!r}") from None
 
 
+def _notes(config) -> None:
+    for note in config.notes:
+        print(f"fedsim: note: {note}", file=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Validate a config as `fedsim run` would (names, data files, ledger sizes, model, strategy)."""
+    from fedsim.experiment import load_checked_config, prepare
+
+    config = load_checked_config(args.config, args.overrides)
+    _notes(config)
+    prepare(config)
+    print(config.to_yaml(), end="")
+    print(f"fedsim: {args.config or 'the quickstart'}: valid", file=sys.stderr)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from fedsim.console import RunConsole
     from fedsim.experiment import load_checked_config, resume_experiment, run_experiment
@@ -62,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
             raise FedsimError("--resume: a resumed run keeps its own config and folder; drop CONFIG, --set, --out and --force")
         folder = resume_experiment(args.resume, console)
     else:
-        folder = run_experiment(load_checked_config(args.config, args.overrides), args.out, console, force=args.force)
+        config = load_checked_config(args.config, args.overrides)
+        _notes(config)
+        folder = run_experiment(config, args.out, console, force=args.force)
     print(folder)
     return 0
 
@@ -117,7 +154,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "attack": _attack, "report": _report, "sweep": _sweep}[args.command](args)
+        return {"run": _run, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep}[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

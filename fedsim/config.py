@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from fedsim.errors import FedsimError
 
-DEFAULT_CONFIG = Path("configs/quickstart.yaml")
+QUICKSTART = "quickstart.yaml"  # shipped inside the package; configs/quickstart.yaml in the checkout links to it
+
+
+def quickstart_path() -> Path:
+    """The quickstart config shipped with the installed package (the one default of `fedsim run`)."""
+    return Path(str(resources.files("fedsim").joinpath(QUICKSTART)))
 
 
 class Section(BaseModel):
@@ -134,13 +140,38 @@ class Config(Section):
     attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")])
     attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
     observe_rounds: list[int] | None = None
+    observe_every: int | None = Field(None, ge=1)  # observe rounds k, 2k, ... and the last; follows train.rounds
     backend: BackendConfig = Field(default_factory=BackendConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
 
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading adjusted on the user's behalf (e.g. observed rounds beyond a shortened run), one line each."""
+        return self._notes
+
+    def observed_rounds(self) -> list[int] | None:
+        """The snapshots the multi-round attacks combine.
+
+        Returns
+        -------
+        list of int or None
+            `observe_rounds` when given; with `observe_every: k`, the rounds k, 2k, ... up to
+            `train.rounds` and the last round; None (every recorded round) when neither is set.
+        """
+        if self.observe_rounds is not None:
+            return self.observe_rounds
+        if self.observe_every is not None:
+            return sorted(set(range(self.observe_every, self.train.rounds + 1, self.observe_every)) | {self.train.rounds})
+        return None
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.observe_rounds is not None and self.observe_every is not None:
+            raise ValueError("observe_rounds and observe_every are both set; keep one (observe_every follows train.rounds)")
         if self.adversary.victim >= self.data.num_clients:
             raise ValueError(
                 f"adversary.victim is {self.adversary.victim} but there are only "
@@ -218,9 +249,35 @@ def _describe(error: ValidationError, source: str) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), default_file: bool = True) -> Config:
-    """Read a YAML config (None: configs/quickstart.yaml if present and `default_file`, else the built-in default)."""
-    if path is None and default_file and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
+    """Read and validate a YAML config with `--set key=value` overrides.
+
+    Rounds that depend on `train.rounds` follow it: when `--set train.rounds=N` shortens the
+    run and the file (not a `--set`) listed `observe_rounds` or `adversary.active_rounds`,
+    entries above N are dropped with a note (`Config.notes`); values given with `--set` are
+    kept and checked. `observe_every` follows `train.rounds` by construction.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The YAML file. None: the quickstart shipped with fedsim (`default_file`), whatever the
+        working folder; with `default_file=False`, the schema's defaults alone.
+    overrides : sequence of str
+        'a.b=value' assignments, values read as YAML, applied before validation.
+    default_file : bool
+        Whether a missing `path` means the shipped quickstart.
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
+    Raises
+    ------
+    FedsimError
+        One line (what, where, how to fix) for a missing or malformed file or an invalid value.
+    """
+    if path is None and default_file:
+        path = quickstart_path()
     tree: dict[str, Any] = {}
     source = "built-in default config"
     if path is not None:
@@ -242,9 +299,65 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise FedsimError(f"{file}: expected a mapping of config keys at the top level")
         tree = loaded
+    return config_from_tree(tree, overrides, source)
+
+
+def config_from_tree(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
+    """Validate a config given as a mapping (e.g. `Config.model_dump()`), after `overrides`.
+
+    Parameters
+    ----------
+    tree : dict
+        Config keys and values, as a YAML file holds them; changed in place by the overrides.
+    overrides : sequence of str
+        'a.b=value' assignments (see `load_config`).
+    source : str
+        What the mapping came from, for messages.
+
+    Returns
+    -------
+    Config
+        The validated configuration (with `notes` where rounds followed `train.rounds`).
+
+    Raises
+    ------
+    FedsimError
+        One line naming the source, the key and the problem.
+    """
+    set_keys = {assignment.partition("=")[0].strip() for assignment in overrides}
     for assignment in overrides:
         _apply_override(tree, assignment)
+    notes = _follow_rounds(tree, set_keys) if "train.rounds" in set_keys else []
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as exc:
         raise FedsimError(_describe(exc, source)) from None
+    config._notes.extend(notes)
+    return config
+
+
+def _follow_rounds(tree: dict[str, Any], set_keys: set[str]) -> list[str]:
+    """Drop the file's round lists' entries beyond a `--set train.rounds`; return the notes."""
+    rounds = tree.get("train", {}).get("rounds") if isinstance(tree.get("train"), dict) else None
+    if not isinstance(rounds, int) or rounds < 1:
+        return []
+    notes = []
+    for key in ("observe_rounds", "adversary.active_rounds"):
+        *parents, leaf = key.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        listed = node.get(leaf) if isinstance(node, dict) else None
+        if key in set_keys or not isinstance(listed, list) or not all(isinstance(r, int) for r in listed):
+            continue
+        kept = [r for r in listed if r <= rounds]
+        if kept == listed:
+            continue
+        if not kept and leaf == "observe_rounds":
+            kept = [rounds]
+        if not kept:
+            raise FedsimError(f"{key}: every round the file lists ({listed}) lies beyond --set train.rounds={rounds}; "
+                              f"give the rounds with --set {key}=[...] or null")
+        node[leaf] = kept
+        notes.append(f"{key} {listed} from the file follows --set train.rounds={rounds}: using {kept}")
+    return notes

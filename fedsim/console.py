@@ -37,8 +37,8 @@ class RunConsole:
             self.stdout.width = 120
         self.progress = Progress(
             TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.screen, disable=quiet,
-        )
+            console=self.screen, disable=quiet or not (self.screen.is_terminal or self.screen.is_jupyter),
+        )  # no terminal (a pipe, a log, a script's captured stderr): the progress lines alone
         self._tasks: dict[str, TaskID] = {}
         self._log_handle: IO[str] | None = None
         self._log: Console | None = None

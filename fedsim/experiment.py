@@ -11,7 +11,9 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import torch
+from flwr.serverapp.strategy import Strategy
 
 from attackers.active.adversary import participant_mods, server_wrapper
 from attackers.inference.leakage import measure_leakage
@@ -74,6 +76,46 @@ def load_checked_config(path: str | Path | None = None, overrides: list[str] | t
     return check_config(load_config(path, overrides))
 
 
+def prepare(config: Config) -> tuple[pd.DataFrame, torch.nn.Module, Strategy]:
+    """Everything a run needs before its folder exists, so bad input never leaves a folder behind.
+
+    Checks the registry names, loads the data set (its files must exist and parse), builds the
+    membership ledger (the sizes must fit the pool), the initial model (seeded by `config.seed`)
+    and the strategy, and refuses a model DP-SGD cannot train. `fedsim check` runs exactly this.
+
+    Parameters
+    ----------
+    config : Config
+        The validated configuration; `data.root` is made absolute in place (the run folder
+        records it, so it can be read back from anywhere).
+
+    Returns
+    -------
+    ledger : pandas.DataFrame
+        The membership ledger, one row per record (`fedsim.membership.COLUMNS`).
+    model : torch.nn.Module
+        The initial global model.
+    strategy : flwr.serverapp.strategy.Strategy
+        The configured strategy, built for `data.num_clients` clients.
+
+    Raises
+    ------
+    FedsimError
+        One line for the first problem found.
+    """
+    check_config(config)
+    if config.data.root:
+        config.data.root = str(Path(config.data.root).expanduser().resolve())
+    pool = pool_for(config.data)
+    ledger = build_ledger(config, pool)
+    torch.manual_seed(config.seed)
+    model = model_for(config)
+    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
+    if config.defense.dp_sgd is not None:
+        check_model(model, config.model.name)
+    return ledger, model, strategy
+
+
 def default_run_folder(config: Config) -> Path:
     return RUNS / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -95,17 +137,8 @@ def run_experiment(config: Config, out: Path | None = None, console: RunConsole 
     the final summary table on its stdout, and both go to the folder's run.log.
     """
     console = console or RunConsole()
-    check_config(config)
     quiet_engine_logs()
-    if config.data.root:  # recorded absolute, so the run can be read back from anywhere
-        config.data.root = str(Path(config.data.root).expanduser().resolve())
-    pool = pool_for(config.data)
-    ledger = build_ledger(config, pool)
-    torch.manual_seed(config.seed)
-    model = model_for(config)
-    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
-    if config.defense.dp_sgd is not None:
-        check_model(model, config.model.name)
+    ledger, model, strategy = prepare(config)
     recorder = Recorder(out or default_run_folder(config), config)
     recorder.start(lambda where: save_ledger(ledger, where), force=force)
     return _carry_out(recorder, ledger, model, strategy, None, console)

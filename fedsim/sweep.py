@@ -133,6 +133,35 @@ def _status(folder: Path) -> str | None:
         return None
 
 
+def sweep_configs(config_path: str | Path | None, grid: list[str], overrides: list[str], seeds: int | None = None) -> dict[GridPoint, Config]:
+    """Every grid point's validated config, checked before the first run starts.
+
+    Parameters
+    ----------
+    config_path : str or Path, optional
+        The YAML config every point starts from (None: the shipped quickstart).
+    grid : list of str
+        'key=v1,v2' specifications; the sweep runs their cartesian product.
+    overrides : list of str
+        'key=value' assignments applied to every point before its grid values.
+    seeds : int, optional
+        Run every grid point with seeds 0..seeds-1 (paired comparisons).
+
+    Returns
+    -------
+    dict
+        Grid point -> its configuration, in sweep order.
+
+    Raises
+    ------
+    FedsimError
+        One line for a malformed grid, two points sharing a folder, or any point's bad config.
+    """
+    from fedsim.experiment import check_config
+
+    return {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in parse_grid(grid, seeds)}
+
+
 def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], out: Path | None = None,
               console: RunConsole | None = None, seeds: int | None = None, baseline: str | None = None) -> Path:
     """Run every grid point not yet complete; write comparison.csv and the sweep's report
@@ -142,13 +171,13 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
     a grid key), paired.csv compares each setting with its baseline seed by seed (see
     `paired_table`) and the report shows it.
     """
-    from fedsim.experiment import check_config, run_experiment
+    from fedsim.experiment import run_experiment
     from fedsim.report import write_sweep_report
 
     console = console or RunConsole()
-    points = parse_grid(grid, seeds)
+    configs = sweep_configs(config_path, grid, overrides, seeds)
+    points = list(configs)
     baseline_value = parse_baseline(baseline, points) if baseline is not None else None
-    configs = {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in points}
     folder = out or Path("runs") / f"sweep-{next(iter(configs.values())).name}"
     folder.mkdir(parents=True, exist_ok=True)
     for number, (point, config) in enumerate(configs.items(), 1):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fedsim.cli import main
@@ -12,10 +14,11 @@ def write(tmp_path, text, name="c.yaml"):
     return path
 
 
-def test_built_in_default_is_the_quickstart_on_digits():
+def test_built_in_default_is_the_quickstart_file_on_digits():
     config = load_config(None)
     assert config.name == "quickstart" and config.data.dataset == "digits"
-    assert config == Config()
+    checkout_file = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    assert config == load_config(checkout_file) != Config()  # the file, not the schema's defaults
 
 
 def test_overrides_are_parsed_as_yaml_and_validated():

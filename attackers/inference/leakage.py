@@ -1,7 +1,7 @@
 """Leakage per round: every configured attack, fitted and scored on each round's observation.
 
 Single-snapshot attacks use the snapshot of that round; multi-round attacks combine every
-observed snapshot up to it (restricted to `observe_rounds` when set). The rows follow the
+observed snapshot up to it (restricted to `observe_rounds` or `observe_every` when set). The rows follow the
 columns of metrics/leakage.csv (DESIGN.md section 4), with a bootstrap 95% interval of the AUC
 after them; the last round also gets ROC points and per-class leakage.
 """
@@ -66,7 +66,7 @@ def measure_leakage(
     if view is None:
         return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS))
     specs = list(attacks if attacks is not None else run.config.attacks)
-    keep = run.config.observe_rounds
+    keep = run.config.observed_rounds()
     attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
     plan = []
     for round_number in attacked:
