@@ -4,11 +4,15 @@ A fully connected layer's per-example weight gradient is the outer product g a^T
 layer's input a and the gradient g of the example's loss with respect to the layer's output.
 So one batched backward pass gives (a, g) for every example and every linear layer, the
 exact per-example gradient norm is |a| |g|, and the attack's row convolution is a_j (k . g),
-all without materialising a per-example weight gradient. Other layers (convolutions,
-normalisation) get per-example gradients from torch.func (vmap of grad of functional_call),
-except plain 2-D convolutions: their per-example gradient is G U^T from the unfolded input U and
-the output gradient G of the same backward pass, and a norm alone comes from Gram matrices.
-Work is chunked so the materialised part stays within a memory budget.
+all without materialising a per-example weight gradient. A plain 2-D convolution's per-example
+gradient is the same sum over its L output positions, G U^T = sum_l g_l u_l^T, from the unfolded
+input U (N, Cin k k, L) and the output gradient G (N, Cout, L) of that backward pass. Per layer
+the cheaper form is kept (Li et al. 2022, "Large language models can be strong differentially
+private learners", and Opacus' ghost clipping): when L (Cin k k + Cout) < Cin k k Cout the
+factors U, G are kept and the squared norm is the "ghost norm" sum_{l,m} (u_l . u_m)(g_l . g_m),
+else the gradient is materialised. Other layers (normalisation, ...) get per-example gradients
+from torch.func (vmap of grad of functional_call). Work is chunked so that what is held stays
+within a memory budget.
 """
 
 from __future__ import annotations
@@ -23,14 +27,50 @@ from torch.func import functional_call, grad, vmap
 DEFAULT_BUDGET = 2 << 30  # bytes
 
 
+def ghost_cheaper(rows: int, width: int, positions: int) -> bool:
+    """Whether a gradient sum_l g_l u_l^T of `positions` outer products of (width,) by (rows,)
+    is cheaper kept as its factors (and its norm as Gram products) than materialised.
+    """
+    return positions * (rows + width) < rows * width
+
+
+def factored_squared_norm(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of each example's sum_l g_l u_l^T, without materialising it if cheaper.
+
+    Parameters
+    ----------
+    inputs : torch.Tensor
+        (N, rows, L): u_l, e.g. a convolution's unfolded input (N, Cin k k, L).
+    outputs : torch.Tensor
+        (N, width, L): g_l, the gradient of the loss with respect to the layer's output.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,): the ghost norm sum_{l,m} (u_l . u_m)(g_l . g_m) (Li et al. 2022) or the materialised
+        gradient's squared norm, whichever is cheaper.
+    """
+    if ghost_cheaper(inputs.shape[1], outputs.shape[1], inputs.shape[2]):
+        gram_inputs = torch.bmm(inputs.transpose(1, 2), inputs)
+        return (gram_inputs * torch.bmm(outputs.transpose(1, 2), outputs)).sum((1, 2))
+    return torch.bmm(outputs, inputs.transpose(1, 2)).pow(2).sum((1, 2))
+
+
 @dataclass
 class LayerGradient:
-    """Per-example gradient of one layer's weight: factored (a, g) for linear layers, else dense."""
+    """Per-example gradient of one layer's weight: factored or dense.
 
-    inputs: torch.Tensor | None = None  # (N, in) for linear layers
-    outputs: torch.Tensor | None = None  # (N, out) for linear layers
+    Factored, the gradient is sum_l g_l u_l^T over L positions: a linear layer holds inputs
+    (N, in) and outputs (N, out) (one position); a 2-D convolution holds its unfolded input
+    (N, Cin k k, L) and output gradient (N, Cout, L), and `shape` is its weight's shape. Dense:
+    (N, *weight.shape).
+    """
+
+    inputs: torch.Tensor | None = None  # (N, in) or (N, Cin k k, L)
+    outputs: torch.Tensor | None = None  # (N, out) or (N, Cout, L)
     dense: torch.Tensor | None = None  # (N, *weight.shape) for other layers
     bias: torch.Tensor | None = None  # (N, out) per-example bias gradient, when the layer has one
+    shape: tuple[int, ...] | None = None  # the weight's shape, for a factored convolution
 
     @property
     def factored(self) -> bool:
@@ -39,17 +79,24 @@ class LayerGradient:
     def rows(self) -> torch.Tensor:
         """The gradient as (N, rows, out): row j is what a kernel spanning one row sees."""
         if self.factored:
+            if self.inputs.dim() == 3:
+                return torch.bmm(self.inputs, self.outputs.transpose(1, 2))
             return self.inputs[:, :, None] * self.outputs[:, None, :]
         return self.dense.flatten(2).transpose(1, 2) if self.dense.dim() > 2 else self.dense[:, None, :]
 
     def weight_gradient(self) -> torch.Tensor:
         """The per-example weight gradient in the parameter's own shape (materialised)."""
         if self.factored:
+            if self.inputs.dim() == 3:
+                return torch.bmm(self.outputs, self.inputs.transpose(1, 2)).reshape(len(self.inputs), *self.shape)
             return self.outputs[:, :, None] * self.inputs[:, None, :]
         return self.dense
 
     def squared_norm(self) -> torch.Tensor:
-        if self.factored:
+        """(N,) squared L2 norm of each example's weight and bias gradient."""
+        if self.factored and self.inputs.dim() == 3:
+            weight = factored_squared_norm(self.inputs, self.outputs)
+        elif self.factored:
             weight = self.inputs.pow(2).sum(1) * self.outputs.pow(2).sum(1)
         else:
             weight = self.dense.flatten(1).pow(2).sum(1)
@@ -60,7 +107,7 @@ class LayerGradient:
             return None if a is None else torch.cat([a, b])
 
         return LayerGradient(join(self.inputs, other.inputs), join(self.outputs, other.outputs),
-                             join(self.dense, other.dense), join(self.bias, other.bias))
+                             join(self.dense, other.dense), join(self.bias, other.bias), self.shape)
 
 
 @dataclass
@@ -118,14 +165,36 @@ def _per_example_dense(model: nn.Module, names: list[str], x: torch.Tensor, y: t
     return vmap(grad(example_loss), in_dims=(None, 0, 0))(chosen, x, y)
 
 
-def _chunk_size(model: nn.Module, dense_numel: int, budget: int) -> int:
-    per_example = 4 * (dense_numel + sum(p.numel() for p in model.parameters()) // 8 + 4096)
-    return max(1, budget // max(per_example, 1))
-
-
 def _unfoldable(module: nn.Module) -> bool:
     """A convolution whose per-example gradient comes from unfold: 2-D, ungrouped, zero padding."""
     return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+
+
+def _convolution_sizes(model: nn.Module, x: torch.Tensor, convolutions: set[str]) -> dict[str, tuple[int, int, int]]:
+    """(rows Cin k k, width Cout, positions L) of each named convolution, from one example's forward pass."""
+    modules = dict(model.named_modules())
+    sizes: dict[str, tuple[int, int, int]] = {}
+
+    def hook(name: str):
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            sizes[name] = (module.weight[0].numel(), module.weight.shape[0], output[0, 0].numel())
+
+        return keep
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in convolutions]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def _chunk_size(model: nn.Module, held: int, transient: int, budget: int) -> int:
+    """Examples per chunk: `held` and `transient` floats per example, plus an allowance for activations."""
+    per_example = 4 * (held + transient + sum(p.numel() for p in model.parameters()) // 8 + 4096)
+    return max(1, budget // max(per_example, 1))
 
 
 def extract(
@@ -135,7 +204,25 @@ def extract(
     layers: str | Sequence[str] = "last",
     memory_budget: int = DEFAULT_BUDGET,
 ) -> Features:
-    """White-box features of (x, y) on `model` (evaluation mode), for the chosen layers."""
+    """White-box features of (x, y) on `model` (evaluation mode), for the chosen layers.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The snapshot; put in evaluation mode (examples must not interact, e.g. through batch norm).
+    x, y : torch.Tensor
+        (N, *input_shape) records and (N,) true labels.
+    layers : str or sequence of str
+        'last', 'all', or module names: the layers whose gradients are returned.
+    memory_budget : int
+        Bytes the per-chunk work may hold; the records are processed in chunks to stay within it.
+
+    Returns
+    -------
+    Features
+        Losses (nats), probabilities, labels, the chosen layers' per-example gradients (factored
+        where that is smaller) and the exact per-example gradient L2 norm over all parameters.
+    """
     model.eval()
     chosen = resolve_layers(model, layers)
     modules = dict(model.named_modules())
@@ -148,9 +235,15 @@ def extract(
         for p, _ in modules[n].named_parameters(recurse=False)
     ]
     params = dict(model.named_parameters())
-    materialised = sum(params[k].numel() for k in dense_params) + sum(modules[n].weight.numel() for n in convolutions)
-    step = _chunk_size(model, materialised, memory_budget)
-    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, dense_params)
+    sizes = _convolution_sizes(model, x, convolutions) if convolutions else {}
+    factored = {n for n, size in sizes.items() if ghost_cheaper(*size)}
+    held = sum(params[k].numel() for k in dense_params)
+    held += sum((r + w) * positions if n in factored else r * w for n, (r, w, positions) in sizes.items() if n in chosen)
+    held += sum(modules[n].weight.shape[0] + modules[n].weight.shape[1] for n in linear if n in chosen)
+    transient = max((r * positions + (2 * positions * positions if n in factored else r * w) for n, (r, w, positions) in sizes.items()),
+                    default=0)
+    step = _chunk_size(model, held, transient, memory_budget)
+    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, factored, dense_params)
              for i in range(0, len(y), step)]
     first = parts[0]
     for part in parts[1:]:
@@ -162,26 +255,33 @@ def extract(
     return first
 
 
-def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, materialise: bool) -> tuple[LayerGradient | None, torch.Tensor]:
-    """Per-example gradient of a convolution from its unfolded input U (N, Cin k k, L) and output
-    gradient G (N, Cout, L): the weight gradient is G U^T. Its squared norm is read from the
-    Gram matrices, sum over l, m of (G^T G)(U^T U), when they are the smaller object.
+def unfold(a: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int],
+           stride: tuple[int, int]) -> torch.Tensor:
+    """torch.nn.functional.unfold as a strided view of the padded input, then one copy.
+
+    Same result (N, C kh kw, L); torch's CPU im2col is 10-30x slower on these shapes.
     """
-    unfolded = nn.functional.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    windows = nn.functional.pad(a, (pw, pw, ph, ph)).unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    windows = windows[..., ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    n, c, ho, wo = windows.shape[:4]
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+
+
+def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, factored: bool) -> LayerGradient:
+    """Per-example gradient of a convolution, sum_l g_l u_l^T over its output positions, from its
+    unfolded input U (N, Cin k k, L) and output gradient G (N, Cout, L): kept as the factors when
+    they are the smaller object (then its norm is the ghost norm), else materialised as G U^T.
+    """
+    unfolded = unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
     grads = g.flatten(2)
     bias = grads.sum(2) if module.bias is not None else None
-    bias_squared = bias.pow(2).sum(1) if bias is not None else 0
-    positions = grads.shape[2]
-    if materialise or positions * positions >= module.weight[0].numel() * module.weight.shape[0]:
-        weight = torch.einsum("nol,nkl->nok", grads, unfolded).reshape(len(a), *module.weight.shape)
-        layer = LayerGradient(dense=weight, bias=bias)
-        return (layer if materialise else None), layer.squared_norm()
-    gram = torch.einsum("nol,nom->nlm", grads, grads) * torch.einsum("nkl,nkm->nlm", unfolded, unfolded)
-    return None, gram.sum((1, 2)) + bias_squared
+    layer = LayerGradient(inputs=unfolded, outputs=grads, bias=bias, shape=tuple(module.weight.shape))
+    return layer if factored else LayerGradient(dense=layer.weight_gradient(), bias=bias)
 
 
 def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: list[str], linear: set[str],
-                   convolutions: set[str], dense_params: list[str]) -> Features:
+                   convolutions: set[str], factored: set[str], dense_params: list[str]) -> Features:
     modules = dict(model.named_modules())
     captured_inputs: dict[str, torch.Tensor] = {}
     captured_outputs: dict[str, torch.Tensor] = {}
@@ -208,15 +308,15 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
     gradients: dict[str, LayerGradient] = {}
     squared = torch.zeros(len(y))
     for name, g in zip(names, output_grads):
-        a = captured_inputs[name]
+        a = captured_inputs.pop(name)
         if name in convolutions:
-            layer, layer_squared = _convolution_gradient(modules[name], a, g, materialise=name in chosen)
+            layer = _convolution_gradient(modules[name], a, g, factored=name in factored)
         else:
             layer = LayerGradient(inputs=a, outputs=g, bias=g if modules[name].bias is not None else None)
-            layer_squared = layer.squared_norm()
-        squared += layer_squared
+        squared += layer.squared_norm()
         if name in chosen:
             gradients[name] = layer
+        del layer
     if dense_params:
         dense = _per_example_dense(model, dense_params, x, y)
         for tensor in dense.values():

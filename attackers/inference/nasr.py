@@ -6,7 +6,8 @@ outputs, across all snapshots, are concatenated and an encoder (256-128-64-1, Re
 0.2) gives the membership probability. A layer gradient's component is a convolution whose
 kernel spans one row of the (in x out) gradient matrix, then fully connected layers; for a
 linear layer, row j of the gradient is a_j g, so the convolution is a_j (k . g) + b and the
-gradient is never materialised.
+gradient is never materialised; for a convolution held factored (unfolded input U, output
+gradient G over L positions) it is sum_l U_jl (k . g_l) + b.
 
 Supervised training uses the attacker's known records with a validation split taken from
 them, and early stopping on the validation loss; the evaluation records are never seen.
@@ -47,8 +48,10 @@ class GradientComponent(nn.Module):
         self.dense = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), _dense(rows * filters))
 
     def forward(self, a: torch.Tensor | None, g: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
-        if rows is None:  # factored linear gradient: row j is a_j * g
+        if rows is None and a.dim() == 2:  # factored linear gradient: row j is a_j * g
             convolved = a[:, :, None] * (g @ self.kernel.weight.T)[:, None, :] + self.kernel.bias
+        elif rows is None:  # factored convolution gradient: row j is sum_l u_jl g_l
+            convolved = torch.bmm(a, g.transpose(1, 2) @ self.kernel.weight.T) + self.kernel.bias
         else:
             convolved = self.kernel(rows)
         return self.dense(convolved)
