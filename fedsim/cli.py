@@ -81,7 +81,10 @@ def _check(args: argparse.Namespace) -> int:
 
     config = load_checked_config(args.config, args.overrides)
     _notes(config)
-    prepare(config)
+    notes: list[str] = []
+    prepare(config, notes)
+    for note in notes:
+        print(f"fedsim: note: {note}", file=sys.stderr)
     print(config.to_yaml(), end="")
     print(f"fedsim: {args.config or 'the quickstart'}: valid", file=sys.stderr)
     return 0

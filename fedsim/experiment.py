@@ -76,7 +76,7 @@ def load_checked_config(path: str | Path | None = None, overrides: list[str] | t
     return check_config(load_config(path, overrides))
 
 
-def prepare(config: Config) -> tuple[pd.DataFrame, torch.nn.Module, Strategy]:
+def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFrame, torch.nn.Module, Strategy]:
     """Everything a run needs before its folder exists, so bad input never leaves a folder behind.
 
     Checks the registry names, loads the data set (its files must exist and parse), builds the
@@ -88,6 +88,8 @@ def prepare(config: Config) -> tuple[pd.DataFrame, torch.nn.Module, Strategy]:
     config : Config
         The validated configuration; `data.root` is made absolute in place (the run folder
         records it, so it can be read back from anywhere).
+    notes : list of str, optional
+        Where one-line notes for the user go (e.g. fewer targets than asked, and why).
 
     Returns
     -------
@@ -107,7 +109,7 @@ def prepare(config: Config) -> tuple[pd.DataFrame, torch.nn.Module, Strategy]:
     if config.data.root:
         config.data.root = str(Path(config.data.root).expanduser().resolve())
     pool = pool_for(config.data)
-    ledger = build_ledger(config, pool)
+    ledger = build_ledger(config, pool, notes)
     torch.manual_seed(config.seed)
     model = model_for(config)
     strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
@@ -138,10 +140,11 @@ def run_experiment(config: Config, out: Path | None = None, console: RunConsole 
     """
     console = console or RunConsole()
     quiet_engine_logs()
-    ledger, model, strategy = prepare(config)
+    notes: list[str] = []
+    ledger, model, strategy = prepare(config, notes)
     recorder = Recorder(out or default_run_folder(config), config)
     recorder.start(lambda where: save_ledger(ledger, where), force=force)
-    return _carry_out(recorder, ledger, model, strategy, None, console)
+    return _carry_out(recorder, ledger, model, strategy, None, console, notes)
 
 
 def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
@@ -171,10 +174,13 @@ def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console)
 
 
-def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: RunConsole) -> Path:
+def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: RunConsole,
+               notes: list[str] = ()) -> Path:
     """The rounds still to do, then attacks and report, with the console showing progress."""
     try:
         console.log_to(recorder.folder / RUN_LOG)
+        for note in notes:
+            console.print(f"fedsim: note: {note}")
         with console:
             summary = _simulate_and_attack(recorder, ledger, model, strategy, resumed, console)
         console.table(summary_table(summary, f"{recorder.config.name}: worst-case leakage per attack"))

@@ -5,6 +5,11 @@ ground truth every attack is scored against. Members are spread over clients wit
 flwr-datasets' partitioners (IID or Dirichlet over labels); the records no client trains on
 form disjoint non-member pools for the attacker's training and for evaluation, and a utility
 test split measures accuracy. Everything follows from the config's seed.
+
+Under label skew (Dirichlet) a client's members come from few classes; non-members drawn from
+all classes would let the label alone answer "member?". So the non-members an attack is
+scored on, and those its attacker knows, are drawn stratified by label to match the members
+they are compared with (`match_labels`); a class short of non-members gets fewer targets.
 """
 
 from __future__ import annotations
@@ -56,8 +61,75 @@ def _split_roles(ids: np.ndarray, rng: np.random.Generator) -> dict[int, str]:
     return {int(i): ATTACK_TRAIN for i in shuffled[:half]} | {int(i): ATTACK_EVAL for i in shuffled[half:]}
 
 
-def build_ledger(config: Config, pool: Pool) -> pd.DataFrame:
-    """Assign every record of the run a client (or none), a role and whether it is a target."""
+def match_labels(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
+    """Non-members stratified by label to match members, class by class.
+
+    For each label (in increasing order) as many candidates are drawn without replacement as
+    there are members with that label; where the candidates of a label are fewer, all of them
+    are taken and the same number of that label's members is kept (drawn at random), so both
+    sides always have the same label counts.
+
+    Parameters
+    ----------
+    members : np.ndarray
+        Record ids of the members, shape (n_members,).
+    candidates : np.ndarray
+        Record ids the non-members are drawn from, shape (n_candidates,).
+    labels : np.ndarray
+        The label of every record of the pool, indexed by record id, shape (n_pool,).
+    rng : np.random.Generator
+        The only source of randomness.
+
+    Returns
+    -------
+    tuple of (np.ndarray, np.ndarray, dict)
+        The members kept and the non-members drawn (record ids, sorted, equally many), and for
+        each label short of candidates `{label: (members, candidates available)}`.
+    """
+    members, candidates = np.asarray(members, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
+    kept, drawn, short = [], [], {}
+    for label in np.unique(labels[members]):
+        inside = members[labels[members] == label]
+        outside = candidates[labels[candidates] == label]
+        n = min(len(inside), len(outside))
+        if n < len(inside):
+            short[int(label)] = (len(inside), len(outside))
+            inside = rng.choice(inside, n, replace=False)
+        kept.append(inside)
+        drawn.append(rng.choice(outside, n, replace=False))
+    empty = np.empty(0, dtype=np.int64)
+    return (np.sort(np.concatenate(kept)) if kept else empty), (np.sort(np.concatenate(drawn)) if drawn else empty), short
+
+
+def describe_shortfall(short: dict[int, tuple[int, int]], limit: int = 5) -> str:
+    """'class 3: 40 members, 12 non-members; ...' for the first `limit` classes short of non-members."""
+    shown = [f"class {c}: {m} members, {n} non-members" for c, (m, n) in sorted(short.items())[:limit]]
+    return "; ".join(shown) + (f"; {len(short) - limit} more classes" if len(short) > limit else "")
+
+
+def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> pd.DataFrame:
+    """Assign every record of the run a client (or none), a role and whether it is a target.
+
+    Parameters
+    ----------
+    config : Config
+        The run's config (data split, adversary, seed).
+    pool : Pool
+        Every record of the data set.
+    notes : list of str, optional
+        Where one-line notes for the user go (e.g. fewer targets than asked, and why).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per record of the run, columns `COLUMNS`, sorted by record id.
+
+    Raises
+    ------
+    FedsimError
+        When the data set or the clients' shares are too small for the config.
+    """
     data = config.data
     rng = np.random.default_rng(config.seed)
     wanted_members = data.num_clients * data.records_per_client if data.records_per_client else None
@@ -84,12 +156,14 @@ def build_ledger(config: Config, pool: Pool) -> pd.DataFrame:
     ledger = pd.DataFrame(rows, columns=COLUMNS[:-1])
     ledger["client"] = ledger["client"].astype("Int64")
     ledger["target"] = False
-    _mark_targets(ledger, config, rng)
+    _mark_targets(ledger, config, rng, pool.labels.numpy(), notes if notes is not None else [])
     return ledger.sort_values("record_id", ignore_index=True)
 
 
-def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator) -> None:
-    """Targets: balanced evaluation members (the victim's, or the other clients') and non-members."""
+def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator, labels: np.ndarray, notes: list[str]) -> None:
+    """Targets: evaluation members (the victim's, or the other clients'), and as many evaluation
+    non-members with the same label counts (`match_labels`).
+    """
     adversary = config.adversary
     if adversary.role == "none" or adversary.target_records == 0:
         return
@@ -101,15 +175,27 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
     else:
         member_pool = evaluation & ledger["member"] & (ledger["client"] != adversary.victim).fillna(False)
         whose = "the other clients'"
-    nonmember_pool = evaluation & ~ledger["member"]
-    for pool, what in ((member_pool, f"{whose} evaluation members"), (nonmember_pool, "evaluation non-members")):
-        available = ledger.index[pool].to_numpy()
-        if len(available) < per_side:
-            raise FedsimError(
-                f"adversary.target_records: {adversary.target_records} asks for {per_side} of {what} "
-                f"but there are {len(available)}; lower adversary.target_records or give the run more records"
-            )
-        ledger.loc[rng.choice(available, per_side, replace=False), "target"] = True
+    available = ledger.loc[member_pool, "record_id"].to_numpy()
+    if len(available) < per_side:
+        raise FedsimError(
+            f"adversary.target_records: {adversary.target_records} asks for {per_side} of {whose} evaluation members "
+            f"but there are {len(available)}; lower adversary.target_records or give the run more records"
+        )
+    chosen = rng.choice(available, per_side, replace=False)
+    candidates = ledger.loc[evaluation & ~ledger["member"], "record_id"].to_numpy()
+    members, nonmembers, short = match_labels(chosen, candidates, labels, rng)
+    if not len(members):
+        raise FedsimError(
+            f"adversary.target_records: no evaluation non-member shares a label with {whose} member targets "
+            f"({describe_shortfall(short)}); raise data.nonmembers or adversary.target_records"
+        )
+    if short:
+        notes.append(
+            f"adversary.target_records: {2 * len(members)} targets instead of {2 * per_side}: non-member targets match the labels "
+            f"of {whose} member targets, and the evaluation non-members run short ({describe_shortfall(short)}); "
+            "raise data.nonmembers for more"
+        )
+    ledger.loc[ledger["record_id"].isin(np.concatenate([members, nonmembers])), "target"] = True
 
 
 def save_ledger(ledger: pd.DataFrame, folder: Path) -> Path:

@@ -74,6 +74,14 @@ class Run:
         """The clients whose parameters the server received in a round."""
         return sorted(int(c) for c in self._round(round_number)["clients"])
 
+    def received(self, round_number: int) -> list[int]:
+        """The clients that received the round's training message (the global model of the round
+        before): those whose reply the server read, summed under secure aggregation, or that failed
+        after receiving it; not those left out by client sampling or that dropped out.
+        """
+        info = self._round(round_number)
+        return sorted({int(c) for c in info["clients"]} | set(info.get("secure_sum", [])) | set(info.get("failed", [])) - {-1})
+
     def num_examples(self, round_number: int, client: int) -> int:
         return int(self._round(round_number)["clients"][str(client)]["num_examples"])
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 PINNED_CONFIG = Path(__file__).parent / "data" / "pinned.yaml"
 
 PINNED_SHA256 = {
-    "membership.parquet": "ed1ce810768c75f18f7975420b446f9e83b3f78a858faf0d3d3dd8dc8b086184",
+    "membership.parquet": "6eaf924e9906a0138617909192370f68f06cda0feced7ffe250f10aac7a82519",
     "rounds/0000/global.safetensors": "e67f0126cb322940639424b5d675836f388b54d7abe30621d3df6c7d954db099",
     "rounds/0001/clients/client-000.safetensors": "cd40a8f16e657f3145b082be870a951c0b3debb55dda3d9e958a44cc0ad929a2",
     "rounds/0001/clients/client-001.safetensors": "49935295b1fc6dc71e3ffd6491da46fd146d0010be0f7719f3c7372510ebebe2",

@@ -79,3 +79,27 @@ def test_threat_model_in_words():
     assert "only the aggregate" in describe(small_config("defense.secure_aggregation=true"))
     assert "isolates the victim and sends it a gradient-ascent step" in describe(small_config("adversary.isolate=true", "adversary.mode=gradient-ascent"))
     assert "curious participant (client 2)" in describe(small_config("adversary.role=participant", "adversary.victim=2"))
+
+
+def test_participant_is_credited_only_with_the_global_models_it_received(tmp_path):
+    """Round r: the global model of round r - 1 (what it trained from); not the final aggregate, which no
+    client receives, and not the rounds client sampling left it out of (it failed in round 3: still received).
+    """
+    config = small_config("data.num_clients=3", "adversary.role=participant", "adversary.victim=2", "train.rounds=4")
+    ledger = build_ledger(config, load_pool("digits", None))
+    recorder = Recorder(tmp_path / "run", config)
+    recorder.start(lambda folder: save_ledger(ledger, folder))
+    torch.manual_seed(0)
+    states = [build_model("fcn", (64,), 10, config.model.args).state_dict() for _ in range(5)]
+    recorder.record_round(0, states[0])
+    recorder.record_round(1, states[1], {c: (states[1], 60) for c in range(3)})
+    recorder.record_round(2, states[2], {c: (states[2], 60) for c in (0, 1)})  # client 2 not sampled
+    recorder.record_round(3, states[3], {c: (states[3], 60) for c in (0, 1)}, failed=[2])
+    recorder.record_round(4, states[4], {c: (states[4], 60) for c in range(3)})
+    recorder.finish("complete")
+    run = Run.open(recorder.folder)
+    observation = attacker_view(run).observation
+    assert observation.rounds == [1, 3, 4]
+    for r in observation.rounds:
+        assert same(observation.model(r), states[r - 1])
+    assert not any(same(observation.model(r), states[4]) for r in observation.rounds)

@@ -111,6 +111,32 @@ class GradientNormAttack(ThresholdAttack):
         return -observation.features(ids, observation.rounds[-1]).gradient_norm.numpy()
 
 
+class LabelOnlyAttack(MembershipInferenceAttack):
+    """A baseline that reads no model: score = how common the record's label is among the
+    attacker's known members (their share of it, in [0, 1]).
+
+    It measures how much the label alone says about membership. With targets whose non-members
+    match the members' labels (`fedsim.membership.match_labels`) its AUC is 0.5; above that, a
+    label shortcut is inflating every other attack's numbers. Deterministic.
+    """
+
+    name = "label_only"
+
+    def _labels(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        return observation.load_records(ids)[1].numpy()
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> LabelOnlyAttack:
+        labels = self._labels(observation, ids)
+        known = labels[np.asarray(members, dtype=bool)]
+        self.frequency = np.bincount(known, minlength=int(labels.max()) + 1) / max(len(known), 1)  # (classes,)
+        self.threshold = best_threshold(self.score(observation, ids), members)
+        return self
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        labels = self._labels(observation, ids)
+        return np.where(labels < len(self.frequency), self.frequency[np.minimum(labels, len(self.frequency) - 1)], 0.0)
+
+
 class TrajectoryParams(AttackParams):
     """Parameters of the trajectory attack."""
 

@@ -13,7 +13,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from attackers.inference.base import MembershipInferenceAttack
-from attackers.inference.baselines import ConfidenceAttack, EntropyAttack, GradientNormAttack, LossAttack, TrajectoryAttack
+from attackers.inference.baselines import (
+    ConfidenceAttack,
+    EntropyAttack,
+    GradientNormAttack,
+    LabelOnlyAttack,
+    LossAttack,
+    TrajectoryAttack,
+)
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
 from fedsim.errors import FedsimError
@@ -21,7 +28,7 @@ from fedsim.registry import Registry
 
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
-             NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack):
+             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack):
     ATTACKS.add(_cls.name, _cls)
 
 

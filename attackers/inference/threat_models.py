@@ -6,8 +6,13 @@
 - participant (local attacker): the global model of each round; its targets are the other
   clients' members.
 
-The attacker knows the `attack_train` records of its targets' side (members and non-members)
-and is evaluated on the `target` records, which it never trains on.
+The attacker knows the `attack_train` records of its targets' side (members, and non-members
+drawn to match their labels, `fedsim.membership.match_labels`) and is evaluated on the `target`
+records, which it never trains on.
+
+A participant observes only the global models it was sent: those it trained from in the
+rounds it was sampled in (the model of round r-1 for round r), never the final aggregate,
+which no client receives.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from attackers.inference.observation import Observation
-from fedsim.membership import ATTACK_TRAIN
+from fedsim.membership import ATTACK_TRAIN, match_labels
 from fedsim.run import Run
 
 
@@ -49,13 +54,10 @@ def describe(config) -> str:
     return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
 
 
-def _balanced(ids: np.ndarray, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Subsample the larger side so the attacker trains on as many members as non-members."""
-    rng = np.random.default_rng(seed)
-    inside, outside = ids[members], ids[~members]
-    n = min(len(inside), len(outside))
-    chosen = np.concatenate([rng.choice(inside, n, replace=False), rng.choice(outside, n, replace=False)])
-    chosen.sort()
+def _balanced(ids: np.ndarray, members: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """As many known members as non-members, with the same label counts (`match_labels`)."""
+    inside, outside, _ = match_labels(ids[members], ids[~members], labels, np.random.default_rng(seed))
+    chosen = np.sort(np.concatenate([inside, outside]))
     return chosen, np.isin(chosen, inside)
 
 
@@ -72,7 +74,8 @@ def attacker_view(run: Run) -> AttackerView | None:
     else:
         member_side = (ledger["member"] & (client != victim)).fillna(False)
     known = (ledger["role"] == ATTACK_TRAIN) & (member_side | ~ledger["member"])
-    train_ids, train_members = _balanced(ledger.loc[known, "record_id"].to_numpy(), ledger.loc[known, "member"].to_numpy(bool), run.config.seed)
+    train_ids, train_members = _balanced(ledger.loc[known, "record_id"].to_numpy(), ledger.loc[known, "member"].to_numpy(bool),
+                                      run.pool.labels.numpy(), run.config.seed)
     targets = ledger[ledger["target"]]
     eval_ids, eval_members = targets["record_id"].to_numpy(), targets["member"].to_numpy(bool)
 
@@ -86,7 +89,11 @@ def attacker_view(run: Run) -> AttackerView | None:
 
         observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references)
         target = f"client-{victim:03d}"
-    else:
+    elif adversary.role == "server":  # under secure aggregation: the aggregates it computes
         observation = Observation(trained, lambda r: run.model(r), run.records, budget)
-        target = "global" if adversary.role == "server" else "others"
+        target = "global"
+    else:  # round r: the global model of round r - 1, which the participant trained from
+        received = [r for r in trained if victim in run.received(r)]
+        observation = Observation(received, lambda r: run.model(r - 1), run.records, budget)
+        target = "others"
     return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)
