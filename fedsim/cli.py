@@ -116,7 +116,10 @@ def _attack(args: argparse.Namespace) -> int:
     check_attacks(args.attacks or [], "--attack")
     run = Run.open(args.run_dir)
     with RunConsole() as console:
-        rows = measure_leakage(run, args.attacks, args.rounds, progress=console).rows
+        leakage = measure_leakage(run, args.attacks, args.rounds, progress=console)
+        if leakage.why_empty:
+            console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
+    rows = leakage.rows
     if args.out:
         try:
             rows.to_csv(args.out, index=False)

@@ -243,6 +243,8 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     try:
         run = Run.open(folder)
         leakage = measure_leakage(run, progress=console)
+        if leakage.why_empty and config.adversary.role != "none":
+            console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
         recorder.write_metrics({LEAKAGE_CSV: leakage.rows, ROC_CSV: leakage.roc, PER_CLASS_CSV: leakage.per_class})
         recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
         summary = run_summary(run)

@@ -19,6 +19,8 @@ LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
     "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers",
 ]
+ROC_COLUMNS = ["attack", "fpr", "tpr"]
+PER_CLASS_COLUMNS = ["attack", "class", "auc", "accuracy", "n_members", "n_nonmembers"]
 
 
 def round_dir(round_number: int) -> str:

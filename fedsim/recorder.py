@@ -30,9 +30,11 @@ from fedsim.layout import (  # noqa: F401  (re-exported: the run folder's names,
     LEAKAGE_COLUMNS,
     LEAKAGE_CSV,
     MANIFEST,
+    PER_CLASS_COLUMNS,
     PER_CLASS_CSV,
     PLOTS,
     REPORT_HTML,
+    ROC_COLUMNS,
     ROC_CSV,
     TRAINING_COLUMNS,
     TRAINING_CSV,
@@ -275,8 +277,14 @@ class Recorder:
             csv.DictWriter(handle, fieldnames=columns).writerow({k: row.get(k, "") for k in columns})
 
     def write_metrics(self, tables: Mapping[str, Any]) -> None:
-        """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv."""
+        """Write metrics tables (DataFrames) by relative path, e.g. metrics/leakage.csv.
+
+        A table keeps its header when it has no rows (so every table reads back); one without
+        columns is a caller's bug and raises ValueError.
+        """
         for relative, table in tables.items():
+            if len(table.columns) == 0:
+                raise ValueError(f"{relative}: a table without columns would be written as a bare newline; give it its header")
             with self._disk(relative):
                 write_atomically(self.folder / relative, table.to_csv(index=False).encode())
             self.outputs.add(relative)

@@ -36,16 +36,22 @@ from fedsim.summary import Summary, display
 
 @dataclass(frozen=True)
 class Plot:
-    """A rendered figure: its file name under plots/, a heading, and what it shows."""
+    """A rendered figure: its file name under plots/, a heading, and what it shows; or, when
+    there is nothing to draw, no png and a caption saying why (the report shows the note).
+    """
 
     name: str
     title: str
     caption: str
-    png: bytes
+    png: bytes | None
 
 
 def _render(name: str, title: str, caption: str, figure: Figure) -> Plot:
     return Plot(name, title, caption, plots.png(figure))
+
+
+def _skipped(name: str, title: str, why: str) -> Plot:
+    return Plot(name, title, f"Not drawn: {why}.", None)
 
 
 def record_signals(run: Run) -> pd.DataFrame:
@@ -84,20 +90,28 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
         ]
         last_round = int(leakage["round"].max())
         last = leakage[leakage["round"] == last_round]
-        figures.append(_render("roc", "ROC curves of the last round", f"Round {last_round}: linear axes, and log-log axes for the low-FPR regime.",
-                               plots.roc_curves(run.table(ROC_CSV), int(last["n_nonmembers"].max()), last_round)))
+        roc = run.table(ROC_CSV)
+        title = "ROC curves of the last round"
+        figures.append(_render("roc", title, f"Round {last_round}: linear axes, and log-log axes for the low-FPR regime.",
+                               plots.roc_curves(roc, int(last["n_nonmembers"].max()), last_round))
+                       if len(roc) else _skipped("roc", title, "metrics/roc.csv has no rows"))
         signals = record_signals(run)
         snapshot = f"target records on the attacker's last snapshot (round {int(signals['round'].iloc[0])})" if len(signals) else "target records"
-        figures += [
-            _render("loss_per_class", "Loss per class, members vs non-members", f"Per-example loss of the {snapshot}.",
-                    plots.class_distributions(signals, "loss", "loss")),
-            _render("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members",
-                    f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2).",
-                    plots.class_distributions(signals, "last_layer_gradient_norm", "last-layer gradient norm")),
-            _render("accuracy_per_class", "Attack accuracy per class",
-                    f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
-                    plots.accuracy_per_class(run.table(PER_CLASS_CSV))),
-        ]
+        for name, title, column, label, caption in (
+            ("loss_per_class", "Loss per class, members vs non-members", "loss", "loss", f"Per-example loss of the {snapshot}."),
+            ("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members", "last_layer_gradient_norm",
+             "last-layer gradient norm",
+             f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2)."),
+        ):
+            figures.append(_render(name, title, caption, plots.class_distributions(signals, column, label)) if len(signals)
+                           else _skipped(name, title, "the attacker observed no snapshot"))
+        per_class = run.table(PER_CLASS_CSV)
+        title = "Attack accuracy per class"
+        figures.append(_render("accuracy_per_class", title,
+                               f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
+                               plots.accuracy_per_class(per_class)) if len(per_class)
+                       else _skipped("accuracy_per_class", title, "no class holds both a member and a non-member target "
+                                     "(metrics/leakage_per_class.csv has no rows); give the run more targets"))
     if not summary.training.empty:
         figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
                                plots.utility_per_round(summary.training)))
@@ -162,6 +176,8 @@ def summary_html(summary: Summary, section_id: str = "summary") -> str:
 
 
 def _figure_html(plot: Plot) -> str:
+    if plot.png is None:
+        return f'<section id="{plot.name}"><h2>{html.escape(plot.title)}</h2><p class="note">{html.escape(plot.caption)}</p></section>'
     data = base64.b64encode(plot.png).decode("ascii")
     return (f'<section id="{plot.name}"><h2>{html.escape(plot.title)}</h2><figure>'
             f'<img src="data:image/png;base64,{data}" alt="{html.escape(plot.title)}">'
@@ -207,6 +223,8 @@ def _page(title: str, meta: str, sections: Iterable[str]) -> str:
 def _write_plots(folder: Path, figures: list[Plot]) -> list[str]:
     written = []
     for plot in figures:
+        if plot.png is None:
+            continue
         relative = f"{PLOTS}/{plot.name}.png"
         write_atomically(folder / relative, plot.png)
         written.append(relative)

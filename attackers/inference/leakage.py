@@ -19,7 +19,7 @@ from sklearn.metrics import roc_curve
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
 from fedsim.metrics import bootstrap_auc_interval, leakage
-from fedsim.recorder import LEAKAGE_COLUMNS
+from fedsim.recorder import LEAKAGE_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
 from fedsim.run import Run
 
 EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high"]
@@ -46,8 +46,9 @@ class _Silent:
 @dataclass
 class LeakageReport:
     rows: pd.DataFrame  # LEAKAGE_COLUMNS + EXTRA_COLUMNS
-    roc: pd.DataFrame = field(default_factory=pd.DataFrame)  # last round: attack, fpr, tpr
-    per_class: pd.DataFrame = field(default_factory=pd.DataFrame)  # last round: attack, class, auc, accuracy, counts
+    roc: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROC_COLUMNS))  # last round
+    per_class: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_CLASS_COLUMNS))  # last round
+    why_empty: str | None = None  # one line: why there are no rows (None when there are)
 
 
 def measure_leakage(
@@ -64,7 +65,7 @@ def measure_leakage(
     progress = progress or _Silent()
     view = attacker_view(run)
     if view is None:
-        return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS))
+        return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS), why_empty="no adversary (adversary.role: none)")
     specs = list(attacks if attacks is not None else run.config.attacks)
     keep = run.config.observed_rounds()
     attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
@@ -105,8 +106,25 @@ def measure_leakage(
             fpr, tpr, _ = roc_curve(view.eval_members, scores, drop_intermediate=False)  # every operating point
             roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
             per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
-    return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6), pd.DataFrame(roc).round(6),
-                         pd.DataFrame(per_class).round(6))
+    return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6),
+                         pd.DataFrame(roc, columns=ROC_COLUMNS).round(6), pd.DataFrame(per_class, columns=PER_CLASS_COLUMNS).round(6),
+                         None if rows else _why_empty(run, view, specs, attacked))
+
+
+def _why_empty(run: Run, view, names: Sequence[str], attacked: Sequence[int]) -> str:
+    """One line: why an adversary's run has no leakage rows."""
+    adversary = run.config.adversary
+    if not names:
+        return "no attack configured (attacks: [])"
+    if not view.observation.rounds:
+        if view.attacker == "server" and view.target != "global":
+            return (f"the server never received client {adversary.victim}'s model (client sampling left it out of every round, "
+                    "or it failed or dropped out); raise the strategy's fraction_train or run more rounds")
+        return (f"the curious participant (client {adversary.victim}) never received a global model (client sampling left it out of "
+                "every round, or it dropped out); raise the strategy's fraction_train or run more rounds")
+    if not attacked:
+        return f"none of the rounds asked for was observed (observed rounds: {view.observation.rounds})"
+    return f"no attack observed a snapshot among the rounds kept by observe_rounds ({run.config.observe_rounds})"
 
 
 def _per_class(name: str, scores: np.ndarray, members: np.ndarray, labels: np.ndarray, threshold: float) -> list[dict]:
