@@ -126,6 +126,7 @@ class AttackConfig(Section):
 
 class FeaturesConfig(Section):
     memory_budget_gib: float = Field(2.0, gt=0)  # per-example features are computed in chunks that fit this budget
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # per-example features and attack training; auto: cuda when present
 
 
 class Config(Section):

@@ -8,11 +8,13 @@ behind; a failure after that marks the manifest 'failed'.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import torch
+from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import Strategy
 
 from attackers.active.adversary import participant_mods, server_wrapper
@@ -40,6 +42,10 @@ from strategies.registry import STATELESS, build_strategy, check_strategy, is_st
 RUNS = Path("runs")
 ROUNDS_STAGE = "rounds"
 CLIENTS_STAGE = "client training"
+
+Engine = Callable[[ServerPlan, ClientApp], None]
+"""Runs the server's plan against the clients: Flower's simulation (`simulate_engine`), or,
+inside a ServerApp that `flwr run` started, `fedsim.server_app.serve` on the Grid it was given."""
 
 
 def check_config(config: Config) -> Config:
@@ -106,6 +112,7 @@ def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFram
         One line for the first problem found.
     """
     check_config(config)
+    check_devices(config)
     if config.data.root:
         config.data.root = str(Path(config.data.root).expanduser().resolve())
     pool = pool_for(config.data)
@@ -118,33 +125,64 @@ def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFram
     return ledger, model, strategy
 
 
-def default_run_folder(config: Config) -> Path:
-    return RUNS / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def default_run_folder(config: Config, runs: Path = RUNS) -> Path:
+    return runs / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _point_latest(folder: Path) -> None:
+def _point_latest(folder: Path, runs: Path = RUNS) -> None:
     """runs/latest -> the newest run folder (when the run lives under runs/)."""
-    latest = RUNS / "latest"
-    if folder.parent.resolve() != RUNS.resolve() or (latest.exists() and not latest.is_symlink()):
+    latest = runs / "latest"
+    if folder.parent.resolve() != runs.resolve() or (latest.exists() and not latest.is_symlink()):
         return
-    temporary = RUNS / ".latest.tmp"
+    temporary = runs / ".latest.tmp"
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(folder.name)
     os.replace(temporary, latest)
 
 
-def run_experiment(config: Config, out: Path | None = None, console: RunConsole | None = None, force: bool = False) -> Path:
+def check_devices(config: Config) -> None:
+    """One line instead of a hang when the config asks for GPUs this machine does not have.
+
+    With `backend.ray_address` (or RAY_ADDRESS) the GPUs are the cluster's, which Ray checks.
+
+    Raises
+    ------
+    FedsimError
+        `backend.gpus_per_client` > 0 or `features.device: cuda` without CUDA here.
+    """
+    local = not (config.backend.ray_address or os.environ.get("RAY_ADDRESS"))
+    if local and config.backend.gpus_per_client > 0 and not torch.cuda.is_available():
+        raise FedsimError(f"backend.gpus_per_client is {config.backend.gpus_per_client} but PyTorch sees no CUDA GPU on this machine; "
+                          "set backend.gpus_per_client=0 (or attach a cluster with GPUs through backend.ray_address)")
+    if config.features.device == "cuda" and not torch.cuda.is_available():
+        raise FedsimError("features.device is cuda but PyTorch sees no CUDA GPU on this machine; set features.device=auto or cpu")
+
+
+def simulate_engine(config: Config) -> Engine:
+    """The default engine: Flower's Ray simulation with one virtual SuperNode per client."""
+
+    def run(plan: ServerPlan, client_app: ClientApp) -> None:
+        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
+
+    return run
+
+
+def run_experiment(config: Config, out: Path | None = None, console: RunConsole | None = None, force: bool = False,
+                   engine: Engine | None = None, runs: Path = RUNS) -> Path:
     """Simulate the configured federation, recording every round, measure its leakage and write
     its report; returns the run folder. Progress shows on `console` (default: bars on stderr),
     the final summary table on its stdout, and both go to the folder's run.log.
+
+    `engine` runs the rounds (default: `simulate_engine(config)`); `runs` is the folder whose
+    `latest` link points at the newest run (default `runs/` under the working directory).
     """
     console = console or RunConsole()
     quiet_engine_logs()
     notes: list[str] = []
     ledger, model, strategy = prepare(config, notes)
-    recorder = Recorder(out or default_run_folder(config), config)
+    recorder = Recorder(out or default_run_folder(config, runs), config)
     recorder.start(lambda where: save_ledger(ledger, where), force=force)
-    return _carry_out(recorder, ledger, model, strategy, None, console, notes)
+    return _carry_out(recorder, ledger, model, strategy, None, console, engine or simulate_engine(config), notes, runs)
 
 
 def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
@@ -171,18 +209,42 @@ def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
                           f"rerun it with --force (resumable strategies: {', '.join(sorted(STATELESS))})")
     if last >= 0:
         model.load_state_dict(run.state(last))
-    return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console)
+    return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console, simulate_engine(config))
+
+
+def client_app_for(config: Config, ledger: pd.DataFrame, mods: list | tuple = ()) -> ClientApp:
+    """The ClientApp of a run: honest training on each client's members of `ledger`, wrapped in
+    `mods`, the curious participant's mod (when a participant is the adversary) and the
+    strategy's client mods (training only).
+
+    Parameters
+    ----------
+    config : Config
+        The checked config of the run.
+    ledger : pandas.DataFrame
+        The membership ledger (`fedsim.membership.build_ledger`), one row per record.
+    mods : list
+        Outermost ClientApp mods (e.g. injected faults).
+
+    Returns
+    -------
+    flwr.clientapp.ClientApp
+        The app every SuperNode runs; a node's `partition-id` (node config) picks its records.
+    """
+    members = ledger[ledger["member"]]
+    client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
+    return make_client_app(config, client_records, list(mods) + participant_mods(config, ledger), train_mods(config.strategy))
 
 
 def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: RunConsole,
-               notes: list[str] = ()) -> Path:
+               engine: Engine, notes: list[str] | tuple = (), runs: Path = RUNS) -> Path:
     """The rounds still to do, then attacks and report, with the console showing progress."""
     try:
         console.log_to(recorder.folder / RUN_LOG)
         for note in notes:
             console.print(f"fedsim: note: {note}")
         with console:
-            summary = _simulate_and_attack(recorder, ledger, model, strategy, resumed, console)
+            summary = _simulate_and_attack(recorder, ledger, model, strategy, resumed, console, engine, runs)
         console.table(summary_table(summary, f"{recorder.config.name}: worst-case leakage per attack"))
     finally:
         console.close_log()
@@ -190,14 +252,12 @@ def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, res
 
 
 def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None,
-                         console: RunConsole) -> Summary:
+                         console: RunConsole, engine: Engine, runs: Path = RUNS) -> Summary:
     """Simulate, attack the recorded run, write its report; the manifest says 'complete' only at the end."""
     config, folder = recorder.config, recorder.folder
     pool = pool_for(config.data)
     if resumed is not None:
         console.print(f"fedsim: resuming {folder} after round {recorder.manifest['rounds_completed']}")
-    members = ledger[ledger["member"]]
-    client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
     test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
 
     def show(row: dict) -> None:
@@ -213,8 +273,7 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
                       show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
                       adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed,
                       secure_aggregation=config.defense.secure_aggregation)
-    mods = [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else []
-    client_app = make_client_app(config, client_records, mods + participant_mods(config, ledger), train_mods(config.strategy))
+    client_app = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
@@ -222,7 +281,7 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     console.start(ROUNDS_STAGE, config.train.rounds)
     if recorder.manifest["rounds_completed"] < config.train.rounds:
         try:
-            simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
+            engine(plan, client_app)
         except BaseException as exc:
             plan.error = plan.error or exc
         if plan.error is not None:  # what stopped the server app (the engine may only log it)
@@ -253,7 +312,7 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
         raise
     recorder.finish("complete")
     console.print(f"report: {folder / REPORT_HTML}")
-    _point_latest(folder)
+    _point_latest(folder, runs)
     return summary
 
 

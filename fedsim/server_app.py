@@ -205,58 +205,106 @@ class ServerPlan:
     secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
 
 
+def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int = 1) -> list[Strategy]:
+    """The server's strategy wrappers, outermost first, each wrapping the next.
+
+    `[RoundClock, SecureAggregation (under defense.secure_aggregation), RecordingStrategy,
+    CuriousServer (when the server is the adversary), the configured strategy]`. The clock is
+    outermost so every wrapper sees the run's round numbers; secure aggregation sits outside the
+    recorder and the curious server, so both see only the aggregate (the server's view); the
+    recorder sits outside the curious server, so it records what the adversary sent each client.
+
+    Parameters
+    ----------
+    plan : ServerPlan
+        The strategy, recorder, seed and adversary of the run.
+    partitions : dict[int, int]
+        Node id -> partition id, as `discover_partitions` found them.
+    first_round : int
+        The first round still to do (1, or the round after the last complete one of a resumed run).
+
+    Returns
+    -------
+    list[flwr.serverapp.strategy.Strategy]
+        The stack, outermost first: `stack[0].start(...)` runs the rounds, `stack[-1]` is
+        `plan.strategy`, and `stack[i].inner is stack[i + 1]`.
+    """
+    inner: Strategy = plan.adversary(plan.strategy, partitions) if plan.adversary else plan.strategy
+    if plan.resumed is not None and isinstance(inner, StrategyWrapper):
+        inner.restore(plan.resumed, first_round - 1)
+    stack: list[Strategy] = [inner] if inner is plan.strategy else [inner, plan.strategy]
+    stack.insert(0, RecordingStrategy(inner, plan.recorder, partitions))
+    if plan.secure_aggregation:
+        stack.insert(0, SecureAggregation(stack[0]))
+    stack.insert(0, RoundClock(stack[0], first_round, plan.seed))
+    return stack
+
+
+def serve(plan: ServerPlan, grid: Grid) -> None:
+    """Run the planned rounds on `grid`, recording each: the body of fedsim's ServerApp.
+
+    Parameters
+    ----------
+    plan : ServerPlan
+        What the server needs; `plan.recorder` receives every round.
+    grid : flwr.serverapp.Grid
+        The Grid a ServerApp's main function is given (the simulation's or a SuperLink's).
+
+    Raises
+    ------
+    RuntimeError
+        Fewer than `plan.num_clients` nodes connected within 10 minutes.
+    """
+    partitions = discover_partitions(grid, plan.num_clients)
+    first_round = 1 if plan.resumed is None else plan.resumed.manifest["rounds_completed"] + 1
+    stack = wrapper_stack(plan, partitions, first_round)
+    clock = stack[0]
+    assert isinstance(clock, RoundClock)
+    recording = next(layer for layer in stack if isinstance(layer, RecordingStrategy))
+    initial = ArrayRecord(plan.model.state_dict())
+    if first_round == 1:
+        plan.recorder.record_round(0, plan.model.state_dict())
+    started = time.perf_counter()
+
+    def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal started
+        server_round = clock_round + clock.offset
+        plan.model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(plan.model, *plan.test_data)
+        info = plan.recorder.manifest["rounds"].get(str(server_round), {})
+        row = {
+            "round": server_round,
+            "test_loss": round(result.loss, 6),
+            "test_accuracy": round(result.accuracy, 6),
+            "train_loss": info.get("train_loss", ""),
+            "clients": len(info.get("clients", {})) or len(info.get("secure_sum", [])),
+            "failures": len(info.get("failed", [])),
+            "dropouts": len(info.get("dropped", [])),
+            "seconds": round(time.perf_counter() - started, 3),
+            "record_seconds": info.get("record_seconds", ""),
+        }
+        row |= recording.privacy_columns(server_round)
+        plan.recorder.append_training(row)
+        plan.on_round(row)
+        started = time.perf_counter()
+        return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
+
+    grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
+    if plan.faults is not None:
+        grid = DropoutGrid(grid, plan.faults, partitions)
+    clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
+
+
 def make_server_app(plan: ServerPlan) -> ServerApp:
+    """A ServerApp running `serve(plan, grid)`, keeping what stopped it in `plan.error` (the engine only logs it)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            serve(grid)
+            serve(plan, grid)
         except BaseException as exc:
             plan.error = exc
             raise
-
-    def serve(grid: Grid) -> None:
-        partitions = discover_partitions(grid, plan.num_clients)
-        strategy = plan.adversary(plan.strategy, partitions) if plan.adversary else plan.strategy
-        first_round = 1
-        if plan.resumed is not None:
-            first_round = plan.resumed.manifest["rounds_completed"] + 1
-            if isinstance(strategy, StrategyWrapper):
-                strategy.restore(plan.resumed, first_round - 1)
-        recording = RecordingStrategy(strategy, plan.recorder, partitions)
-        clock = RoundClock(SecureAggregation(recording) if plan.secure_aggregation else recording, first_round, plan.seed)
-        initial = ArrayRecord(plan.model.state_dict())
-        if first_round == 1:
-            plan.recorder.record_round(0, plan.model.state_dict())
-        started = time.perf_counter()
-
-        def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
-            nonlocal started
-            server_round = clock_round + clock.offset
-            plan.model.load_state_dict(arrays.to_torch_state_dict())
-            result = evaluate(plan.model, *plan.test_data)
-            info = plan.recorder.manifest["rounds"].get(str(server_round), {})
-            row = {
-                "round": server_round,
-                "test_loss": round(result.loss, 6),
-                "test_accuracy": round(result.accuracy, 6),
-                "train_loss": info.get("train_loss", ""),
-                "clients": len(info.get("clients", {})) or len(info.get("secure_sum", [])),
-                "failures": len(info.get("failed", [])),
-                "dropouts": len(info.get("dropped", [])),
-                "seconds": round(time.perf_counter() - started, 3),
-                "record_seconds": info.get("record_seconds", ""),
-            }
-            row |= recording.privacy_columns(server_round)
-            plan.recorder.append_training(row)
-            plan.on_round(row)
-            started = time.perf_counter()
-            return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
-
-        grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
-        if plan.faults is not None:
-            grid = DropoutGrid(grid, plan.faults, partitions)
-        clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
 
     return app
