@@ -56,7 +56,10 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
         torch.manual_seed(seed)
         mu = float(train_config[PROXIMAL_MU]) if PROXIMAL_MU in train_config else 0.0
         dp = config.defense.dp_sgd
+        if config.backend.gpus_per_client > 0 and torch.cuda.is_available():  # Ray gave this client a GPU
+            model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
         result = train_locally(model, x, y, config.train, seed, proximal_mu=mu, dp_sgd=dp)
+        model.to("cpu")
         metrics = {"num-examples": len(y), "train_loss": result.loss}
         if dp is not None:
             steps = result.steps + (int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0)

@@ -27,13 +27,27 @@ def quiet_engine_logs() -> None:
 
 
 def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: BackendConfig) -> None:
-    """Run the apps on Flower's Ray simulation engine with `num_clients` virtual nodes."""
+    """Run the apps on Flower's Ray simulation engine with `num_clients` virtual nodes.
+
+    Parameters
+    ----------
+    server_app, client_app : flwr.serverapp.ServerApp, flwr.clientapp.ClientApp
+        The apps (`fedsim.server_app.make_server_app`, `fedsim.experiment.client_app_for`).
+    num_clients : int
+        Virtual SuperNodes, partition ids 0..num_clients-1.
+    backend : BackendConfig
+        Resources per client (`cpus_per_client`, `gpus_per_client`: Ray schedules each client's
+        actor on them, and a client given a GPU trains on CUDA) and `ray_address`: a running Ray
+        cluster to attach to (else RAY_ADDRESS, else Ray starts a local instance, which Flower
+        shuts down at the end; an attached cluster is only disconnected from).
+    """
     from flwr.simulation import run_simulation
 
     quiet_engine_logs()
     init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
-    if backend.ray_address:
-        init_args = {"address": backend.ray_address, "logging_level": logging.ERROR, "log_to_driver": False}
+    address = backend.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:  # attach to a running cluster: Ray refuses resource and dashboard arguments there, and ray.shutdown() only disconnects
+        init_args = {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}
     backend_config = {
         "client_resources": {"num_cpus": backend.cpus_per_client, "num_gpus": backend.gpus_per_client},
         "init_args": init_args,

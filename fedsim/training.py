@@ -24,6 +24,23 @@ class LocalTraining:
     sample_rate: float  # DP-SGD's Poisson sampling rate (batch_size / records otherwise)
 
 
+def resolve_device(setting: str = "auto") -> torch.device:
+    """The torch device a `features.device` setting names.
+
+    Parameters
+    ----------
+    setting : str
+        "auto" (CUDA when PyTorch sees a GPU, else CPU), "cpu" or "cuda".
+
+    Returns
+    -------
+    torch.device
+    """
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
 def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     if train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)

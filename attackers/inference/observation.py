@@ -8,14 +8,27 @@ ask an Observation for features of records on its snapshots; features are comput
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from attackers.inference.features import DEFAULT_BUDGET, Features, extract
+
+
+def _on_cpu(features: Features) -> Features:
+    """`features` with every tensor moved to the CPU."""
+
+    def cpu(value):
+        return None if value is None else value.cpu()
+
+    gradients = {name: replace(g, inputs=cpu(g.inputs), outputs=cpu(g.outputs), dense=cpu(g.dense), bias=cpu(g.bias))
+                 for name, g in features.gradients.items()}
+    return replace(features, loss=features.loss.cpu(), probabilities=features.probabilities.cpu(), labels=features.labels.cpu(),
+                   gradients=gradients, gradient_norm=cpu(features.gradient_norm))
 
 
 @dataclass
@@ -27,12 +40,13 @@ class Observation:
     load_records: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
     memory_budget: int = DEFAULT_BUDGET
     reference_models: Callable[[int], list[nn.Module]] | None = None  # other clients' models (server only)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where features are computed (kept on CPU)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
         """The snapshots observed by round `last_round` (those in `keep`, when given); shares the cache."""
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
-        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self._cache)
+        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache)
 
     def model(self, round_number: int) -> nn.Module:
         key = ("model", round_number)
@@ -44,7 +58,11 @@ class Observation:
         key = ("features", round_number, tuple(np.asarray(ids).tolist()), layers if isinstance(layers, str) else tuple(layers))
         if key not in self._cache:
             x, y = self.load_records(ids)
-            self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget)
+            if self.device.type == "cpu":
+                self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget)
+            else:  # on the accelerator, then back to CPU, where the attacks read them
+                model = copy.deepcopy(self.model(round_number)).to(self.device)
+                self._cache[key] = _on_cpu(extract(model, x.to(self.device), y.to(self.device), layers, self.memory_budget))
         return self._cache[key]
 
     def reference_losses(self, ids: np.ndarray, round_number: int) -> torch.Tensor | None:

@@ -25,6 +25,7 @@ import pandas as pd
 from attackers.inference.observation import Observation
 from fedsim.membership import ATTACK_TRAIN, match_labels
 from fedsim.run import Run
+from fedsim.training import resolve_device
 
 
 @dataclass
@@ -81,19 +82,20 @@ def attacker_view(run: Run) -> AttackerView | None:
 
     trained = [r for r in run.rounds if r >= 1]
     budget = int(run.config.features.memory_budget_gib * (1 << 30))
+    device = resolve_device(run.config.features.device)
     if adversary.role == "server" and not run.config.defense.secure_aggregation:
         rounds = [r for r in trained if victim in run.clients(r)]
 
         def references(round_number: int):
             return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
 
-        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references)
+        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references, device=device)
         target = f"client-{victim:03d}"
     elif adversary.role == "server":  # under secure aggregation: the aggregates it computes
-        observation = Observation(trained, lambda r: run.model(r), run.records, budget)
+        observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device)
         target = "global"
     else:  # round r: the global model of round r - 1, which the participant trained from
         received = [r for r in trained if victim in run.received(r)]
-        observation = Observation(received, lambda r: run.model(r - 1), run.records, budget)
+        observation = Observation(received, lambda r: run.model(r - 1), run.records, budget, device=device)
         target = "others"
     return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)
