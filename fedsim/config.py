@@ -129,6 +129,13 @@ class FeaturesConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # per-example features and attack training; auto: cuda when present
 
 
+class AuditConfig(Section):
+    """Canaries for the one-run privacy audit (Steinke, Nasr and Jagielski 2023)."""
+
+    canaries: int = Field(0, ge=0)  # records from the unused pool, each put into the victim's data with probability 1/2
+    guesses: int = Field(20, ge=1)  # the audit guesses the guesses/2 highest-scored canaries in, as many lowest out
+
+
 class Config(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names the run folder
     seed: int = 0
@@ -146,6 +153,7 @@ class Config(Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     _notes: list[str] = PrivateAttr(default_factory=list)
 
@@ -191,6 +199,8 @@ class Config(Section):
                 raise ValueError(f"{key} has round {outside[0]}, outside 1..{self.train.rounds}")
             if rounds is not None and not rounds:
                 raise ValueError(f"{key} is empty; list rounds or use null for all")
+        if self.audit.canaries and self.adversary.role != "server":
+            raise ValueError("audit.canaries go into the victim's data for a curious server to audit; set adversary.role: server or audit.canaries: 0")
         if self.adversary.role != "none":
             if self.adversary.target_records < 2:
                 raise ValueError("adversary.target_records must be at least 2 (one member, one non-member) when there is an adversary")

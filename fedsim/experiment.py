@@ -73,7 +73,7 @@ def check_config(config: Config) -> Config:
     DATASETS.get_or_fail(config.data.dataset)
     MODELS.get_or_fail(config.model.name)
     check_strategy(config)
-    check_attacks(config.attacks)
+    check_attacks(config.attacks, references=config.adversary.role == "server" and not config.defense.secure_aggregation)
     return config
 
 

@@ -27,7 +27,7 @@ from fedsim.datasets import Pool
 from fedsim.errors import FedsimError
 from fedsim.layout import LEDGER
 
-ATTACK_TRAIN, ATTACK_EVAL, UTILITY_TEST = "attack_train", "attack_eval", "utility_test"
+ATTACK_TRAIN, ATTACK_EVAL, UTILITY_TEST, CANARY = "attack_train", "attack_eval", "utility_test", "canary"
 COLUMNS = ["record_id", "client", "member", "role", "target"]
 FILENAME = LEDGER
 
@@ -133,7 +133,7 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
     data = config.data
     rng = np.random.default_rng(config.seed)
     wanted_members = data.num_clients * data.records_per_client if data.records_per_client else None
-    needed = data.test_records + data.nonmembers + (wanted_members or 2 * data.num_clients)
+    needed = data.test_records + data.nonmembers + (wanted_members or 2 * data.num_clients) + config.audit.canaries
     if needed > len(pool):
         raise FedsimError(
             f"data: the run needs {needed} records (test_records + nonmembers + num_clients * records_per_client) "
@@ -144,6 +144,9 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
     nonmembers = order[data.test_records : data.test_records + data.nonmembers]
     rest = order[data.test_records + data.nonmembers :]
     members = rest[:wanted_members] if wanted_members else rest
+    if config.audit.canaries:
+        if not wanted_members:
+            raise FedsimError("audit.canaries need records no one else uses: set data.records_per_client")
     parts = partition_members(members, pool.labels[members].numpy(), config)
     for client, part in enumerate(parts):
         if len(part) < 2:
@@ -153,6 +156,10 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
     rows += [(i, pd.NA, False, role) for i, role in _split_roles(nonmembers, rng).items()]
     for client, part in enumerate(parts):
         rows += [(i, client, True, role) for i, role in _split_roles(part, rng).items()]
+    if config.audit.canaries:  # drawn after everything else, so a run without canaries keeps its ledger
+        canaries = rest[len(rest) - config.audit.canaries:]
+        included = np.random.default_rng([config.seed, 15]).random(len(canaries)) < 0.5
+        rows += [(int(i), config.adversary.victim if inside else pd.NA, bool(inside), CANARY) for i, inside in zip(canaries, included)]
     ledger = pd.DataFrame(rows, columns=COLUMNS[:-1])
     ledger["client"] = ledger["client"].astype("Int64")
     ledger["target"] = False

@@ -3,7 +3,9 @@
 Single-snapshot attacks use the snapshot of that round; multi-round attacks combine every
 observed snapshot up to it (restricted to `observe_rounds` or `observe_every` when set). The rows follow the
 columns of metrics/leakage.csv (DESIGN.md section 4), with a bootstrap 95% interval of the AUC
-after them; the last round also gets ROC points and per-class leakage.
+after them, and the epsilon each attack's scores prove (`attackers.inference.audit`: the 95% lower
+bound and its point estimate; with canaries, the one-run bound of the canaries); the last round
+also gets ROC points and per-class leakage.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from attackers.inference.audit import audit_delta, canary_audit, epsilon_lower_bound, split_seed
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
+from fedsim.membership import CANARY
 from fedsim.metrics import bootstrap_auc_interval, leakage
 from fedsim.recorder import LEAKAGE_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
 from fedsim.run import Run
 
-EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high"]
+EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high", "epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound"]
 FEATURES_STAGE = "feature extraction"
 ATTACKS_STAGE = "attack training"
 
@@ -87,6 +91,9 @@ def measure_leakage(
         progress.advance(FEATURES_STAGE)
 
     labels = run.pool.labels.numpy()[view.eval_ids]
+    delta = audit_delta(run.config)
+    canaries = run.membership[run.membership["role"] == CANARY]
+    canary_ids, canary_in = canaries["record_id"].to_numpy(), canaries["member"].to_numpy(bool)
     rows, roc, per_class = [], [], []
     progress.start(ATTACKS_STAGE, len(plan))
     for round_number, spec, observation in plan:
@@ -96,10 +103,14 @@ def measure_leakage(
         scores = attack.score(observation, view.eval_ids)
         result = leakage(scores, view.eval_members, attack.threshold)
         low, high = bootstrap_auc_interval(scores, view.eval_members, seed=run.config.seed)
+        bound = epsilon_lower_bound(scores, view.eval_members, delta, seed=split_seed(run.config.seed, round_number, name))
+        canary_bound = (canary_audit(attack.score(observation, canary_ids), canary_in, run.config.audit.guesses, delta)[0]
+                        if len(canary_ids) else None)
         rows.append({
             "round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
             "observed_rounds": ";".join(map(str, observation.rounds)), **result.as_row(),
-            "auc_ci_low": low, "auc_ci_high": high,
+            "auc_ci_low": low, "auc_ci_high": high, "epsilon_lower_bound": bound.lower_bound, "epsilon_lb_point": bound.point,
+            "canary_epsilon_lower_bound": canary_bound,
         })
         progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
         if round_number == attacked[-1]:

@@ -21,6 +21,7 @@ from attackers.inference.baselines import (
     LossAttack,
     TrajectoryAttack,
 )
+from attackers.inference.calibrated import FedMIAAttack, LiRAAttack, RMIAAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
 from fedsim.errors import FedsimError
@@ -28,7 +29,7 @@ from fedsim.registry import Registry
 
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
-             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack):
+             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack):
     ATTACKS.add(_cls.name, _cls)
 
 
@@ -107,7 +108,13 @@ def attack_name(spec: Any) -> str:
     return _name_and_args(spec)[0]
 
 
-def check_attacks(specs: Iterable[Any], key: str = "attacks") -> None:
-    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments."""
+def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True) -> None:
+    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments, or
+    that needs the other clients' models as references when the attacker has none (`references` False).
+    """
     for spec in specs:
         attack_params(spec, key)
+        name = attack_name(spec)
+        if getattr(ATTACKS[name], "needs_references", False) and not references:
+            raise FedsimError(f"{key}: {name} calibrates against the other clients' models, which only a curious server that sees "
+                              "individual updates holds; use adversary.role: server without defense.secure_aggregation, or remove it")

@@ -1,0 +1,307 @@
+"""Empirical privacy audit: lower bounds on epsilon that an attack's scores prove.
+
+An (epsilon, delta)-DP mechanism bounds every membership test: TPR <= e^eps FPR + delta and
+TNR <= e^eps FNR + delta. An attack whose test beats that refutes every smaller epsilon. Two
+audits:
+
+- `epsilon_lower_bound`: many targets, threshold chosen on one seeded half of them, rates with
+  95% Clopper-Pearson bounds on the other half (Jagielski, Ullman and Oprea, "Auditing
+  Differentially Private Machine Learning: How Private is Private SGD?", NeurIPS 2020; Nasr,
+  Song, Thakurta, Papernot and Carlini, "Adversary Instantiation: Lower Bounds for
+  Differentially Private Machine Learning", S&P 2021).
+- `one_run_epsilon`: m canaries each included with probability 1/2, the attacker guesses the
+  k most and k least likely, and the number of correct guesses is tested against randomized
+  response (Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run",
+  NeurIPS 2023, main theorem with its delta term).
+
+Both are lower bounds at 95% confidence; they must never exceed an accountant's epsilon (an
+upper bound) on a run the accountant covers.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from opacus.accountants import RDPAccountant
+from scipy import optimize, stats
+
+from fedsim.config import Config
+
+CONFIDENCE = 0.95
+DEFAULT_DELTA = 1e-5
+
+
+def clopper_pearson(successes: np.ndarray | int, trials: np.ndarray | int, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided Clopper-Pearson interval of a binomial proportion, from beta quantiles.
+
+    Parameters
+    ----------
+    successes, trials : int or array of int
+        Counts k and n (broadcast together), 0 <= k <= n, n >= 1.
+    confidence : float
+        Coverage of the interval; each tail gets (1 - confidence) / 2.
+
+    Returns
+    -------
+    (low, high) : arrays
+        low = Beta(alpha/2; k, n - k + 1) (0 at k = 0), high = Beta(1 - alpha/2; k + 1, n - k)
+        (1 at k = n): Clopper and Pearson 1934, as `statsmodels`' method='beta'.
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    alpha = 1 - confidence
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        high = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return low, high
+
+
+def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, delta: float, bounded: bool) -> np.ndarray:
+    """max(ln((TPR - delta)/FPR), ln((TNR - delta)/FNR)) per threshold, floored at 0.
+
+    With `bounded`, TPR and TNR are their 95% Clopper-Pearson lower bounds and FPR, FNR their upper
+    bounds (a lower confidence bound on epsilon); otherwise the point estimates.
+    """
+    fn, tn = positives - tp, negatives - fp
+    if bounded:
+        tpr, _ = clopper_pearson(tp, positives)
+        tnr, _ = clopper_pearson(tn, negatives)
+        _, fpr = clopper_pearson(fp, negatives)
+        _, fnr = clopper_pearson(fn, positives)
+    else:
+        tpr, tnr, fpr, fnr = tp / positives, tn / negatives, fp / negatives, fn / positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        one = np.where(tpr - delta > 0, np.log(np.maximum(tpr - delta, 1e-300)) - np.log(fpr), -np.inf)
+        other = np.where(tnr - delta > 0, np.log(np.maximum(tnr - delta, 1e-300)) - np.log(fnr), -np.inf)
+    return np.maximum(np.maximum(one, other), 0.0)
+
+
+def _counts(scores: np.ndarray, members: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(true positives, false positives) when 'member' means score >= threshold, per threshold."""
+    inside = np.sort(scores[members])
+    outside = np.sort(scores[~members])
+    tp = len(inside) - np.searchsorted(inside, thresholds, side="left")
+    fp = len(outside) - np.searchsorted(outside, thresholds, side="left")
+    return tp, fp
+
+
+@dataclass(frozen=True)
+class EpsilonBound:
+    """An audit's result: the 95% lower bound, the point estimate at the same threshold, and what it rests on."""
+
+    lower_bound: float
+    point: float
+    threshold: float
+    n_members: int  # in the half that measured the bound
+    n_nonmembers: int
+
+
+def epsilon_lower_bound(scores: np.ndarray, members: np.ndarray, delta: float = DEFAULT_DELTA, seed: int = 0,
+                        confidence: float = CONFIDENCE) -> EpsilonBound:
+    """Epsilon an attack's scores prove, with the threshold chosen on a seeded half of the targets.
+
+    Parameters
+    ----------
+    scores : (n_records,) array
+        Attack scores, higher means member.
+    members : (n_records,) bool array
+        Ground truth.
+    delta : float
+        The defence's delta (1e-5 when it names none).
+    seed : int
+        Seeds the stratified split into the half that chooses the threshold and the half that
+        measures (numpy default_rng).
+    confidence : float
+        Of the Clopper-Pearson bounds.
+
+    Returns
+    -------
+    EpsilonBound
+        lower_bound = max(ln((TPR_lo - delta)/FPR_hi), ln((TNR_lo - delta)/FNR_hi)) on the second
+        half, floored at 0 (Jagielski et al. 2020; Nasr et al. 2021); point = the same with point
+        estimates (inf where a denominator is 0). The threshold maximises the lower bound on the
+        first half.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.asarray(members, dtype=bool)
+    rng = np.random.default_rng(seed)
+    choose = np.zeros(len(scores), dtype=bool)
+    for side in (members, ~members):
+        where = np.flatnonzero(side)
+        choose[rng.permutation(where)[: len(where) // 2]] = True
+    measure = ~choose
+    a_scores, a_members = scores[choose], members[choose]
+    b_scores, b_members = scores[measure], members[measure]
+    positives_a, negatives_a = int(a_members.sum()), int((~a_members).sum())
+    positives_b, negatives_b = int(b_members.sum()), int((~b_members).sum())
+    if min(positives_a, negatives_a, positives_b, negatives_b) == 0:
+        return EpsilonBound(0.0, 0.0, math.inf, positives_b, negatives_b)
+    candidates = np.unique(np.r_[a_scores, np.inf])
+    tp, fp = _counts(a_scores, a_members, candidates)
+    chosen_bounds = _epsilons(tp, fp, positives_a, negatives_a, delta, bounded=True)
+    best = int(np.argmax(chosen_bounds))  # ties: the lowest such threshold
+    threshold = float(candidates[best])
+    tp_b, fp_b = _counts(b_scores, b_members, np.array([threshold]))
+    lower = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=True)[0])
+    point = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=False)[0])
+    return EpsilonBound(lower, max(point, lower), threshold, positives_b, negatives_b)
+
+
+def one_run_p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
+    """P[at least `correct` of `guesses` right] for an (epsilon, delta)-DP mechanism (Steinke et al. 2023).
+
+    Parameters
+    ----------
+    m : int
+        Canaries, each included independently with probability 1/2.
+    guesses, correct : int
+        Guesses made (abstentions excluded) and how many were right.
+    epsilon, delta : float
+        The null hypothesis' privacy parameters.
+
+    Returns
+    -------
+    float
+        P[Binomial(r, e^eps/(1+e^eps)) >= v] + 2 m delta max_i P[v - i <= Binomial(r, q) < v] / i,
+        capped at 1 (their main theorem; the delta term vanishes for pure DP).
+    """
+    if not 0 <= correct <= guesses <= m:
+        raise ValueError(f"need 0 <= correct ({correct}) <= guesses ({guesses}) <= m ({m})")
+    q = 1 / (1 + math.exp(-epsilon))
+    tail = float(stats.binom.sf(correct - 1, guesses, q))
+    if delta == 0 or correct == 0:
+        return min(tail, 1.0)
+    below = stats.binom.pmf(np.arange(correct - 1, -1, -1), guesses, q)  # P[B = v-1], P[B = v-2], ...
+    alpha = float(np.max(np.cumsum(below) / np.arange(1, correct + 1)))
+    return min(tail + 2 * m * delta * alpha, 1.0)
+
+
+def one_run_epsilon(m: int, guesses: int, correct: int, delta: float = DEFAULT_DELTA, confidence: float = CONFIDENCE) -> float:
+    """The largest epsilon that `correct` of `guesses` right rejects at `confidence` (0 when none).
+
+    Parameters
+    ----------
+    m, guesses, correct : int
+        As in `one_run_p_value`.
+    delta : float
+        The defence's delta.
+    confidence : float
+        1 - the test's level.
+
+    Returns
+    -------
+    float
+        sup {eps : p-value(eps) < 1 - confidence}, found by root finding on the p-value, which
+        grows with epsilon (Steinke, Nasr and Jagielski 2023).
+    """
+    level = 1 - confidence
+    if guesses == 0 or one_run_p_value(m, guesses, correct, 0.0, delta) >= level:
+        return 0.0
+    high = 1.0
+    while one_run_p_value(m, guesses, correct, high, delta) < level:
+        high *= 2
+        if high > 1e3:
+            return math.inf
+    return float(optimize.brentq(lambda e: one_run_p_value(m, guesses, correct, e, delta) - level, 0.0, high, xtol=1e-6))
+
+
+def canary_audit(scores: np.ndarray, included: np.ndarray, guesses: int, delta: float = DEFAULT_DELTA) -> tuple[float, int, int]:
+    """One-run audit of canary scores: guess the `guesses // 2` highest in, the rest of the guesses lowest out.
+
+    Parameters
+    ----------
+    scores : (m,) array
+        Attack scores of the canaries, higher means included.
+    included : (m,) bool array
+        Whether each canary was in the victim's data (each with probability 1/2 by the seed).
+    guesses : int
+        Total guesses r (fixed before looking: the config's `audit.guesses`).
+    delta : float
+        The defence's delta.
+
+    Returns
+    -------
+    (epsilon, guesses, correct)
+        The 95% lower bound of `one_run_epsilon` and the counts it rests on.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    included = np.asarray(included, dtype=bool)
+    m = len(scores)
+    guesses = min(guesses, m)
+    order = np.argsort(-scores, kind="stable")
+    high, low = order[: guesses - guesses // 2], order[m - guesses // 2:] if guesses // 2 else order[:0]
+    correct = int(included[high].sum() + (~included[low]).sum())
+    return one_run_epsilon(m, guesses, correct, delta), guesses, correct
+
+
+def split_seed(seed: int, round_number: int, attack: str) -> int:
+    """The seed of an audit's split: the run's seed, the round and the attack (each row its own split)."""
+    return int(np.random.SeedSequence([seed, round_number, zlib.crc32(attack.encode())]).generate_state(1)[0])
+
+
+def audit_delta(config: Config) -> float:
+    """The delta the audit tests against: DP-SGD's, else the server-side DP wrapper's, else 1e-5."""
+    if config.defense.dp_sgd is not None:
+        return config.defense.dp_sgd.delta
+    return DEFAULT_DELTA
+
+
+def server_dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float = DEFAULT_DELTA) -> float:
+    """Client-level epsilon of `rounds` Gaussian-mechanism rounds (Flower's server-side DP wrappers).
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        Noise standard deviation over the clipping norm of the summed updates.
+    sample_rate : float
+        Clients sampled per round over all clients.
+    rounds : int
+        Rounds so far.
+    delta : float
+
+    Returns
+    -------
+    float
+        Opacus' RDP accountant's epsilon (Mironov 2017; subsampled Gaussian), inf without noise.
+    """
+    if noise_multiplier <= 0:
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, rounds)]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def accountant_epsilon(config: Config, training: pd.DataFrame) -> pd.DataFrame:
+    """The accountant's epsilon (an upper bound) per round, where the run has one.
+
+    Parameters
+    ----------
+    config : Config
+        The run's configuration.
+    training : DataFrame
+        metrics/training.csv (its `epsilon_max` under DP-SGD: the clients' Opacus epsilon).
+
+    Returns
+    -------
+    DataFrame with columns round, epsilon, accountant
+        Empty when no defence accounts for privacy. Under DP-SGD the worst client's record-level
+        epsilon; under dp-server-fixed/-adaptive the client-level epsilon of the Gaussian mechanism
+        with that noise multiplier and sampling rate (which protects the aggregate, not the
+        individual updates a curious server reads).
+    """
+    rounds = training["round"].to_numpy() if "round" in training else np.array([], dtype=int)
+    rounds = rounds[rounds >= 1]
+    if config.defense.dp_sgd is not None and "epsilon_max" in training:
+        kept = training[training["round"] >= 1]
+        return pd.DataFrame({"round": kept["round"], "epsilon": kept["epsilon_max"].astype(float), "accountant": "dp-sgd (opacus, record level)"})
+    if config.strategy.name in ("dp-server-fixed", "dp-server-adaptive"):
+        noise = float(config.strategy.args.get("noise_multiplier", 0.0))
+        sampled = config.strategy.args.get("num_sampled_clients") or config.data.num_clients
+        rate = min(1.0, sampled / config.data.num_clients)
+        epsilons = [server_dp_epsilon(noise, rate, int(r)) for r in rounds]
+        return pd.DataFrame({"round": rounds, "epsilon": epsilons, "accountant": f"{config.strategy.name} (opacus rdp, client level)"})
+    return pd.DataFrame(columns=["round", "epsilon", "accountant"])

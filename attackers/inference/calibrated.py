@@ -1,0 +1,244 @@
+"""Attacks calibrated per record against the other clients' models (free OUT references).
+
+A curious server holds, every round, the local models of clients that never trained on the
+victim's records. Shadow-model attacks must train such reference models at great cost; here
+they come with the run. Three published attacks use them, each combining the observed rounds:
+
+- `fedmia`: Zhu et al., "FedMIA: An Effective Membership Inference Attack Exploiting 'All for
+  One' Principle in Federated Learning" (2024): per record and round, a Gaussian over the other
+  clients' models of the record's hinge loss (logit margin); the victim's model is scored by the
+  one-tailed test Pr_OUT[margin <= observed]; rounds are combined by averaging the log of that
+  probability (the authors' averaged log variant).
+- `lira`: Carlini et al., "Membership Inference Attacks From First Principles" (S&P 2022),
+  offline: per record a Gaussian over the references of the logit-scaled confidence
+  log(p / (1 - p)) of the true label, with one variance per round (their fixed-variance variant,
+  advised for few references); the one-tailed statistic z = (phi - mu_out) / sigma_out, rounds
+  combined by the mean z (Stouffer), which ranks as the likelihood ratio when rounds shift alike.
+- `rmia`: Zarifzadeh et al., "Low-Cost High-Power Membership Inference Attacks" (ICML 2024),
+  offline: LR(x) = p(x | victim) / p(x), p(x) = ((1 + a) p_OUT(x) + 1 - a) / 2, score = share of
+  population records z (the attacker's known non-members) with LR(x) / LR(z) >= gamma; mean
+  over rounds. `a` is chosen on the attacker's known records (AUC over a grid), never on targets.
+
+All three need the reference models, so they run for a curious server that sees individual
+updates (`needs_references`); they are deterministic (no randomness to own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.observation import Observation
+from fedsim.errors import FedsimError
+from fedsim.metrics import best_threshold
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x).double()
+
+
+def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of the records on the observed model and on each reference model of a round.
+
+    Returns
+    -------
+    (target, references, labels)
+        (N, classes) float64 logits, (R, N, classes) float64 logits, (N,) int64 labels; cached
+        in the observation, so every calibrated attack reads the models once.
+    """
+    if observation.reference_models is None:
+        raise FedsimError("attacks fedmia, lira and rmia need the other clients' models as references: use them with "
+                          "adversary.role: server without defense.secure_aggregation")
+    key = ("calibrated", round_number, tuple(np.asarray(ids).tolist()))
+    if key not in observation._cache:
+        models_key = ("reference_models", round_number)
+        if models_key not in observation._cache:
+            observation._cache[models_key] = observation.reference_models(round_number)
+        references = observation._cache[models_key]
+        if not references:
+            raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
+        x, y = observation.load_records(ids)
+        observation._cache[key] = (_logits(observation.model(round_number), x),
+                                   torch.stack([_logits(m, x) for m in references]), y)
+    return observation._cache[key]
+
+
+def hinge(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Logit margin z_y - max_{j != y} z_j, shape (..., N) for logits (..., N, classes)."""
+    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
+    true = logits.masked_select(mask).view(logits.shape[:-1])
+    return (true - logits.masked_fill(mask, -torch.inf).amax(-1)).numpy()
+
+
+def scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """log(p_y / (1 - p_y)) = z_y - logsumexp_{j != y} z_j, computed stably (Carlini et al. 2022)."""
+    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
+    true = logits.masked_select(mask).view(logits.shape[:-1])
+    return (true - logits.masked_fill(mask, -torch.inf).logsumexp(-1)).numpy()
+
+
+def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Softmax probability of the true label, shape (..., N)."""
+    probabilities = torch.softmax(logits, -1)
+    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
+    return probabilities.masked_select(mask).view(logits.shape[:-1]).numpy()
+
+
+def fedmia_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Log Pr[OUT margin <= observed] under N(mean, variance) of each record's references.
+
+    Parameters
+    ----------
+    observed : (N,) array
+        The record's signal on the victim's model (higher: more member-like).
+    references : (R, N) array
+        The same signal on the other clients' models.
+
+    Returns
+    -------
+    (N,) array
+        Log of the one-tailed test's probability (Zhu et al. 2024), per-record variance (+1e-8).
+    """
+    mean = references.mean(0)
+    std = np.sqrt(references.var(0) + 1e-8)
+    return stats.norm.logcdf(observed, mean, std)
+
+
+def lira_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """One-tailed offline LiRA statistic (phi - mu_out) / sigma_out with one variance per round.
+
+    Parameters
+    ----------
+    observed : (N,) array
+        Logit-scaled confidence on the victim's model.
+    references : (R, N) array
+        The same on the reference models; sigma_out^2 is the mean over records of their
+        per-record variances (Carlini et al.'s fixed variance).
+
+    Returns
+    -------
+    (N,) array
+        z, monotone in the offline test's Pr[Z < phi], Z ~ N(mu_out, sigma_out^2).
+    """
+    mean = references.mean(0)
+    ddof = 1 if references.shape[0] > 1 else 0
+    std = np.sqrt(references.var(0, ddof=ddof).mean() + 1e-12)
+    return (observed - mean) / std
+
+
+def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np.ndarray,
+               population_references: np.ndarray, a: float, gamma: float = 1.0) -> np.ndarray:
+    """RMIA's offline score: the share of population records x dominates by a likelihood ratio >= gamma.
+
+    Parameters
+    ----------
+    target, population_target : (N,), (Z,) arrays
+        p(x | victim's model) of the targets and of the population records.
+    references, population_references : (R, N), (R, Z) arrays
+        The same on the reference (OUT) models.
+    a : float
+        Offline scaling: p(x) = ((1 + a) mean_OUT p(x) + 1 - a) / 2 (Zarifzadeh et al. 2024).
+    gamma : float
+        Likelihood-ratio threshold (1 in the paper).
+
+    Returns
+    -------
+    (N,) array in [0, 1]
+    """
+    def ratio(p: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return p / (((1 + a) * out.mean(0) + 1 - a) / 2 + 1e-30)
+
+    population = np.sort(ratio(population_target, population_references))
+    needed = ratio(target, references) / gamma  # LR(x)/LR(z) >= gamma  <=>  LR(z) <= LR(x)/gamma
+    return np.searchsorted(population, needed, side="right") / len(population)
+
+
+class _CalibratedAttack(MembershipInferenceAttack):
+    """Shared shape: fit only sets the balanced-accuracy threshold (and RMIA's a) on the known records."""
+
+    name = "calibrated"
+    multi_round = True
+    deterministic = True
+    needs_references = True
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> _CalibratedAttack:
+        self.threshold = best_threshold(self.score(observation, ids), members)
+        return self
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FedMIAAttack(_CalibratedAttack):
+    """FedMIA (Zhu et al. 2024): one-tailed test of the hinge loss against the other clients' models, log-averaged over rounds."""
+
+    name = "fedmia"
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        rounds = []
+        for round_number in observation.rounds:
+            target, references, labels = outputs(observation, ids, round_number)
+            rounds.append(fedmia_round(hinge(target, labels), hinge(references, labels)))
+        return np.mean(rounds, 0)
+
+
+class LiRAAttack(_CalibratedAttack):
+    """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds."""
+
+    name = "lira"
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        rounds = []
+        for round_number in observation.rounds:
+            target, references, labels = outputs(observation, ids, round_number)
+            rounds.append(lira_round(scaled_confidence(target, labels), scaled_confidence(references, labels)))
+        return np.mean(rounds, 0)
+
+
+class RMIAParams(AttackParams):
+    """RMIA's parameters (Zarifzadeh et al. 2024)."""
+
+    a: float | None = Field(None, ge=0, le=1)  # offline scaling of p(x); null: chosen on the attacker's known records
+    gamma: float = Field(1.0, gt=0)  # likelihood-ratio threshold against each population record
+
+
+class RMIAAttack(_CalibratedAttack):
+    """RMIA offline (Zarifzadeh et al. 2024); population = the attacker's known non-members; mean over rounds."""
+
+    name = "rmia"
+    Params = RMIAParams
+    A_GRID = tuple(np.round(np.linspace(0, 1, 11), 2))
+
+    def __init__(self, params: RMIAParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
+        self.a: float | None = self.params.a
+        self.gamma: float = self.params.gamma
+        self.population: np.ndarray | None = None
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> RMIAAttack:
+        self.population = np.asarray(ids)[~np.asarray(members, dtype=bool)]
+        if self.a is None:
+            aucs = []
+            for a in self.A_GRID:
+                self.a = float(a)
+                aucs.append(roc_auc_score(members, self.score(observation, ids)))
+            self.a = float(self.A_GRID[int(np.argmax(aucs))])
+        return super().fit(observation, ids, members)
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        if self.population is None or self.a is None:
+            raise RuntimeError("rmia: fit it on the attacker's known records first (its population)")
+        rounds = []
+        for round_number in observation.rounds:
+            target, references, labels = outputs(observation, ids, round_number)
+            population, population_references, population_labels = outputs(observation, self.population, round_number)
+            rounds.append(rmia_round(true_probability(target, labels), true_probability(references, labels),
+                                     true_probability(population, population_labels),
+                                     true_probability(population_references, population_labels), self.a, self.gamma))
+        return np.mean(rounds, 0)

@@ -1,0 +1,169 @@
+"""The privacy audit and the calibrated attacks against known answers (no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+from scipy import stats
+
+from attackers.inference.audit import (
+    canary_audit,
+    clopper_pearson,
+    epsilon_lower_bound,
+    one_run_epsilon,
+    one_run_p_value,
+    server_dp_epsilon,
+)
+from attackers.inference.calibrated import fedmia_round, hinge, lira_round, rmia_round, scaled_confidence
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 200), (1, 1000)])
+def test_clopper_pearson_equals_scipy_beta_quantiles(k, n):
+    low, high = clopper_pearson(k, n)
+    expected_low = 0.0 if k == 0 else stats.beta.ppf(0.025, k, n - k + 1)
+    expected_high = 1.0 if k == n else stats.beta.ppf(0.975, k + 1, n - k)
+    assert low == pytest.approx(expected_low, abs=1e-12) and high == pytest.approx(expected_high, abs=1e-12)
+    # the exact interval covers what scipy's binomtest calls the Clopper-Pearson interval
+    interval = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+    assert (low, high) == pytest.approx((interval.low, interval.high), abs=1e-9)
+
+
+def test_epsilon_lower_bound_matches_the_formula_on_the_measuring_half():
+    rng = np.random.default_rng(1)
+    members = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+    scores = np.r_[rng.normal(3, 1, 400), rng.normal(0, 1, 400)]
+    bound = epsilon_lower_bound(scores, members, delta=1e-5, seed=7)
+    # recompute on the measuring half by hand, at the chosen threshold
+    rng = np.random.default_rng(7)
+    choose = np.zeros(800, bool)
+    for side in (members, ~members):
+        where = np.flatnonzero(side)
+        choose[rng.permutation(where)[: len(where) // 2]] = True
+    s, m = scores[~choose], members[~choose]
+    predicted = s >= bound.threshold
+    tp, fp = int((predicted & m).sum()), int((predicted & ~m).sum())
+    fn, tn = int(m.sum()) - tp, int((~m).sum()) - fp
+    tpr_lo = stats.beta.ppf(0.025, tp, m.sum() - tp + 1) if tp else 0.0
+    fpr_hi = stats.beta.ppf(0.975, fp + 1, (~m).sum() - fp) if fp < (~m).sum() else 1.0
+    tnr_lo = stats.beta.ppf(0.025, tn, (~m).sum() - tn + 1) if tn else 0.0
+    fnr_hi = stats.beta.ppf(0.975, fn + 1, m.sum() - fn) if fn < m.sum() else 1.0
+    expected = max(math.log((tpr_lo - 1e-5) / fpr_hi), math.log((tnr_lo - 1e-5) / fnr_hi), 0.0)
+    assert bound.lower_bound == pytest.approx(expected, rel=1e-9)
+    assert 1.0 < bound.lower_bound <= bound.point  # a strong attack proves something, the point estimate is above
+
+
+def test_control_from_one_pool_proves_nothing():
+    """Members and non-members drawn from one pool: the audit must give epsilon_lower_bound = 0."""
+    rng = np.random.default_rng(0)
+    bounds = []
+    for seed in range(50):
+        scores = rng.normal(0, 1, 400)
+        members = rng.permutation(np.r_[np.ones(200, bool), np.zeros(200, bool)])
+        bounds.append(epsilon_lower_bound(scores, members, seed=seed).lower_bound)
+    assert np.mean(np.array(bounds) > 0) <= 0.05  # a 95% lower bound errs at most 5% of the time
+    assert np.median(bounds) == 0.0
+
+
+def test_lower_bound_never_exceeds_the_epsilon_of_randomized_response():
+    """Randomised response with epsilon 1 is exactly 1-DP: the audit of its outputs stays below 1."""
+    rng = np.random.default_rng(3)
+    eps = 1.0
+    for seed in range(20):
+        members = rng.random(2000) < 0.5
+        truthful = rng.random(2000) < math.exp(eps) / (1 + math.exp(eps))
+        scores = np.where(truthful, members, ~members).astype(float)
+        bound = epsilon_lower_bound(scores, members, delta=0.0, seed=seed)
+        assert bound.lower_bound <= eps
+    assert bound.point == pytest.approx(eps, abs=0.35)
+
+
+def test_one_run_p_value_is_the_binomial_tail_without_delta_and_grows_with_delta():
+    assert one_run_p_value(100, 40, 30, 1.0, 0.0) == pytest.approx(stats.binom.sf(29, 40, 1 / (1 + math.exp(-1.0))))
+    assert one_run_p_value(100, 40, 30, 1.0, 1e-3) > one_run_p_value(100, 40, 30, 1.0, 0.0)
+
+
+def test_one_run_epsilon_is_where_the_p_value_crosses_the_level():
+    eps = one_run_epsilon(1000, 100, 90, delta=1e-5)
+    assert eps > 0
+    assert one_run_p_value(1000, 100, 90, eps, 1e-5) == pytest.approx(0.05, abs=1e-4)
+    assert one_run_epsilon(1000, 100, 50) == 0.0  # coin-flip guesses prove nothing
+
+
+def test_canary_audit_of_randomized_response_stays_below_its_epsilon():
+    rng = np.random.default_rng(5)
+    eps = 2.0
+    for _ in range(20):
+        included = rng.random(1000) < 0.5
+        truthful = rng.random(1000) < math.exp(eps) / (1 + math.exp(eps))
+        scores = np.where(truthful, included, ~included) + rng.random(1000) * 0.01  # ties broken at random
+        found, guesses, correct = canary_audit(scores, included, guesses=200, delta=0.0)
+        assert guesses == 200 and 0 <= correct <= 200
+        assert found <= eps
+
+
+def test_server_dp_epsilon_is_opacus_rdp_of_the_gaussian_mechanism():
+    accountant = RDPAccountant()
+    accountant.history = [(1.1, 0.5, 10)]
+    assert server_dp_epsilon(1.1, 0.5, 10, 1e-5) == pytest.approx(accountant.get_epsilon(1e-5))
+    assert server_dp_epsilon(0.0, 1.0, 3) == math.inf
+
+
+def _spearman(a, b):
+    return stats.spearmanr(a, b).statistic
+
+
+def test_fedmia_and_lira_rank_records_as_the_known_likelihood_ratio():
+    """OUT ~ N(mu_i, s_i), IN ~ N(mu_i + d s_i, s_i): the likelihood ratio is exp(d z - d^2/2), monotone in z."""
+    rng = np.random.default_rng(11)
+    n, references, shift = 500, 400, 1.5
+    mu, sd = rng.normal(0, 2, n), rng.uniform(0.5, 2, n)
+    members = rng.random(n) < 0.5
+    observed = rng.normal(mu + shift * sd * members, sd)
+    out = rng.normal(mu, sd, size=(references, n))
+    z = (observed - mu) / sd
+    ratio = shift * z - shift**2 / 2  # log likelihood ratio IN/OUT
+    assert _spearman(fedmia_round(observed, out), ratio) > 0.99
+    # LiRA's fixed variance needs one variance for all records: same sd for every record
+    sd_common = np.full(n, 1.3)
+    observed_common = rng.normal(mu + shift * sd_common * members, sd_common)
+    out_common = rng.normal(mu, sd_common, size=(references, n))
+    ratio_common = shift * (observed_common - mu) / sd_common
+    assert _spearman(lira_round(observed_common, out_common), ratio_common) > 0.99
+
+
+def test_lira_mean_z_over_rounds_ranks_as_the_joint_likelihood_ratio():
+    rng = np.random.default_rng(12)
+    n, references, rounds, shift, sd = 400, 300, 5, 0.8, 1.0
+    members = rng.random(n) < 0.5
+    scores, ratio = [], np.zeros(n)
+    for _ in range(rounds):
+        mu = rng.normal(0, 2, n)
+        observed = rng.normal(mu + shift * members, sd)
+        scores.append(lira_round(observed, rng.normal(mu, sd, size=(references, n))))
+        ratio += shift * (observed - mu) / sd**2
+    assert _spearman(np.mean(scores, 0), ratio) > 0.99
+
+
+def test_signals_from_logits():
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    assert hinge(logits, labels) == pytest.approx([2.0, -2.0])
+    p = torch.softmax(logits, -1)[[0, 1], [0, 2]].numpy()
+    assert scaled_confidence(logits, labels) == pytest.approx(np.log(p / (1 - p)))
+
+
+def test_rmia_counts_population_records_dominated_by_the_likelihood_ratio():
+    target, references = np.array([0.9, 0.2]), np.array([[0.3, 0.2], [0.5, 0.2]])
+    population, population_references = np.array([0.4, 0.1, 0.8]), np.array([[0.4, 0.1, 0.4], [0.4, 0.1, 0.4]])
+    a = 0.5
+
+    def lr(p, out):
+        return p / (((1 + a) * out.mean(0) + 1 - a) / 2)
+
+    expected = [(lr(population, population_references) <= x).mean() for x in lr(target, references)]
+    assert rmia_round(target, references, population, population_references, a) == pytest.approx(expected)
