@@ -217,3 +217,32 @@ def auc_per_round_by_run(leakages: dict[str, pd.DataFrame]) -> Figure:
     panels[0].set_ylabel("AUC")
     panels[0].legend(fontsize="x-small")
     return figure
+
+
+def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame) -> Figure:
+    """Per round: the accountant's epsilon (an upper bound) and the best attack's proven epsilon.
+
+    The best attack of a round is the one with the highest 95% lower bound (`epsilon_lower_bound`);
+    its bar runs from that bound up to its point estimate (`epsilon_lb_point`, drawn to the top of
+    the axes when infinite).
+    """
+    figure = Figure(figsize=(WIDE, TALL))
+    axes = figure.subplots()
+    best = leakage.sort_values("epsilon_lower_bound", ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
+    finite = [v for v in [*best["epsilon_lb_point"], *accountant.get("epsilon", [])] if np.isfinite(v)]
+    top = max([1.0, *finite]) * 1.15
+    if not accountant.empty:
+        shown = np.where(np.isfinite(accountant["epsilon"].astype(float)), accountant["epsilon"].astype(float), top)
+        axes.plot(accountant["round"], shown, marker="s", markersize=4, color="black",
+                  label=f"accountant epsilon ({accountant['accountant'].iloc[0]}; inf drawn at the top)")
+    point = np.minimum(best["epsilon_lb_point"].astype(float).to_numpy(), top)
+    lower = best["epsilon_lower_bound"].astype(float).to_numpy()
+    axes.errorbar(best["round"], lower, yerr=[np.zeros_like(lower), point - lower], fmt="o", color="tab:red", capsize=3,
+                  label="best attack: 95% lower bound (bar up to the point estimate)")
+    for round_number, value, attack in zip(best["round"], lower, best["attack"]):
+        axes.annotate(attack, (round_number, value), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    _rounds_axis(axes)
+    axes.set(ylabel="epsilon", ylim=(0, top), title="Privacy audit: accountant (upper) vs attacks (lower bound)")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure

@@ -23,9 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from attackers.inference.audit import accountant_epsilon
 from attackers.inference.threat_models import attacker_view, describe
 from fedsim import plots
 from fedsim.errors import FedsimError
@@ -112,10 +114,35 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
                                plots.accuracy_per_class(per_class)) if len(per_class)
                        else _skipped("accuracy_per_class", title, "no class holds both a member and a non-member target "
                                      "(metrics/leakage_per_class.csv has no rows); give the run more targets"))
+    if not leakage.empty and "epsilon_lower_bound" in leakage:
+        accountant = accountant_epsilon(run.config, summary.training)
+        figures.append(_render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the attacks prove",
+                               audit_gap(leakage, accountant), plots.privacy_audit(leakage, accountant)))
     if not summary.training.empty:
         figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
                                plots.utility_per_round(summary.training)))
     return figures
+
+
+def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
+    """The gap between the accountant's epsilon and the best attack's lower bound, in words (last round)."""
+    last = int(leakage["round"].max())
+    rows = leakage[leakage["round"] == last].sort_values("epsilon_lower_bound", ascending=False, kind="stable")
+    best = rows.iloc[0]
+    proven = (f"the best attack ({best['attack']}) proves epsilon >= {best['epsilon_lower_bound']:.3g} at 95% confidence "
+              f"(point estimate {best['epsilon_lb_point']:.3g})")
+    if best["epsilon_lower_bound"] <= 0:
+        proven = "no attack proves any epsilon above 0 at 95% confidence"
+    known = accountant[accountant["round"] == last]
+    if known.empty:
+        return f"Round {last}: {proven}; no defence accounts for privacy in this run, so there is no upper bound to compare."
+    upper = float(known["epsilon"].iloc[0])
+    if not np.isfinite(upper):
+        return f"Round {last}: {proven}; the accountant gives no finite epsilon (noise 0), so the gap is unbounded."
+    if best["epsilon_lower_bound"] <= 0:
+        return f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the gap is the whole of it."
+    return (f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the true epsilon lies between, "
+            f"a gap of {upper - best['epsilon_lower_bound']:.3g} (the upper bound is {upper / best['epsilon_lower_bound']:.3g} times the lower).")
 
 
 def _cell(tag: str, value, source: str, row: int, column: str) -> str:
