@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from opacus.accountants import RDPAccountant
 from scipy import stats
@@ -167,3 +168,20 @@ def test_rmia_counts_population_records_dominated_by_the_likelihood_ratio():
 
     expected = [(lr(population, population_references) <= x).mean() for x in lr(target, references)]
     assert rmia_round(target, references, population, population_references, a) == pytest.approx(expected)
+
+
+def test_canaries_join_the_victims_data_with_probability_half_and_leave_the_rest_of_the_ledger_alone():
+    from conftest import small_config
+    from fedsim.datasets import load_pool
+    from fedsim.membership import CANARY, build_ledger
+
+    pool = load_pool("digits", None)
+    plain = build_ledger(small_config(), pool)
+    audited = build_ledger(small_config("audit.canaries=200"), pool)
+    canaries = audited[audited["role"] == CANARY]
+    rest = audited[audited["role"] != CANARY].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rest, plain)  # a run without canaries keeps its ledger
+    assert len(canaries) == 200 and not set(canaries["record_id"]) & set(plain["record_id"])
+    assert (canaries.loc[canaries["member"], "client"] == 0).all() and canaries.loc[~canaries["member"], "client"].isna().all()
+    assert not canaries["target"].any()
+    assert 70 < canaries["member"].sum() < 130  # Binomial(200, 1/2)
