@@ -1,0 +1,89 @@
+"""Summarise recorded runs for the README's "Modern attacks and the privacy audit" tables.
+
+    python benchmarks/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
+    python benchmarks/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
+
+`strength`: every attack side by side (mean and standard deviation over the runs' last round:
+TPR at FPR 1e-2 and 1e-3 where measurable, i.e. with >= 1/FPR non-member targets, AUC,
+epsilon_lower_bound), then the paired difference per seed of each calibrated attack against
+`loss` and `trajectory` in TPR at FPR 1e-2, with a two-sided 95% t interval (scipy).
+`dp`: per noise multiplier and round, the accountant's epsilon, the best attack's lower bound
+(highest over attacks, mean and max over seeds), test accuracy, and how many (run, round,
+attack) rows exceed the accountant's epsilon (must be none).
+Nothing here runs a simulation; it reads metrics/*.csv of complete runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from attackers.inference.audit import accountant_epsilon
+from fedsim.run import Run
+
+CALIBRATED = ("fedmia", "lira", "rmia")
+BASELINES = ("loss", "trajectory")
+
+
+def _last_round(folder: str) -> pd.DataFrame:
+    leakage = pd.read_csv(Path(folder) / "metrics/leakage.csv")
+    return leakage[leakage["round"] == leakage["round"].max()].set_index("attack")
+
+
+def strength(folders: list[str]) -> None:
+    rows = {folder: _last_round(folder) for folder in folders}
+    attacks = list(next(iter(rows.values())).index)
+    print(f"{len(folders)} runs, last round {int(next(iter(rows.values()))['round'].iloc[0])}\n")
+    print("| attack | TPR@1e-2 | TPR@1e-3 | AUC | epsilon_lower_bound |")
+    print("| --- | --- | --- | --- | --- |")
+    for attack in attacks:
+        cells = []
+        for column, fpr in (("tpr_at_fpr_1e-2", 1e-2), ("tpr_at_fpr_1e-3", 1e-3), ("auc", None), ("epsilon_lower_bound", None)):
+            values = np.array([r.loc[attack, column] for r in rows.values()], dtype=float)
+            measurable = fpr is None or all(r.loc[attack, "n_nonmembers"] >= 1 / fpr for r in rows.values())
+            cells.append(f"{values.mean():.3f} +- {values.std(ddof=1):.3f}" if measurable else
+                         f"not measurable ({int(next(iter(rows.values())).loc[attack, 'n_nonmembers'])} non-members)")
+        print(f"| {attack} | " + " | ".join(cells) + " |")
+    print("\npaired differences in TPR at FPR 1e-2 (per seed, 95% t interval):\n")
+    print("| attack - baseline | mean difference | 95% interval | wins / seeds |")
+    print("| --- | --- | --- | --- |")
+    for attack in [a for a in CALIBRATED if a in attacks]:
+        for baseline in [b for b in BASELINES if b in attacks]:
+            d = np.array([r.loc[attack, "tpr_at_fpr_1e-2"] - r.loc[baseline, "tpr_at_fpr_1e-2"] for r in rows.values()])
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            print(f"| {attack} - {baseline} | {d.mean():+.3f} | [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+
+
+def dp(folders: list[str]) -> None:
+    records = []
+    for folder in folders:
+        run = Run.open(folder)
+        training = pd.read_csv(Path(folder) / "metrics/training.csv")
+        leakage = pd.read_csv(Path(folder) / "metrics/leakage.csv")
+        accountant = accountant_epsilon(run.config, training).set_index("round")["epsilon"]
+        accuracy = training.set_index("round")["test_accuracy"]
+        noise = run.config.defense.dp_sgd.noise_multiplier if run.config.defense.dp_sgd else float("nan")
+        for round_number, rows in leakage.groupby("round"):
+            best = rows.loc[rows["epsilon_lower_bound"].idxmax()]
+            records.append({"noise": noise, "seed": run.config.seed, "round": round_number,
+                            "accountant": accountant.get(round_number, np.inf), "best_lb": best["epsilon_lower_bound"],
+                            "best_attack": best["attack"], "best_point": best["epsilon_lb_point"],
+                            "best_canary": rows["canary_epsilon_lower_bound"].max(), "accuracy": accuracy[round_number],
+                            "violations": int((rows["epsilon_lower_bound"] > accountant.get(round_number, np.inf)).sum()),
+                            "rows": len(rows), "best_auc": rows["auc"].max()})
+    table = pd.DataFrame(records)
+    print("| noise | round | accountant epsilon | best lower bound: mean (max) over seeds "
+          "| best attacks | test accuracy | best AUC | rows above the accountant |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (noise, round_number), group in table.groupby(["noise", "round"]):
+        attacks = ", ".join(sorted(set(group["best_attack"])))
+        print(f"| {noise:g} | {round_number} | {group['accountant'].mean():.3g} | {group['best_lb'].mean():.3f} ({group['best_lb'].max():.3f}) "
+              f"| {attacks} | {group['accuracy'].mean():.3f} | {group['best_auc'].mean():.3f} | {group['violations'].sum()} / {group['rows'].sum()} |")
+
+
+if __name__ == "__main__":
+    {"strength": strength, "dp": dp}[sys.argv[1]](sys.argv[2:])
