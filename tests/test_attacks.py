@@ -17,23 +17,31 @@ from fedsim.training import train_locally
 
 @pytest.fixture(scope="module")
 def overfit():
-    """Two snapshots of an fcn overfitting 300 Location records; the other records were never seen."""
+    """Two snapshots of an fcn overfitting 300 Location records; the other records were never seen.
+
+    Three reference models ("other clients") train the same way on 300 other records each, as
+    the OUT references of the calibrated attacks (fedmia, lira, rmia).
+    """
     pool = load_pool("location", str(shared_data("location")))
     order = np.random.default_rng(0).permutation(len(pool))
     members, unused = order[:300], order[300:1100]
     torch.manual_seed(0)
-    model = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
-    snapshots = {}
-    for round_number in (1, 2):
-        train_locally(model, *pool.take(members), TrainConfig(local_epochs=10, lr=0.1), seed=round_number)
-        snapshots[round_number] = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshots: dict = {}
+    for owner, records in enumerate([members, order[1100:1400], order[1400:1700], order[1700:2000]]):
+        model = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
+        for round_number in (1, 2):
+            train_locally(model, *pool.take(records), TrainConfig(local_epochs=10, lr=0.1), seed=round_number)
+            snapshots[owner, round_number] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def load_model(round_number):
+    def load_model(round_number, owner=0):
         snapshot = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
-        snapshot.load_state_dict(snapshots[round_number])
+        snapshot.load_state_dict(snapshots[owner, round_number])
         return snapshot
 
-    return Observation([1, 2], load_model, pool.take), members, unused
+    def references(round_number):
+        return [load_model(round_number, owner) for owner in (1, 2, 3)]
+
+    return Observation([1, 2], load_model, pool.take, reference_models=references), members, unused
 
 
 def split(inside, outside, seed):
@@ -56,7 +64,7 @@ def test_attacks_find_real_members(overfit, name):
     assert result.auc > 0.6, (name, result)
 
 
-@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory"])
+@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", "lira", "rmia"])
 def test_control_from_one_unused_pool_gives_chance(overfit, name):
     observation, _, unused = overfit
     fake_members, nonmembers = unused[:400], unused[400:800]
