@@ -133,6 +133,7 @@ def test_fedmia_and_lira_rank_records_as_the_known_likelihood_ratio():
     out_common = rng.normal(mu, sd_common, size=(references, n))
     ratio_common = shift * (observed_common - mu) / sd_common
     assert _spearman(lira_round(observed_common, out_common), ratio_common) > 0.99
+    assert _spearman(fedmia_round(observed_common, out_common, per_record_variance=False), ratio_common) > 0.99
 
 
 def test_lira_mean_z_over_rounds_ranks_as_the_joint_likelihood_ratio():

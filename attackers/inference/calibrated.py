@@ -25,6 +25,8 @@ updates (`needs_references`); they are deterministic (no randomness to own).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -90,7 +92,7 @@ def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     return probabilities.masked_select(mask).view(logits.shape[:-1]).numpy()
 
 
-def fedmia_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
+def fedmia_round(observed: np.ndarray, references: np.ndarray, per_record_variance: bool = True) -> np.ndarray:
     """Log Pr[OUT margin <= observed] under N(mean, variance) of each record's references.
 
     Parameters
@@ -99,14 +101,18 @@ def fedmia_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
         The record's signal on the victim's model (higher: more member-like).
     references : (R, N) array
         The same signal on the other clients' models.
+    per_record_variance : bool
+        Each record's own variance over the references (+1e-8), as published; else one variance
+        for the round (the mean of the records'), steadier with few other clients.
 
     Returns
     -------
     (N,) array
-        Log of the one-tailed test's probability (Zhu et al. 2024), per-record variance (+1e-8).
+        Log of the one-tailed test's probability (Zhu et al. 2024).
     """
     mean = references.mean(0)
-    std = np.sqrt(references.var(0) + 1e-8)
+    variance = references.var(0) if per_record_variance else np.full(references.shape[1], references.var(0).mean())
+    std = np.sqrt(variance + 1e-8)
     return stats.norm.logcdf(observed, mean, std)
 
 
@@ -175,16 +181,25 @@ class _CalibratedAttack(MembershipInferenceAttack):
         raise NotImplementedError
 
 
+class FedMIAParams(AttackParams):
+    """FedMIA's parameters."""
+
+    variance: Literal["per_record", "global"] = Field(
+        "per_record", description="per_record: each record's variance over the other clients' models (as published); "
+                                  "global: one variance per round, steadier with few clients")
+
+
 class FedMIAAttack(_CalibratedAttack):
     """FedMIA (Zhu et al. 2024): one-tailed test of the hinge loss against the other clients' models, log-averaged over rounds."""
 
     name = "fedmia"
+    Params = FedMIAParams
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         rounds = []
         for round_number in observation.rounds:
             target, references, labels = outputs(observation, ids, round_number)
-            rounds.append(fedmia_round(hinge(target, labels), hinge(references, labels)))
+            rounds.append(fedmia_round(hinge(target, labels), hinge(references, labels), self.params.variance == "per_record"))
         return np.mean(rounds, 0)
 
 
@@ -204,8 +219,9 @@ class LiRAAttack(_CalibratedAttack):
 class RMIAParams(AttackParams):
     """RMIA's parameters (Zarifzadeh et al. 2024)."""
 
-    a: float | None = Field(None, ge=0, le=1)  # offline scaling of p(x); null: chosen on the attacker's known records
-    gamma: float = Field(1.0, gt=0)  # likelihood-ratio threshold against each population record
+    a: float | None = Field(None, ge=0, le=1, description="offline scaling of p(x) = ((1 + a) p_OUT(x) + 1 - a) / 2; "
+                            "null: chosen on the attacker's known records (AUC over 0, 0.1, ..., 1)")
+    gamma: float = Field(1.0, gt=0, description="likelihood-ratio threshold against each population record")
 
 
 class RMIAAttack(_CalibratedAttack):
