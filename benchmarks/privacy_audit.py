@@ -10,7 +10,9 @@ epsilon_lower_bound), then the paired difference per seed of each calibrated att
 `dp`: per noise multiplier and round, the accountant's epsilon, the best attack's lower bound
 (highest over attacks, mean and max over seeds), test accuracy, and how many (run, round,
 attack) rows exceed the accountant's epsilon (must be none).
-Nothing here runs a simulation; it reads metrics/*.csv of complete runs.
+Nothing here runs a simulation; it reads metrics/*.csv of complete runs (leakage-final.csv in a
+run folder, where present, stands for metrics/leakage.csv: the run attacked again afterwards with
+`fedsim attack RUN --out RUN/leakage-final.csv`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ CALIBRATED = ("fedmia", "lira", "rmia")
 BASELINES = ("loss", "trajectory")
 
 
+def _leakage(folder: str) -> pd.DataFrame:
+    final = Path(folder) / "leakage-final.csv"
+    return pd.read_csv(final if final.exists() else Path(folder) / "metrics/leakage.csv")
+
+
 def _last_round(folder: str) -> pd.DataFrame:
-    leakage = pd.read_csv(Path(folder) / "metrics/leakage.csv")
+    leakage = _leakage(folder)
     return leakage[leakage["round"] == leakage["round"].max()].set_index("attack")
 
 
@@ -63,7 +70,7 @@ def dp(folders: list[str]) -> None:
     for folder in folders:
         run = Run.open(folder)
         training = pd.read_csv(Path(folder) / "metrics/training.csv")
-        leakage = pd.read_csv(Path(folder) / "metrics/leakage.csv")
+        leakage = _leakage(folder)
         accountant = accountant_epsilon(run.config, training).set_index("round")["epsilon"]
         accuracy = training.set_index("round")["test_accuracy"]
         noise = run.config.defense.dp_sgd.noise_multiplier if run.config.defense.dp_sgd else float("nan")
