@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsim.summary import Summary, display
+from fedsim.summary import Summary, display, tpr_text
 
 RUN_LOG = "run.log"
 
@@ -34,7 +34,7 @@ class RunConsole:
         self.screen = Console(stderr=True, soft_wrap=True, quiet=quiet)
         self.stdout = Console(quiet=quiet)
         if not self.stdout.is_terminal:  # piped or captured: wide enough for the summary table
-            self.stdout.width = 120
+            self.stdout.width = 200
         self.progress = Progress(
             TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.screen, disable=quiet or not (self.screen.is_terminal or self.screen.is_jupyter),
@@ -54,7 +54,7 @@ class RunConsole:
         """From now on, every line and table also goes to `path` (appended, plain text)."""
         self.close_log()
         self._log_handle = path.open("a", encoding="utf-8")
-        self._log = Console(file=self._log_handle, width=120, no_color=True, highlight=False, soft_wrap=True, emoji=False)
+        self._log = Console(file=self._log_handle, width=200, no_color=True, highlight=False, soft_wrap=True, emoji=False)
 
     def close_log(self) -> None:
         if self._log_handle is not None:
@@ -93,16 +93,32 @@ class RunConsole:
 
 
 def summary_table(summary: Summary, title: str) -> Table:
-    """Worst-case leakage per attack (rows of leakage.csv, numbers as written there) and the final test accuracy."""
+    """Each attack's leakage at its last observed round (rows of leakage.csv, numbers as written there),
+    the selected maximum over rounds and attacks (chosen on one half of the targets, reported on the
+    other), and the final test accuracy.
+    """
     table = Table(title=title, title_justify="left", caption_justify="left")
-    has_interval = "auc_ci_low" in summary.leakage.columns
-    for label in ("attacker", "attack", "round", "AUC", *(["AUC 95% CI"] if has_interval else []), "accuracy", "TPR@FPR 1e-2", "TPR@FPR 1e-3"):
-        table.add_column(label, justify="left" if label in ("attacker", "attack") else "right", no_wrap=True)
+    columns = summary.leakage.columns
+    has_interval = "auc_ci_low" in columns
+    has_spread = "auc_std" in columns
+    labels = ("attacker", "attack", "round", "AUC", *(["AUC std (seeds)"] if has_spread else []),
+              *(["AUC 95% CI"] if has_interval else []), "accuracy", "TPR@FPR 1e-2", "TPR@FPR 1e-3")
+    for label in labels:
+        table.add_column(label, justify="left" if label in ("attacker", "attack") else "right", no_wrap=not label.startswith("TPR"))
     for _, row in summary.per_attack.iterrows():
+        spread = [display(row["auc_std"])] if has_spread else []
         interval = [f"{display(row['auc_ci_low'])}-{display(row['auc_ci_high'])}"] if has_interval else []
-        table.add_row(*(display(row[c]) for c in ("attacker", "attack", "round", "auc")), *interval,
-                      *(display(row[c]) for c in ("accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3")))
+        table.add_row(*(display(row[c]) for c in ("attacker", "attack", "round", "auc")), *spread, *interval, display(row["accuracy"]),
+                      *(tpr_text(row, c) for c in ("tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3")))
+    notes = []
+    selected = summary.selected
+    if selected is not None:
+        notes.append(f"selected maximum over rounds and attacks: {display(selected['attack'])} at round {display(selected['round'])}, "
+                     f"AUC {display(selected['auc_holdout'])} on the held-out half of the targets "
+                     f"(chosen by AUC {display(selected['auc_select'])} on the other half)")
     final = summary.final_training
     if final is not None:
-        table.caption = f"final test accuracy {display(final['test_accuracy'])} (round {display(final['round'])})"
+        notes.append(f"final test accuracy {display(final['test_accuracy'])} (round {display(final['round'])})")
+    if notes:
+        table.caption = "\n".join(notes)
     return table

@@ -28,6 +28,7 @@ from fedsim.datasets import DATASETS, pool_for
 from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
+from fedsim.layout import LEAKAGE_SEEDS_CSV
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.messages import PARTITION_KEY
 from fedsim.models import MODELS, model_for
@@ -245,7 +246,7 @@ def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, res
             console.print(f"fedsim: note: {note}")
         with console:
             summary = _simulate_and_attack(recorder, ledger, model, strategy, resumed, console, engine, runs)
-        console.table(summary_table(summary, f"{recorder.config.name}: worst-case leakage per attack"))
+        console.table(summary_table(summary, f"{recorder.config.name}: leakage per attack at its last observed round"))
     finally:
         console.close_log()
     return recorder.folder
@@ -304,7 +305,8 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
         leakage = measure_leakage(run, progress=console)
         if leakage.why_empty and config.adversary.role != "none":
             console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
-        recorder.write_metrics({LEAKAGE_CSV: leakage.rows, ROC_CSV: leakage.roc, PER_CLASS_CSV: leakage.per_class})
+        recorder.write_metrics({LEAKAGE_CSV: leakage.rows, LEAKAGE_SEEDS_CSV: leakage.seed_rows, ROC_CSV: leakage.roc,
+                                PER_CLASS_CSV: leakage.per_class})
         recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
         summary = run_summary(run)
     except BaseException as exc:

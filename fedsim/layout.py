@@ -12,6 +12,7 @@ TRAINING_CSV = "metrics/training.csv"
 LEAKAGE_CSV = "metrics/leakage.csv"
 ROC_CSV = "metrics/roc.csv"
 PER_CLASS_CSV = "metrics/leakage_per_class.csv"
+LEAKAGE_SEEDS_CSV = "metrics/leakage_seeds.csv"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
 TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
@@ -21,6 +22,20 @@ LEAKAGE_COLUMNS = [
 ]
 ROC_COLUMNS = ["attack", "fpr", "tpr"]
 PER_CLASS_COLUMNS = ["attack", "class", "auc", "accuracy", "n_members", "n_nonmembers"]
+# After the contract columns of leakage.csv (which hold means over attack seeds): the AUC's
+# bootstrap interval, the smallest measurable FPR, 95% Clopper-Pearson intervals of the TPRs,
+# the spread over attack seeds, and the AUC on each half of the targets (selection / holdout).
+LEAKAGE_EXTRA_COLUMNS = [
+    "auc_ci_low", "auc_ci_high", "min_fpr",
+    "tpr_at_fpr_1e-2_ci_low", "tpr_at_fpr_1e-2_ci_high", "tpr_at_fpr_1e-3_ci_low", "tpr_at_fpr_1e-3_ci_high",
+    "n_seeds", "auc_std", "accuracy_std", "tpr_at_fpr_1e-2_std", "tpr_at_fpr_1e-3_std",
+    "auc_select", "auc_holdout",
+]
+# metrics/leakage_seeds.csv: one row per (round, attacker, attack, target, attack seed).
+LEAKAGE_SEEDS_COLUMNS = [
+    "round", "attacker", "attack", "target", "observed_rounds", "seed", "auc", "accuracy",
+    "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers", "min_fpr", "auc_select", "auc_holdout",
+]
 
 
 def round_dir(round_number: int) -> str:

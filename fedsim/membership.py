@@ -169,7 +169,11 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
 
 def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator, labels: np.ndarray, notes: list[str]) -> None:
     """Targets: evaluation members (the victim's, or the other clients'), and as many evaluation
-    non-members with the same label counts (`match_labels`).
+    non-members with the same label counts (`match_labels`). When the members run short of
+    `target_records // 2`, all of them are targets and the non-members make up the count, k of
+    them per member with each member's label (k = (target_records - members) // members, still
+    label-matched), up to every evaluation record: many non-member targets (>= 1/FPR, to measure
+    a TPR at that FPR) then need no more members.
     """
     adversary = config.adversary
     if adversary.role == "none" or adversary.target_records == 0:
@@ -183,14 +187,19 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
         member_pool = evaluation & ledger["member"] & (ledger["client"] != adversary.victim).fillna(False)
         whose = "the other clients'"
     available = ledger.loc[member_pool, "record_id"].to_numpy()
-    if len(available) < per_side:
-        raise FedsimError(
-            f"adversary.target_records: {adversary.target_records} asks for {per_side} of {whose} evaluation members "
-            f"but there are {len(available)}; lower adversary.target_records or give the run more records"
-        )
-    chosen = rng.choice(available, per_side, replace=False)
     candidates = ledger.loc[evaluation & ~ledger["member"], "record_id"].to_numpy()
-    members, nonmembers, short = match_labels(chosen, candidates, labels, rng)
+    if not len(available) or len(available) + len(candidates) < 2 * per_side:
+        raise FedsimError(
+            f"adversary.target_records: {adversary.target_records} asks for {2 * per_side} targets but there are "
+            f"{len(available)} of {whose} evaluation members and {len(candidates)} evaluation non-members; "
+            "lower adversary.target_records or give the run more records"
+        )
+    if len(available) >= per_side:
+        members, nonmembers, short = match_labels(rng.choice(available, per_side, replace=False), candidates, labels, rng)
+    else:  # every member is a target; k label-matched non-members per member make up the count
+        k = max(1, (2 * per_side - len(available)) // len(available))
+        members, nonmembers, short = match_labels(np.repeat(available, k), candidates, labels, rng)
+        members = np.unique(members)
     if not len(members):
         raise FedsimError(
             f"adversary.target_records: no evaluation non-member shares a label with {whose} member targets "
@@ -198,7 +207,7 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
         )
     if short:
         notes.append(
-            f"adversary.target_records: {2 * len(members)} targets instead of {2 * per_side}: non-member targets match the labels "
+            f"adversary.target_records: {len(members) + len(nonmembers)} targets instead of {2 * per_side}: non-member targets match the labels "
             f"of {whose} member targets, and the evaluation non-members run short ({describe_shortfall(short)}); "
             "raise data.nonmembers for more"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 FPR_TARGETS = (1e-2, 1e-3)
@@ -99,3 +100,27 @@ def wilson_interval(proportion: np.ndarray, n: np.ndarray, z: float = 1.96) -> t
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def clopper_pearson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion, e.g. a TPR over `n` members.
+
+    Parameters
+    ----------
+    successes : int
+        Members flagged (true positives), 0 <= successes <= n.
+    n : int
+        Members scored.
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    tuple of float
+        (low, high) in [0, 1]; scipy.stats.binomtest(...).proportion_ci(method="exact")
+        (Clopper and Pearson, Biometrika 1934). (nan, nan) when n is 0.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    interval = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)

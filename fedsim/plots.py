@@ -177,7 +177,7 @@ def utility_per_round(training: pd.DataFrame) -> Figure:
 
 
 def privacy_utility(points: pd.DataFrame) -> Figure:
-    """Sweep: final test accuracy (x) against worst AUC (y) of each run, one marker per attack, runs labelled."""
+    """Sweep: final test accuracy (x) against last-round AUC (y) of each run, one marker per attack, runs labelled."""
     figure = Figure(figsize=(WIDE, TALL + 0.8))
     axes = figure.subplots()
     names = list(dict.fromkeys(points["attack"]))
@@ -185,12 +185,12 @@ def privacy_utility(points: pd.DataFrame) -> Figure:
     markers = "osD^v<>ph*"
     for i, name in enumerate(names):
         rows = points[points["attack"] == name]
-        axes.scatter(rows["test_accuracy"], rows["worst_auc"], color=colours[name], marker=markers[i % len(markers)], label=name)
+        axes.scatter(rows["test_accuracy"], rows["last_round_auc"], color=colours[name], marker=markers[i % len(markers)], label=name)
     for run, rows in points.groupby("run", sort=False):
-        top = rows.loc[rows["worst_auc"].idxmax()]
-        axes.annotate(str(run), (top["test_accuracy"], top["worst_auc"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        top = rows.loc[rows["last_round_auc"].idxmax()]
+        axes.annotate(str(run), (top["test_accuracy"], top["last_round_auc"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     _chance(axes, 0.5)
-    axes.set(xlabel="final test accuracy (utility)", ylabel="worst AUC over rounds (leakage)", title="Privacy-utility trade-off")
+    axes.set(xlabel="final test accuracy (utility)", ylabel="AUC at the last observed round (leakage)", title="Privacy-utility trade-off")
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return figure

@@ -1,9 +1,9 @@
 """The report people look at: one self-contained report.html (plots embedded as PNG data URIs)
 and the same plots as plots/*.png.
 
-A run's report opens with a summary: the worst-case leakage (the highest AUC over every round,
-attacker and attack), where and by which attack it happened, its low-FPR view, the final test
-accuracy, and the threat model in words. Every number in the summary is a cell of
+A run's report opens with a summary: each attack's leakage at its last observed round (fixed in
+advance), the maximum over rounds and attacks selected on one half of the targets and reported
+on the other (labelled as selected), the final test accuracy, and the threat model in words. Every number in the summary is a cell of
 metrics/leakage.csv or metrics/training.csv, shown as written there and tagged with where it
 comes from (`data-source`, `data-row`, `data-column`), so a reader's script, or a test, can
 check it. Then: AUC and TPR at low FPR per round with confidence bands, the last round's ROC
@@ -33,7 +33,7 @@ from fedsim import plots
 from fedsim.errors import FedsimError
 from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
 from fedsim.run import Run
-from fedsim.summary import Summary, display
+from fedsim.summary import Summary, display, tpr_text
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _words(text: str) -> str:
 def summary_html(summary: Summary, section_id: str = "summary") -> str:
     """The summary section; its numbers are tagged cells of leakage.csv and training.csv."""
     parts = [f'<section id="{section_id}" class="summary"><h2>Summary</h2><p class="words">Threat model: {html.escape(summary.threat_model)}.</p>']
-    worst = summary.worst
+    worst = summary.headline
     if worst is None:
         parts.append("<p>No leakage was measured in this run.</p>")
     else:
@@ -168,21 +168,28 @@ def summary_html(summary: Summary, section_id: str = "summary") -> str:
         def cell(column: str) -> str:
             return _cell("span", worst[column], LEAKAGE_CSV, index, column)
 
+        def tpr(column: str) -> str:
+            value = worst.get(column)
+            return cell(column) if value is not None and not pd.isna(value) else _words(tpr_text(worst, column))
+
         interval = (f" ({_words('95% interval')} {cell('auc_ci_low')} to {cell('auc_ci_high')})"
                     if "auc_ci_low" in worst.index else "")
         parts.append(
-            f'<p class="headline">Worst-case leakage: <strong>AUC {cell("auc")}</strong>{interval} at round {cell("round")}, '
+            f'<p class="headline">Leakage at the last observed round: <strong>AUC {cell("auc")}</strong>{interval} at round {cell("round")}, '
             f"by the {cell('attacker')}'s {cell('attack')} attack on {cell('target')}; balanced accuracy {cell('accuracy')}, "
-            f"TPR {cell('tpr_at_fpr_1e-2')} at {_words('FPR 1e-2')} and {cell('tpr_at_fpr_1e-3')} at {_words('FPR 1e-3')} "
+            f"TPR {tpr('tpr_at_fpr_1e-2')} at {_words('FPR 1e-2')} and {tpr('tpr_at_fpr_1e-3')} at {_words('FPR 1e-3')} "
             f"over {cell('n_members')} members and {cell('n_nonmembers')} non-members.</p>"
         )
-        low_fpr = summary.worst_low_fpr
-        index = int(low_fpr.name)
-        parts.append(
-            f"<p>Lowest false-positive regime: TPR {_cell('span', low_fpr['tpr_at_fpr_1e-3'], LEAKAGE_CSV, index, 'tpr_at_fpr_1e-3')} "
-            f"at {_words('FPR 1e-3')}, by the {_cell('span', low_fpr['attack'], LEAKAGE_CSV, index, 'attack')} attack "
-            f"at round {_cell('span', low_fpr['round'], LEAKAGE_CSV, index, 'round')}.</p>"
-        )
+        selected = summary.selected
+        if selected is not None:
+            index = int(selected.name)
+            parts.append(
+                f"<p>Selected maximum over rounds and attacks: AUC {_cell('span', selected['auc_holdout'], LEAKAGE_CSV, index, 'auc_holdout')} "
+                f"on the held-out half of the targets, by the {_cell('span', selected['attack'], LEAKAGE_CSV, index, 'attack')} attack "
+                f"at round {_cell('span', selected['round'], LEAKAGE_CSV, index, 'round')} "
+                f"{_words('(selected by its AUC on the other half,')} "
+                f"{_cell('span', selected['auc_select'], LEAKAGE_CSV, index, 'auc_select')}{_words(')')}.</p>"
+            )
     final = summary.final_training
     if final is not None:
         index = int(final.name)
@@ -194,10 +201,12 @@ def summary_html(summary: Summary, section_id: str = "summary") -> str:
         columns = summary.headline_columns()
         header = "".join(f"<th>{html.escape(label)}</th>" for label in columns.values())
         body = "".join(
-            "<tr>" + "".join(_cell("td", row[column], LEAKAGE_CSV, int(index), column) for column in columns) + "</tr>"
+            "<tr>" + "".join(_cell("td", row[column], LEAKAGE_CSV, int(index), column)
+                             if not (column.startswith("tpr_") and pd.isna(row[column])) else f'<td class="words">{html.escape(tpr_text(row, column))}</td>'
+                             for column in columns) + "</tr>"
             for index, row in summary.per_attack.iterrows()
         )
-        parts.append(f'<h3>Worst case per attack</h3><table class="numbers"><tr>{header}</tr>{body}</table>')
+        parts.append(f'<h3>Each attack at its last observed round</h3><table class="numbers"><tr>{header}</tr>{body}</table>')
     parts.append("</section>")
     return "".join(parts)
 
@@ -284,20 +293,20 @@ def write_report(run: Run) -> list[str]:
 
 
 def sweep_points(names: list[str], runs: list[Run]) -> pd.DataFrame:
-    """One row per (run, attack): the run's final test accuracy and the attack's worst (highest) AUC over rounds."""
+    """One row per (run, attack): the run's final test accuracy and the attack's AUC at its last observed round."""
     rows = []
     for name, run in zip(names, runs):
         summary = run_summary(run)
         final = summary.final_training
         for _, worst in summary.per_attack.iterrows():
             rows.append({"run": name, "attacker": worst["attacker"], "attack": worst["attack"], "round": worst["round"],
-                         "test_accuracy": None if final is None else final["test_accuracy"], "worst_auc": worst["auc"]})
-    return pd.DataFrame(rows, columns=["run", "attacker", "attack", "round", "test_accuracy", "worst_auc"])
+                         "test_accuracy": None if final is None else final["test_accuracy"], "last_round_auc": worst["auc"]})
+    return pd.DataFrame(rows, columns=["run", "attacker", "attack", "round", "test_accuracy", "last_round_auc"])
 
 
 def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame, paired: pd.DataFrame | None = None) -> Path:
     """A sweep's report.html and plots/*.png in `sweep_dir`: the comparison `table` as given, the
-    privacy-utility plot (final test accuracy against worst AUC per attack), AUC per round of every
+    privacy-utility plot (final test accuracy against each attack's last-round AUC), AUC per round of every
     run on shared axes, and each run's summary and plots side by side. Runs that did not complete
     are named and left out of the plots. Returns the report's path.
     """
@@ -310,7 +319,7 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame, p
     points = sweep_points(names, complete)
     figures = [
         _render("privacy_utility", "Privacy-utility trade-off",
-                "Each run's final test accuracy (x) against its worst AUC over rounds (y), one marker per attack.",
+                "Each run's final test accuracy (x) against each attack's AUC at its last observed round (y), one marker per attack.",
                 plots.privacy_utility(points.dropna(subset=["test_accuracy"]))),
         _render("auc_per_round_by_run", "Leakage per round, runs side by side", "AUC per round, one panel per attack, one line per run.",
                 plots.auc_per_round_by_run({name: run.table(LEAKAGE_CSV) for name, run in zip(names, complete)})),
@@ -333,7 +342,7 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame, p
         "<p>Mean over seeds of the per-seed difference, with its 95% paired t interval.</p>", _table_html(paired)]
     sections = [
         "<h2>Comparison</h2>", _table_html(table), note, *paired_section,
-        "<h2>Worst AUC per run and attack</h2>", _table_html(points),
+        "<h2>Last-round AUC per run and attack</h2>", _table_html(points),
         *map(_figure_html, figures),
         '<h2>Runs side by side</h2><div class="side-by-side">', *columns, "</div>",
     ]

@@ -1,8 +1,13 @@
-"""The headline of a run: its worst-case leakage, read off metrics/leakage.csv.
+"""The headline of a run: each attack's leakage at the last observed round, read off metrics/leakage.csv.
 
-The console's final table and the HTML report's summary both come from here, so they cannot
-disagree: each row is a row of leakage.csv, kept with its index there, and the numbers are
-shown as they are in the file (never re-rounded).
+The headline round is fixed in advance (the last one each attack observed), never chosen on the
+evaluation records. A maximum over rounds and attacks ("worst case") is a selection: it is
+chosen by the AUC on one fixed half of the targets (`auc_select`) and reported by the AUC on
+the other half (`auc_holdout`), and labelled as selected. The console's final table and the
+HTML report's summary both come from here, so they cannot disagree: each row is a row of
+leakage.csv, kept with its index there, and the numbers are shown as they are in the file
+(never re-rounded). A TPR at an FPR below 1/n_nonmembers is empty in the file and shown as
+"n/a (needs >= 1/X non-members)".
 """
 
 from __future__ import annotations
@@ -30,33 +35,47 @@ HEADLINE_COLUMNS = {
 
 @dataclass(frozen=True)
 class Summary:
-    """Worst rows of leakage.csv (by index there) and the final utility row of training.csv."""
+    """Headline rows of leakage.csv (by index there) and the final utility row of training.csv.
 
-    leakage: pd.DataFrame  # the whole leakage.csv
-    training: pd.DataFrame  # the whole training.csv
+    Attributes
+    ----------
+    leakage : pandas.DataFrame
+        The whole leakage.csv.
+    training : pandas.DataFrame
+        The whole training.csv.
+    threat_model : str
+        The threat model in words.
+    """
+
+    leakage: pd.DataFrame
+    training: pd.DataFrame
     threat_model: str
 
     @property
     def per_attack(self) -> pd.DataFrame:
-        """For each (attacker, attack, target): its row with the highest AUC, earliest round on ties."""
+        """For each (attacker, attack, target): its row at the last observed round (fixed in advance), highest AUC first."""
         if self.leakage.empty:
             return self.leakage
-        ordered = self.leakage.astype(object).sort_values(["auc", "round"], ascending=[False, True], kind="stable")
-        best = ordered.drop_duplicates(["attacker", "attack", "target"])
-        return best.sort_values("auc", ascending=False, kind="stable")
+        ordered = self.leakage.astype(object).sort_values("round", ascending=False, kind="stable")
+        last = ordered.drop_duplicates(["attacker", "attack", "target"])
+        return last.sort_values("auc", ascending=False, kind="stable")
 
     @property
-    def worst(self) -> pd.Series | None:
-        """The row with the highest AUC over every round, attacker and attack (None without leakage)."""
+    def headline(self) -> pd.Series | None:
+        """The first row of `per_attack` (None without leakage); its round is the last observed one."""
         rows = self.per_attack
         return None if rows.empty else rows.iloc[0]
 
     @property
-    def worst_low_fpr(self) -> pd.Series | None:
-        """The row with the highest TPR at FPR 1e-3, the low-FPR view of the worst case."""
-        if self.leakage.empty:
+    def selected(self) -> pd.Series | None:
+        """The row with the highest AUC on the selection half of the targets, over every round and attack.
+
+        Report its `auc_holdout` (measured on the other half), not its `auc`. None without
+        leakage or for a leakage.csv without the halves (written before they existed).
+        """
+        if self.leakage.empty or "auc_select" not in self.leakage.columns or self.leakage["auc_select"].isna().all():
             return None
-        ordered = self.leakage.astype(object).sort_values(["tpr_at_fpr_1e-3", "auc", "round"], ascending=[False, False, True], kind="stable")
+        ordered = self.leakage.astype(object).sort_values(["auc_select", "round"], ascending=[False, True], kind="stable")
         return ordered.iloc[0]
 
     @property
@@ -72,3 +91,25 @@ def display(value) -> str:
     """A table value as text that parses back to the same number (repr of floats, never re-rounded)."""
     value = value.item() if hasattr(value, "item") else value  # numpy scalars
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def tpr_text(row: pd.Series, column: str) -> str:
+    """A TPR cell as text: the value as written, or "n/a (needs >= 1/X non-members)" when not measurable.
+
+    Parameters
+    ----------
+    row : pandas.Series
+        A leakage.csv row.
+    column : str
+        'tpr_at_fpr_1e-2' or 'tpr_at_fpr_1e-3'.
+
+    Returns
+    -------
+    str
+        The text shown by the console and the report.
+    """
+    value = row.get(column)
+    if value is None or pd.isna(value):
+        needed = round(1 / float(column.removeprefix("tpr_at_fpr_")))
+        return f"n/a (needs >= {needed} non-members)"
+    return display(value)

@@ -4,10 +4,13 @@ The recorded run here is built in-process with fedsim.recorder (no Ray): three d
 trained for two rounds, a curious server attacking client 0.
 """
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.leakage import measure_leakage
 from attackers.inference.registry import ATTACKS, make_attack
 from attackers.inference.threat_models import attacker_view
 from conftest import small_config
@@ -21,7 +24,7 @@ from fedsim.models import model_for
 from fedsim.recorder import Recorder
 from fedsim.training import train_locally
 
-SMALL_NASR = {"epochs": 15, "patience": 5}
+SMALL_NASR = {"epochs": 8, "patience": 3}
 
 
 def record_trained_run(folder, *overrides):
@@ -90,3 +93,45 @@ def test_a_bad_attack_argument_exits_2_before_any_run(capsys):
     assert main(["run", "--set", "attacks=[{name: nasr, args: {epoch: 5}}]"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no argument 'epoch'" in err and len(err.splitlines()) == 1
+LEARNED = [{"name": "nasr", "args": SMALL_NASR}, {"name": "nasr_unsupervised", "args": {"epochs": 30}}]
+
+
+def test_an_attack_scores_the_same_alone_in_any_order_and_twice(trained_run):
+    alone = {spec["name"]: measure_leakage(trained_run, [spec], rounds=[2]).seed_rows for spec in LEARNED}
+    orders = [["loss", "trajectory", *LEARNED], [LEARNED[1], "grad_norm", LEARNED[0]]]
+    for attacks in orders:
+        rows = measure_leakage(trained_run, attacks, rounds=[2]).seed_rows
+        for name, expected in alone.items():
+            got = rows[rows["attack"] == name].drop_duplicates(["round", "seed"]).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, expected.reset_index(drop=True))
+    # the global generators are not the attacks' to consume, nor to depend on
+    torch.manual_seed(123)
+    np.random.seed(123)
+    again = measure_leakage(trained_run, [LEARNED[0]], rounds=[2]).seed_rows
+    pd.testing.assert_frame_equal(again, alone["nasr"])
+
+
+def test_attack_objects_score_identically_after_others_consumed_random_state(trained_run):
+    view = attacker_view(trained_run)
+    observation = view.observation.up_to(2)
+
+    def scores(spec, seed=7):
+        attack = make_attack(spec, seed=seed).fit(observation, view.train_ids, view.train_members)
+        return attack.score(observation, view.eval_ids)
+
+    first = scores(LEARNED[0])
+    scores(LEARNED[1])
+    torch.rand(1000)
+    assert np.array_equal(scores(LEARNED[0]), first)
+    assert not np.array_equal(scores(LEARNED[0], seed=8), first)  # the seed is what decides
+
+
+def test_learned_attacks_report_mean_and_spread_over_seeds_deterministic_ones_fit_once(trained_run):
+    report = measure_leakage(trained_run, ["loss", LEARNED[0]], rounds=[2])
+    seeds = report.seed_rows.groupby("attack")["seed"].apply(list).to_dict()
+    assert seeds == {"loss": [0], "nasr": [0, 1]}  # attack_seeds=2 in this run's config
+    row = report.rows.set_index("attack").loc["nasr"]
+    per_seed = report.seed_rows[report.seed_rows["attack"] == "nasr"]
+    assert row["n_seeds"] == 2 and row["auc"] == pytest.approx(per_seed["auc"].mean(), abs=1e-6)
+    assert row["auc_std"] == pytest.approx(per_seed["auc"].std(ddof=1), abs=1e-6)
+    assert report.rows.set_index("attack").loc["loss", "auc_std"] == 0.0

@@ -88,3 +88,27 @@ def test_too_few_records_is_a_clear_error():
 def test_too_many_targets_is_a_clear_error():
     with pytest.raises(FedsimError, match="adversary.target_records"):
         build_ledger(small_config("adversary.target_records=200"), load_pool("digits", None))
+
+
+def test_when_members_run_short_label_matched_nonmembers_make_up_the_target_count():
+    pool = load_pool("digits", None)
+    ledger = build_ledger(small_config("data.nonmembers=600", "adversary.target_records=200"), pool)
+    own = ledger[(ledger["role"] == ATTACK_EVAL) & (ledger["client"] == 0).fillna(False)]
+    targets = ledger[ledger["target"]]
+    assert set(targets.loc[targets["member"], "record_id"]) == set(own["record_id"])  # all 30 of the victim's
+    labels = pool.labels.numpy()
+    inside = np.bincount(labels[targets.loc[targets["member"], "record_id"]], minlength=10)
+    outside = np.bincount(labels[targets.loc[~targets["member"], "record_id"]], minlength=10)
+    assert (outside == 5 * inside).all()  # k = (200 - 30) // 30 = 5 non-members per member, label by label
+
+
+@pytest.mark.parametrize(("name", "dataset", "root"), [("mnist", "mnist", ""), ("cifar10", "imagefolder", "cifar10/cifar10-jpeg.tar")])
+def test_shipped_image_configs_measure_tpr_at_fpr_1e_3(name, dataset, root):
+    from pathlib import Path
+
+    from conftest import shared_data
+    from fedsim.experiment import load_checked_config
+
+    config = load_checked_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml", [f"data.root={shared_data(root)}"])
+    targets = build_ledger(config, load_pool(dataset, str(shared_data(root)))).query("target")
+    assert (~targets["member"]).sum() >= 2000 and targets["member"].sum() > 0  # 1/1e-3 = 1000 non-members at least

@@ -25,7 +25,7 @@ from fedsim.cli import main
 from fedsim.metrics import wilson_interval
 from fedsim.recorder import MANIFEST, sha256_of
 from fedsim.report import write_sweep_report
-from fedsim.summary import Summary
+from fedsim.summary import Summary, tpr_text
 
 pytestmark = pytest.mark.integration
 
@@ -108,9 +108,9 @@ def test_run_shows_progress_bars_on_stderr_and_the_summary_table_on_stdout(runs)
     stdout = result.stdout.splitlines()
     assert stdout[-1] == str(folder)
     table = "\n".join(stdout[:-1])
-    assert "worst-case leakage per attack" in table
+    assert "leakage per attack at its last observed round" in table
     for attack, rows in leakage.groupby("attack"):
-        worst = rows.sort_values(["auc", "round"], ascending=[False, True]).iloc[0]
+        worst = rows.sort_values("round").iloc[-1]  # the headline is the last observed round, fixed in advance
         line = next(line for line in stdout if f" {attack} " in line)
         assert f" {float(worst['auc'])!r} " in line and f" {int(worst['round'])} " in line, line
     final = pd.read_csv(folder / "metrics/training.csv").iloc[-1]
@@ -120,7 +120,7 @@ def test_run_shows_progress_bars_on_stderr_and_the_summary_table_on_stdout(runs)
 def test_run_log_holds_the_console_lines_without_bars_or_colour(runs):
     folder = folder_of(runs["plain"])
     log = (folder / "run.log").read_text()
-    assert "round   3/3  test accuracy" in log and "threat model:" in log and "worst-case leakage per attack" in log
+    assert "round   3/3  test accuracy" in log and "threat model:" in log and "leakage per attack at its last observed round" in log
     assert "final test accuracy" in log and "\x1b[" not in log
     assert not any(line.startswith(("rounds ", "client training", "feature extraction", "attack training")) for line in log.splitlines())
 
@@ -149,7 +149,9 @@ def test_every_number_in_the_report_summary_equals_the_metrics_tables(runs):
 
     leakage = tables["metrics/leakage.csv"]
     headline = next(int(attrs["data-row"]) for attrs, _ in page.cells if attrs["data-column"] == "auc")
-    assert leakage.at[headline, "auc"] == leakage["auc"].max()  # the first AUC shown is the worst case
+    last_rounds = leakage.sort_values("round").drop_duplicates("attack", keep="last")
+    assert leakage.at[headline, "round"] == leakage["round"].max()  # the headline is a last observed round
+    assert leakage.at[headline, "auc"] == last_rounds["auc"].max()
     assert {attrs["data-row"] for attrs, _ in page.cells if attrs["data-source"] == "metrics/training.csv"} == {str(len(tables["metrics/training.csv"]) - 1)}
 
 
@@ -250,23 +252,25 @@ def test_sweep_report_shows_the_runs_side_by_side_and_privacy_against_utility(ru
         assert f'href="{folder}/report.html"' in text  # each run's column links to its own report
         leakage = pd.read_csv(folder / "metrics/leakage.csv")
         final = float(pd.read_csv(folder / "metrics/training.csv")["test_accuracy"].iloc[-1])
-        for attack, auc in leakage.groupby("attack")["auc"].max().items():
-            # the privacy-utility table: this run's worst AUC of the attack, beside its final test accuracy
+        for attack, auc in leakage.sort_values("round").groupby("attack")["auc"].last().items():
+            # the privacy-utility table: the attack's AUC at its last observed round, beside the run's final test accuracy
             row = (rf"<td>{re.escape(str(folder))}</td><td>server</td><td>{attack}</td><td>\d+</td>"
                    rf"<td>{re.escape(repr(final))}</td><td>{re.escape(repr(float(auc)))}</td>")
             assert re.search(row, text), attack
     assert "<td>plain</td><td>0.1</td></tr><tr><td>quiet</td><td>0.01</td>" in text  # the sweep's own comparison table, as given
 
 
-def test_summary_picks_the_highest_auc_earliest_round_first():
+def test_summary_headline_is_the_last_round_and_the_maximum_is_selected_on_the_other_half():
     leakage = pd.DataFrame({
         "round": [1, 2, 3, 3], "attacker": "server", "attack": ["loss", "loss", "loss", "nasr"], "target": "client-000",
-        "auc": [0.7, 0.8, 0.8, 0.9], "tpr_at_fpr_1e-3": [0.2, 0.0, 0.1, 0.05],
+        "auc": [0.7, 0.9, 0.6, 0.8], "tpr_at_fpr_1e-3": [0.2, 0.0, 0.1, float("nan")],
+        "auc_select": [0.72, 0.95, 0.61, 0.8], "auc_holdout": [0.68, 0.85, 0.59, 0.8],
     })
     summary = Summary(leakage, pd.DataFrame({"round": [0, 1], "test_accuracy": [0.1, 0.5]}), "words")
-    assert summary.worst["attack"] == "nasr" and summary.worst.name == 3
-    assert summary.per_attack.set_index("attack")["round"].to_dict() == {"nasr": 3, "loss": 2}
-    assert summary.worst_low_fpr.name == 0
+    assert summary.per_attack.set_index("attack")["round"].to_dict() == {"nasr": 3, "loss": 3}  # never round 2's 0.9
+    assert summary.headline["attack"] == "nasr" and summary.headline.name == 3
+    assert summary.selected.name == 1 and summary.selected["auc_holdout"] == 0.85  # chosen on one half, reported on the other
+    assert tpr_text(leakage.iloc[3], "tpr_at_fpr_1e-3") == "n/a (needs >= 1000 non-members)"
     assert summary.final_training["round"] == 1 and isinstance(summary.final_training["round"], (int, np.integer))
 
 

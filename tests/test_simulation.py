@@ -11,6 +11,7 @@ from conftest import shared_data, small_config
 from fedsim import Run
 from fedsim.cli import main
 from fedsim.experiment import run_experiment
+from fedsim.layout import LEAKAGE_SEEDS_COLUMNS
 from fedsim.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,8 @@ def test_run_folder_follows_the_contract(digits_runs):
     assert training["round"].tolist() == [0, 1, 2, 3] and training["test_accuracy"].between(0, 1).all()
     assert list(pd.read_csv(folder / "metrics/leakage.csv").columns)[: len(LEAKAGE_COLUMNS)] == LEAKAGE_COLUMNS
     assert (folder / "metrics/roc.csv").is_file() and (folder / "metrics/leakage_per_class.csv").is_file()
+    seeds = pd.read_csv(folder / "metrics/leakage_seeds.csv")
+    assert list(seeds.columns) == LEAKAGE_SEEDS_COLUMNS and set(seeds.loc[seeds["attack"] == "nasr", "seed"]) == {0, 1, 2}
     membership = pd.read_parquet(folder / "membership.parquet")
     assert list(membership.columns) == ["record_id", "client", "member", "role", "target"]
     assert (folder / "config.yaml").is_file() and (folder / "rounds/0003/clients/client-002.safetensors").is_file()

@@ -52,7 +52,7 @@ def test_a_real_sweep_writes_the_comparison_and_resumes(tmp_path, capsys):
     table = pd.read_csv(folder / COMPARISON_CSV)
     assert table["strategy.name"].tolist() == ["fedavg", "fedmedian"]
     assert table["test_accuracy"].between(0, 1).all() and table["loss_auc"].between(0, 1).all()
-    assert {"loss_auc_max", "loss_tpr_at_fpr_1e-3"} <= set(table.columns)
+    assert {"loss_auc_max_selected", "loss_tpr_at_fpr_1e-3"} <= set(table.columns)
     assert (folder / PLOT).stat().st_size > 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
 

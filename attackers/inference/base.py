@@ -32,6 +32,13 @@ class AttackParams(BaseModel):
     """Base of every attack's declared parameters: unknown arguments are errors, values are typed.
 
     An attack without parameters uses this class as is.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -138,11 +145,23 @@ class MembershipInferenceAttack(ABC):
         """
 
     def numpy_generator(self) -> np.random.Generator:
-        """A fresh NumPy generator from the attack's seed sequence (same stream on every call)."""
+        """A fresh NumPy generator from the attack's seed sequence (same stream on every call).
+
+        Returns
+        -------
+        np.random.Generator
+            A fresh NumPy generator from the attack's seed sequence (same stream on every call).
+        """
         return np.random.default_rng(self.seed_sequence)
 
     def torch_generator(self) -> torch.Generator:
-        """A fresh CPU torch generator seeded from the attack's seed (same stream on every call)."""
+        """A fresh CPU torch generator seeded from the attack's seed (same stream on every call).
+
+        Returns
+        -------
+        torch.Generator
+            A fresh CPU torch generator seeded from the attack's seed (same stream on every call).
+        """
         return torch.Generator().manual_seed(self.seed)
 
     @contextmanager
@@ -152,6 +171,15 @@ class MembershipInferenceAttack(ABC):
         Layer initialisation and dropout draw from the global generator; inside this block they
         draw from the attack's own stream, and the global state is restored afterwards, so
         neither the attack nor what runs after it depends on the other.
+
+        Returns
+        -------
+        Iterator[None]
+            Run a block with torch's global CPU generator forked and seeded from the attack's seed.
+
+                Layer initialisation and dropout draw from the global generator; inside this block they
+                draw from the attack's own stream, and the global state is restored afterwards, so
+                neither the attack nor what runs after it depends on the other.
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

@@ -24,6 +24,13 @@ class ThresholdAttack(MembershipInferenceAttack):
 
     Subclasses implement `signal`. The threshold maximises TPR - FPR (Youden's J, i.e. balanced
     accuracy) on the attacker's known records (`fedsim.metrics.best_threshold`).
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "threshold"
@@ -49,12 +56,40 @@ class ThresholdAttack(MembershipInferenceAttack):
         raise NotImplementedError
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> ThresholdAttack:
-        """Choose the threshold on the known records (ids, members: shape (n_records,)); returns self."""
+        """Choose the threshold on the known records (ids, members: shape (n_records,)); returns self.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+        members : numpy.ndarray
+            Membership of the known records, bool, shape (n_records,).
+
+        Returns
+        -------
+        ThresholdAttack
+            Choose the threshold on the known records (ids, members: shape (n_records,)); returns self.
+        """
         self.threshold = best_threshold(self.signal(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """The signal itself, shape (n_records,)."""
+        """The signal itself, shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            The signal itself, shape (n_records,).
+        """
         return self.signal(observation, ids)
 
 
@@ -62,12 +97,32 @@ class LossAttack(ThresholdAttack):
     """Members have lower loss (Yeom, Giacomelli, Fredrikson and Jha, CSF 2018).
 
     Score = minus the cross-entropy loss (nats) on the last observed snapshot.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "loss"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the loss in nats, shape (n_records,)."""
+        """Minus the loss in nats, shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Minus the loss in nats, shape (n_records,).
+        """
         return -observation.features(ids, observation.rounds[-1]).loss.numpy()
 
 
@@ -75,12 +130,32 @@ class ConfidenceAttack(ThresholdAttack):
     """Members get a higher probability on their true label (Salem et al., NDSS 2019).
 
     Score = softmax probability of the true label on the last observed snapshot.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "confidence"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Probability of the true label, in [0, 1], shape (n_records,)."""
+        """Probability of the true label, in [0, 1], shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Probability of the true label, in [0, 1], shape (n_records,).
+        """
         features = observation.features(ids, observation.rounds[-1])
         return features.probabilities.gather(1, features.labels[:, None]).squeeze(1).numpy()
 
@@ -89,12 +164,32 @@ class EntropyAttack(ThresholdAttack):
     """Members get more certain (lower-entropy) predictions (Salem et al., NDSS 2019).
 
     Score = minus the prediction entropy (nats) on the last observed snapshot.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "entropy"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the entropy of the predicted distribution in nats, shape (n_records,)."""
+        """Minus the entropy of the predicted distribution in nats, shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Minus the entropy of the predicted distribution in nats, shape (n_records,).
+        """
         return -observation.features(ids, observation.rounds[-1]).entropy.numpy()
 
 
@@ -102,12 +197,32 @@ class GradientNormAttack(ThresholdAttack):
     """Members have smaller per-example gradients (Nasr, Shokri and Houmansadr, S&P 2019, section on gradient norms).
 
     Score = minus the exact L2 norm of the per-example gradient over all parameters.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "grad_norm"
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the per-example gradient L2 norm, shape (n_records,)."""
+        """Minus the per-example gradient L2 norm, shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Minus the per-example gradient L2 norm, shape (n_records,).
+        """
         return -observation.features(ids, observation.rounds[-1]).gradient_norm.numpy()
 
 
@@ -151,6 +266,13 @@ class TrajectoryAttack(MembershipInferenceAttack):
     target's loss is than on the other clients' models of the same round (those clients never
     trained on the target's records: a per-record reference). A logistic regression (sklearn,
     lbfgs: deterministic) trained on the attacker's known records combines them.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "trajectory"
@@ -174,10 +296,38 @@ class TrajectoryAttack(MembershipInferenceAttack):
         return torch.stack(columns, 1).numpy()
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> TrajectoryAttack:
-        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self."""
+        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+        members : numpy.ndarray
+            Membership of the known records, bool, shape (n_records,).
+
+        Returns
+        -------
+        TrajectoryAttack
+            Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
+        """
         self.model.fit(self._signals(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability in [0, 1], shape (n_records,)."""
+        """Member probability in [0, 1], shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Member probability in [0, 1], shape (n_records,).
+        """
         return self.model.predict_proba(self._signals(observation, ids))[:, 1]

@@ -1,38 +1,88 @@
 """Leakage per round: every configured attack, fitted and scored on each round's observation.
 
 Single-snapshot attacks use the snapshot of that round; multi-round attacks combine every
-observed snapshot up to it (restricted to `observe_rounds` or `observe_every` when set). The rows follow the
-columns of metrics/leakage.csv (DESIGN.md section 4), with a bootstrap 95% interval of the AUC
-after them, and the epsilon each attack's scores prove (`attackers.inference.audit`: the 95% lower
-bound and its point estimate; with canaries, the one-run bound of the canaries); the last round
-also gets ROC points and per-class leakage.
+observed snapshot up to it (restricted to `observe_rounds` or `observe_every` when set). Learned attacks are fitted
+`attack_seeds` times (their randomness from (run seed, attack, round, attack seed)); an attack
+that draws no random numbers is fitted once. metrics/leakage.csv holds one row per (round,
+attacker, attack, target): the contract columns (DESIGN.md section 4) hold means over the attack
+seeds, then come the spread over seeds, a bootstrap 95% interval of the (seed-mean) AUC,
+Clopper-Pearson 95% intervals of the TPRs, `min_fpr` = 1/n_nonmembers (a TPR at a smaller FPR
+is left empty: not measurable, Carlini et al., S&P 2022), and the AUC on two fixed halves of
+the targets, so that a maximum over rounds or attacks can be selected on one half and reported
+on the other. The epsilon each attack's scores prove (`attackers.inference.audit`: the 95% lower
+bound and its point estimate; with canaries, the one-run bound of the canaries) is that of attack
+seed 0. metrics/leakage_seeds.csv holds the per-seed rows. The last round also gets ROC points
+and per-class leakage (of attack seed 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from attackers.inference.audit import audit_delta, canary_audit, epsilon_lower_bound, split_seed
+from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
+from fedsim.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_SEEDS_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
 from fedsim.membership import CANARY
-from fedsim.metrics import bootstrap_auc_interval, leakage
-from fedsim.recorder import LEAKAGE_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
+from fedsim.metrics import FPR_TARGETS, clopper_pearson_interval, leakage
 from fedsim.run import Run
 
-EXTRA_COLUMNS = ["auc_ci_low", "auc_ci_high", "epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound"]
+AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound"]
+EXTRA_COLUMNS = LEAKAGE_EXTRA_COLUMNS[:2] + AUDIT_COLUMNS + LEAKAGE_EXTRA_COLUMNS[2:]
 FEATURES_STAGE = "feature extraction"
 ATTACKS_STAGE = "attack training"
+BOOTSTRAP_SAMPLES = 200
+
+
+def tpr_column(target: float) -> str:
+    """The leakage.csv column of the TPR at FPR `target`, e.g. 'tpr_at_fpr_1e-3'.
+
+    Parameters
+    ----------
+    target : float
+        The false-positive rate, e.g. 1e-3.
+
+    Returns
+    -------
+    str
+        The leakage.csv column of the TPR at FPR `target`, e.g. 'tpr_at_fpr_1e-3'.
+    """
+    return f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
+
+
+def measurable(target: float, n_nonmembers: int) -> bool:
+    """Whether a TPR at FPR `target` is measured by `n_nonmembers` non-members (target >= 1/n).
+
+    Parameters
+    ----------
+    target : float
+        The false-positive rate, e.g. 1e-3.
+    n_nonmembers : int
+        Non-member targets scored.
+
+    Returns
+    -------
+    bool
+        False when fewer than 1/target non-members: the TPR there would be the TPR at zero false positives.
+    """
+    return n_nonmembers > 0 and target * n_nonmembers >= 1 - 1e-9
 
 
 class Progress(Protocol):
-    """Where measure_leakage reports its two stages (fedsim.console.RunConsole shows them as bars)."""
+    """Where measure_leakage reports its two stages (fedsim.console.RunConsole shows them as bars).
+
+    Attributes
+    ----------
+    start, advance : callable
+        Show a stage with its steps; move it one step, printing a line.
+    """
 
     def start(self, stage: str, total: int) -> None: ...
 
@@ -49,40 +99,185 @@ class _Silent:
 
 @dataclass
 class LeakageReport:
-    rows: pd.DataFrame  # LEAKAGE_COLUMNS + EXTRA_COLUMNS
-    roc: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROC_COLUMNS))  # last round
-    per_class: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_CLASS_COLUMNS))  # last round
-    why_empty: str | None = None  # one line: why there are no rows (None when there are)
+    """What `measure_leakage` measured, as the tables of the run folder's metrics/.
+
+    Attributes
+    ----------
+    rows : pandas.DataFrame
+        metrics/leakage.csv: LEAKAGE_COLUMNS (means over attack seeds) + LEAKAGE_EXTRA_COLUMNS.
+    seed_rows : pandas.DataFrame
+        metrics/leakage_seeds.csv: LEAKAGE_SEEDS_COLUMNS, one row per attack seed.
+    roc : pandas.DataFrame
+        Last round, attack seed 0: attack, fpr, tpr.
+    per_class : pandas.DataFrame
+        Last round, attack seed 0: attack, class, auc, accuracy, n_members, n_nonmembers.
+    why_empty : str or None
+        One line: why there are no rows (None when there are).
+    """
+
+    rows: pd.DataFrame
+    seed_rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEAKAGE_SEEDS_COLUMNS))
+    roc: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROC_COLUMNS))
+    per_class: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PER_CLASS_COLUMNS))
+    why_empty: str | None = None
+
+
+def target_halves(members: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed split of the targets into a selection half and a holdout half, by membership.
+
+    Parameters
+    ----------
+    members : numpy.ndarray
+        Membership of the targets, bool, shape (n_targets,).
+    seed : int
+        The run's seed (the split is the same for every attack and round).
+
+    Returns
+    -------
+    numpy.ndarray
+        True for the selection half, bool, shape (n_targets,); half the members and half the
+        non-members (rounded down) on each side.
+    """
+    rng = np.random.default_rng([int(seed) % (1 << 32), 0x5E1EC7])
+    selection = np.zeros(len(members), dtype=bool)
+    for side in (members, ~members):
+        index = np.flatnonzero(side)
+        selection[rng.permutation(index)[: len(index) // 2]] = True
+    return selection
+
+
+def _auc(scores: np.ndarray, members: np.ndarray) -> float:
+    return float(roc_auc_score(members, scores)) if 0 < members.sum() < len(members) else float("nan")
+
+
+def bootstrap_mean_auc_interval(scores: Sequence[np.ndarray], members: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                                seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the AUC averaged over attack seeds, resampling the targets.
+
+    Members and non-members are resampled separately, the same resample for every seed (so the
+    interval is that of the reported seed-mean). With one seed this is
+    `fedsim.metrics.bootstrap_auc_interval` (same generator draws, same numbers).
+
+    Parameters
+    ----------
+    scores : sequence of numpy.ndarray
+        One score vector per attack seed, each shape (n_targets,).
+    members : numpy.ndarray
+        Membership, bool, shape (n_targets,).
+    samples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        (2.5th, 97.5th) percentiles of the resampled seed-mean AUC.
+    """
+    rng = np.random.default_rng(seed)
+    members = np.asarray(members, dtype=bool)
+    inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
+    matrix = np.stack([np.asarray(s, dtype=np.float64) for s in scores])
+    truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+    aucs = []
+    for _ in range(samples):
+        chosen = np.r_[inside[rng.choice(len(inside), len(inside))], outside[rng.choice(len(outside), len(outside))]]
+        aucs.append(np.mean([roc_auc_score(truth, row[chosen]) for row in matrix]))
+    low, high = np.percentile(aucs, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _seed_row(scores: np.ndarray, members: np.ndarray, threshold: float | None, selection: np.ndarray) -> dict[str, Any]:
+    """The metrics of one attack seed; TPRs at unmeasurable FPRs are NaN (written empty)."""
+    result = leakage(scores, members, threshold)
+    row: dict[str, Any] = result.as_row()
+    for target in FPR_TARGETS:
+        if not measurable(target, result.n_nonmembers):
+            row[tpr_column(target)] = float("nan")
+    row["min_fpr"] = 1 / result.n_nonmembers if result.n_nonmembers else float("nan")
+    row["auc_select"] = _auc(scores[selection], members[selection])
+    row["auc_holdout"] = _auc(scores[~selection], members[~selection])
+    return row
+
+
+def _aggregate(per_seed: list[dict[str, Any]], scores: list[np.ndarray], members: np.ndarray, deterministic: bool,
+               seed: int) -> dict[str, Any]:
+    """leakage.csv's row: means over seeds, their spread, and the intervals."""
+    table = pd.DataFrame(per_seed)
+    row: dict[str, Any] = {column: table[column].mean() for column in ("auc", "accuracy", "auc_select", "auc_holdout")}
+    n_members, n_nonmembers = int(table["n_members"].iloc[0]), int(table["n_nonmembers"].iloc[0])
+    row |= {"n_members": n_members, "n_nonmembers": n_nonmembers, "min_fpr": table["min_fpr"].iloc[0], "n_seeds": len(per_seed)}
+    row["auc_ci_low"], row["auc_ci_high"] = bootstrap_mean_auc_interval(scores, members, seed=seed)
+
+    def spread(column: str) -> float:
+        if deterministic:
+            return 0.0  # no randomness in the fit: nothing varies over seeds
+        return float(table[column].std(ddof=1)) if len(table) > 1 else float("nan")
+
+    row["auc_std"], row["accuracy_std"] = spread("auc"), spread("accuracy")
+    for target in FPR_TARGETS:
+        column = tpr_column(target)
+        if measurable(target, n_nonmembers):
+            row[column] = table[column].mean()
+            row[f"{column}_std"] = spread(column)
+            # Clopper-Pearson over the members at the seed-mean count of true positives (the targets'
+            # sampling error; the spread over seeds is the _std column)
+            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = clopper_pearson_interval(round(row[column] * n_members), n_members)
+        else:
+            row[column] = row[f"{column}_std"] = row[f"{column}_ci_low"] = row[f"{column}_ci_high"] = float("nan")
+    return row
+
+
+def _plan(run: Run, view, specs: list, attacked: Sequence[int]) -> list[tuple[int, Any, Any]]:
+    """(round, attack entry, observation) for every row to measure."""
+    keep = run.config.observed_rounds()
+    plan = []
+    for round_number in attacked:
+        for spec in specs:
+            multi_round = ATTACKS[attack_name(spec)].multi_round
+            if multi_round and keep is not None and round_number not in keep:
+                continue  # nothing new observed since the last row of this attack
+            observation = view.observation.up_to(round_number, keep if multi_round else [round_number])
+            if observation.rounds:
+                plan.append((round_number, spec, observation))
+    return plan
 
 
 def measure_leakage(
     run: Run,
-    attacks: Sequence[str] | None = None,
+    attacks: Sequence[Any] | None = None,
     rounds: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> LeakageReport:
     """One row per (round, attacker, attack, target) for the run's adversary.
 
     Features of every snapshot the attacks will read are extracted first (one progress step per
-    snapshot; the observation caches them), then each attack is fitted and scored (one step each).
+    snapshot; the observation caches them), then each attack is fitted and scored (one step per
+    row, over its seeds).
+
+    Parameters
+    ----------
+    run : Run
+        A recorded run.
+    attacks : sequence of str or AttackConfig, optional
+        Attack entries (names or `{name, args}`); default: the run's config `attacks`.
+    rounds : sequence of int, optional
+        Rounds to attack; default: every observed round.
+    progress : Progress, optional
+        Where the stages are reported.
+
+    Returns
+    -------
+    LeakageReport
+        The tables of metrics/ (leakage.csv, leakage_seeds.csv, roc.csv, leakage_per_class.csv).
     """
     progress = progress or _Silent()
     view = attacker_view(run)
     if view is None:
         return LeakageReport(pd.DataFrame(columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS), why_empty="no adversary (adversary.role: none)")
     specs = list(attacks if attacks is not None else run.config.attacks)
-    keep = run.config.observed_rounds()
     attacked = [r for r in view.observation.rounds if rounds is None or r in rounds]
-    plan = []
-    for round_number in attacked:
-        for spec in specs:
-            name = attack_name(spec)
-            multi_round = ATTACKS[name].multi_round
-            if multi_round and keep is not None and round_number not in keep:
-                continue  # nothing new observed since the last row of this attack
-            observation = view.observation.up_to(round_number, keep if multi_round else [round_number])
-            if observation.rounds:
-                plan.append((round_number, spec, observation))
+    plan = _plan(run, view, specs, attacked)
     snapshots = sorted({r for _, _, observation in plan for r in observation.rounds})
     progress.start(FEATURES_STAGE, len(snapshots))
     for round_number in snapshots:
@@ -90,36 +285,52 @@ def measure_leakage(
             view.observation.features(ids, round_number)
         progress.advance(FEATURES_STAGE)
 
+    seed = run.config.seed
+    members = view.eval_members
+    selection = target_halves(members, seed)
     labels = run.pool.labels.numpy()[view.eval_ids]
+    last_round = attacked[-1] if attacked else None
     delta = audit_delta(run.config)
     canaries = run.membership[run.membership["role"] == CANARY]
     canary_ids, canary_in = canaries["record_id"].to_numpy(), canaries["member"].to_numpy(bool)
-    rows, roc, per_class = [], [], []
+    rows, seed_rows, roc, per_class = [], [], [], []
     progress.start(ATTACKS_STAGE, len(plan))
     for round_number, spec, observation in plan:
         name = attack_name(spec)
-        attack = make_attack(spec, seed=run.config.seed)
-        attack.fit(observation, view.train_ids, view.train_members)
-        scores = attack.score(observation, view.eval_ids)
-        result = leakage(scores, view.eval_members, attack.threshold)
-        low, high = bootstrap_auc_interval(scores, view.eval_members, seed=run.config.seed)
-        bound = epsilon_lower_bound(scores, view.eval_members, delta, seed=split_seed(run.config.seed, round_number, name))
-        canary_bound = (canary_audit(attack.score(observation, canary_ids), canary_in, run.config.audit.guesses, delta)[0]
-                        if len(canary_ids) else None)
-        rows.append({
-            "round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
-            "observed_rounds": ";".join(map(str, observation.rounds)), **result.as_row(),
-            "auc_ci_low": low, "auc_ci_high": high, "epsilon_lower_bound": bound.lower_bound, "epsilon_lb_point": bound.point,
-            "canary_epsilon_lower_bound": canary_bound,
-        })
-        progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} AUC {result.auc:.3f}  TPR@1e-3 {result.tpr_at_fpr[1e-3]:.3f}")
-        if round_number == attacked[-1]:
-            fpr, tpr, _ = roc_curve(view.eval_members, scores, drop_intermediate=False)  # every operating point
+        deterministic = ATTACKS[name].deterministic
+        key = {"round": round_number, "attacker": view.attacker, "attack": name, "target": view.target,
+               "observed_rounds": ";".join(map(str, observation.rounds))}
+        per_seed, scores, thresholds = [], [], []
+        for attack_seed in range(1 if deterministic else run.config.attack_seeds):
+            attack = make_attack(spec, attack_seed_sequence(seed, name, round_number, attack_seed))
+            attack.fit(observation, view.train_ids, view.train_members)
+            scores.append(np.asarray(attack.score(observation, view.eval_ids), dtype=np.float64))
+            thresholds.append(attack.threshold)
+            if attack_seed == 0:
+                canary_bound = (canary_audit(attack.score(observation, canary_ids), canary_in, run.config.audit.guesses, delta)[0]
+                                if len(canary_ids) else None)
+            per_seed.append(_seed_row(scores[-1], members, attack.threshold, selection))
+            seed_rows.append(key | {"seed": attack_seed} | per_seed[-1])
+        row = key | _aggregate(per_seed, scores, members, deterministic, seed)
+        bound = epsilon_lower_bound(scores[0], members, delta, seed=split_seed(seed, round_number, name))
+        row |= {"epsilon_lower_bound": bound.lower_bound, "epsilon_lb_point": bound.point, "canary_epsilon_lower_bound": canary_bound}
+        rows.append(row)
+        progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} {_progress_text(row)}")
+        if round_number == last_round:
+            fpr, tpr, _ = roc_curve(members, scores[0], drop_intermediate=False)
             roc += [{"attack": name, "fpr": f, "tpr": t} for f, t in zip(fpr, tpr)]
-            per_class += _per_class(name, scores, view.eval_members, labels, attack.threshold)
+            per_class += _per_class(name, scores[0], members, labels, thresholds[0])
     return LeakageReport(pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + EXTRA_COLUMNS).round(6),
+                         pd.DataFrame(seed_rows, columns=LEAKAGE_SEEDS_COLUMNS).round(6),
                          pd.DataFrame(roc, columns=ROC_COLUMNS).round(6), pd.DataFrame(per_class, columns=PER_CLASS_COLUMNS).round(6),
                          None if rows else _why_empty(run, view, specs, attacked))
+
+
+def _progress_text(row: dict[str, Any]) -> str:
+    spread = f" +- {row['auc_std']:.3f} over {row['n_seeds']} seeds" if row["n_seeds"] > 1 else ""
+    tpr = row["tpr_at_fpr_1e-3"]
+    low_fpr = "n/a (needs >= 1000 non-members)" if pd.isna(tpr) else f"{tpr:.3f}"
+    return f"AUC {row['auc']:.3f}{spread}  TPR@1e-3 {low_fpr}"
 
 
 def _why_empty(run: Run, view, names: Sequence[str], attacked: Sequence[int]) -> str:
@@ -138,7 +349,7 @@ def _why_empty(run: Run, view, names: Sequence[str], attacked: Sequence[int]) ->
     return f"no attack observed a snapshot among the rounds kept by observe_rounds ({run.config.observe_rounds})"
 
 
-def _per_class(name: str, scores: np.ndarray, members: np.ndarray, labels: np.ndarray, threshold: float) -> list[dict]:
+def _per_class(name: str, scores: np.ndarray, members: np.ndarray, labels: np.ndarray, threshold: float | None) -> list[dict]:
     rows = []
     for label in np.unique(labels):
         mask = labels == label

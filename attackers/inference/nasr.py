@@ -40,7 +40,17 @@ def _dense(inputs: int) -> nn.Sequential:
 
 
 class GradientComponent(nn.Module):
-    """Row convolution over a layer's gradient, then fully connected layers."""
+    """Row convolution over a layer's gradient, then fully connected layers (Nasr et al., S&P 2019, Fig. 3).
+
+    Parameters
+    ----------
+    rows : int
+        Rows of the layer's gradient matrix (its input width for a linear layer).
+    width : int
+        Columns of a row (its output width), what one kernel spans.
+    filters : int
+        Kernels.
+    """
 
     def __init__(self, rows: int, width: int, filters: int):
         super().__init__()
@@ -48,6 +58,22 @@ class GradientComponent(nn.Module):
         self.dense = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), _dense(rows * filters))
 
     def forward(self, a: torch.Tensor | None, g: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        """(N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width).
+
+        Parameters
+        ----------
+        a : torch.Tensor or None
+            The layer's inputs, shape (N, rows), for a factored (linear) gradient.
+        g : torch.Tensor or None
+            The loss gradient at the layer's outputs, shape (N, width), for a factored gradient.
+        rows : torch.Tensor or None
+            A dense gradient as rows, shape (N, rows, width) (None when factored).
+
+        Returns
+        -------
+        torch.Tensor
+            (N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width).
+        """
         if rows is None and a.dim() == 2:  # factored linear gradient: row j is a_j * g
             convolved = a[:, :, None] * (g @ self.kernel.weight.T)[:, None, :] + self.kernel.bias
         elif rows is None:  # factored convolution gradient: row j is sum_l u_jl g_l
@@ -72,7 +98,21 @@ class _Inputs:
 
 
 class NasrModel(nn.Module):
-    """Components per snapshot, concatenated, then the encoder."""
+    """Components per snapshot, concatenated, then the encoder (Nasr et al., S&P 2019, Fig. 3).
+
+    Parameters
+    ----------
+    snapshots : int
+        Snapshots read per record.
+    classes : int
+        Output classes of the target model.
+    signals : int
+        Scalar signals per snapshot (log loss, and log gradient norm and reference gap when present).
+    gradient_shapes : sequence of (int, int)
+        (rows, width) of each chosen layer's gradient.
+    filters : int
+        Kernels of each gradient component.
+    """
 
     def __init__(self, snapshots: int, classes: int, signals: int, gradient_shapes: Sequence[tuple[int, int]], filters: int):
         super().__init__()
@@ -90,6 +130,18 @@ class NasrModel(nn.Module):
         )
 
     def forward(self, snapshots: list[_Inputs]) -> torch.Tensor:
+        """Membership logits, shape (N,), from one `_Inputs` per snapshot.
+
+        Parameters
+        ----------
+        snapshots : list of _Inputs
+            One per snapshot, each holding N records.
+
+        Returns
+        -------
+        torch.Tensor
+            Membership logits, shape (N,), from one `_Inputs` per snapshot.
+        """
         parts = []
         for inputs in snapshots:
             loss, probabilities, label = inputs.scalars.split([self.signals, self.classes, self.classes], dim=1)
@@ -99,7 +151,13 @@ class NasrModel(nn.Module):
 
 
 class NasrTrainingParams(AttackParams):
-    """How the attack model of Nasr et al. is trained (shared by the white-box and black-box variants)."""
+    """How the attack model of Nasr et al. is trained (shared by the white-box and black-box variants).
+
+    Attributes
+    ----------
+    model_config : pydantic.ConfigDict
+        Unknown arguments are errors; instances are frozen.
+    """
 
     filters: int = Field(4, ge=1, description="convolution filters per gradient row in a layer-gradient component")
     epochs: int = Field(100, ge=1, description="most training epochs over the attacker's known records")
@@ -143,7 +201,13 @@ class NasrAttack(MembershipInferenceAttack):
 
     @property
     def layers(self) -> str | Sequence[str] | None:
-        """The layers whose gradients the attack reads (None: no gradients)."""
+        """The layers whose gradients the attack reads (None: no gradients).
+
+        Returns
+        -------
+        str | Sequence[str] | None
+            The layers whose gradients the attack reads (None: no gradients).
+        """
         return getattr(self.params, "layers", None)
 
     def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
@@ -223,13 +287,34 @@ class NasrAttack(MembershipInferenceAttack):
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,)."""
+        """Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,).
+        """
         self.model.eval()
         return torch.sigmoid(self.model(self._inputs(observation, ids, fit=False))).numpy()
 
 
 class NasrBlackBoxAttack(NasrAttack):
-    """The same model on output, loss and label only (the black-box setting of Nasr et al., S&P 2019)."""
+    """The same model on output, loss and label only (the black-box setting of Nasr et al., S&P 2019).
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
+    """
 
     name = "nasr_blackbox"
     Params = NasrTrainingParams

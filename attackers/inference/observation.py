@@ -33,7 +33,22 @@ def _on_cpu(features: Features) -> Features:
 
 @dataclass
 class Observation:
-    """Snapshots (oldest first) an attacker holds, and how to read records."""
+    """Snapshots (oldest first) an attacker holds, and how to read records.
+
+    Parameters
+    ----------
+    rounds : list of int
+        The rounds whose snapshot the attacker holds, oldest first.
+    load_model : callable
+        round -> the snapshot's torch module (evaluation mode); it must draw nothing from torch's
+        global generator (`fedsim.Run.model` forks it), so reading a run never shifts an attack's randomness.
+    load_records : callable
+        record ids, shape (n_records,) -> (x, y): inputs (n_records, *input_shape) and labels (n_records,).
+    memory_budget : int
+        Bytes the per-example features of one chunk may take (`features.extract`).
+    reference_models : callable, optional
+        round -> the other clients' models of the round (a curious server's references); None otherwise.
+    """
 
     rounds: list[int]
     load_model: Callable[[int], nn.Module]
@@ -44,17 +59,59 @@ class Observation:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
-        """The snapshots observed by round `last_round` (those in `keep`, when given); shares the cache."""
+        """The snapshots observed by round `last_round`.
+
+        Parameters
+        ----------
+        last_round : int
+            The last round included.
+        keep : sequence of int, optional
+            Only these rounds (e.g. `observe_rounds`).
+
+        Returns
+        -------
+        Observation
+            A view on the same run sharing this one's cache.
+        """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
         return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache)
 
     def model(self, round_number: int) -> nn.Module:
+        """The snapshot of `round_number` (loaded once, then cached).
+
+        Parameters
+        ----------
+        round_number : int
+            Which snapshot.
+
+        Returns
+        -------
+        nn.Module
+            The snapshot of `round_number` (loaded once, then cached).
+        """
         key = ("model", round_number)
         if key not in self._cache:
             self._cache[key] = self.load_model(round_number)
         return self._cache[key]
 
     def features(self, ids: np.ndarray, round_number: int, layers: str | Sequence[str] = "last") -> Features:
+        """White-box features of records on one snapshot (computed once per (round, ids, layers), then cached).
+
+        Parameters
+        ----------
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+        round_number : int
+            Which snapshot.
+        layers : str or sequence of str
+            Layers whose per-example gradients are kept: 'last', 'all' or module names.
+
+        Returns
+        -------
+        Features
+            Loss (n_records,) in nats, probabilities (n_records, classes), labels, the chosen layers'
+            gradients and the exact per-example gradient L2 norm (n_records,).
+        """
         key = ("features", round_number, tuple(np.asarray(ids).tolist()), layers if isinstance(layers, str) else tuple(layers))
         if key not in self._cache:
             x, y = self.load_records(ids)
@@ -66,7 +123,20 @@ class Observation:
         return self._cache[key]
 
     def reference_losses(self, ids: np.ndarray, round_number: int) -> torch.Tensor | None:
-        """(references, N) losses of the records on the round's reference models, or None without references."""
+        """Losses of records on the round's reference models (the other clients' models).
+
+        Parameters
+        ----------
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+        round_number : int
+            Which round.
+
+        Returns
+        -------
+        torch.Tensor or None
+            Cross-entropy in nats, shape (n_references, n_records); None without references.
+        """
         if self.reference_models is None:
             return None
         key = ("reference", round_number, tuple(np.asarray(ids).tolist()))

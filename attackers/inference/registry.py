@@ -104,13 +104,33 @@ def make_attack(spec: Any, seed: int | np.random.SeedSequence = 0, **kwargs: Any
 
 
 def attack_name(spec: Any) -> str:
-    """The registry name of a name or a config entry."""
+    """The registry name of a name or a config entry.
+
+    Parameters
+    ----------
+    spec : str or AttackConfig or mapping
+        A registry name, or an entry with `name` and `args`.
+
+    Returns
+    -------
+    str
+        The registry name of a name or a config entry.
+    """
     return _name_and_args(spec)[0]
 
 
 def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True) -> None:
     """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments, or
     that needs the other clients' models as references when the attacker has none (`references` False).
+
+    Parameters
+    ----------
+    specs : iterable
+        Registry names or entries with `name` and `args`.
+    key : str
+        Where the entries came from, for the message.
+    references : bool
+        Whether the attacker holds the other clients' models of each round.
     """
     for spec in specs:
         attack_params(spec, key)

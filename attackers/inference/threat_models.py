@@ -30,6 +30,22 @@ from fedsim.training import resolve_device
 
 @dataclass
 class AttackerView:
+    """What one attacker observes of a run and which records it knows and attacks.
+
+    Attributes
+    ----------
+    attacker : str
+        "server" or "participant".
+    target : str
+        Whose membership is attacked: "client-000", "global" or "others".
+    observation : Observation
+        The snapshots it holds.
+    train_ids, train_members : numpy.ndarray
+        The attacker's known records (balanced members and non-members), shape (n_known,).
+    eval_ids, eval_members : numpy.ndarray
+        The target records it is scored on, shape (n_targets,); never used for fitting.
+    """
+
     attacker: str  # "server" | "participant"
     target: str  # whose membership is attacked, e.g. "client-000", "global"
     observation: Observation
@@ -40,7 +56,18 @@ class AttackerView:
 
 
 def describe(config) -> str:
-    """The configured threat model in words, for the console and the report."""
+    """The configured threat model in words, for the console and the report.
+
+    Parameters
+    ----------
+    config : Config
+        A run's config.
+
+    Returns
+    -------
+    str
+        One sentence (threat models of Nasr, Shokri and Houmansadr, S&P 2019, section III).
+    """
     adversary = config.adversary
     if adversary.role == "none":
         return "no adversary: honest run, no leakage measured"
@@ -63,7 +90,18 @@ def _balanced(ids: np.ndarray, members: np.ndarray, labels: np.ndarray, seed: in
 
 
 def attacker_view(run: Run) -> AttackerView | None:
-    """The configured adversary's view of the run; None when there is no adversary."""
+    """The configured adversary's view of the run.
+
+    Parameters
+    ----------
+    run : Run
+        A recorded run.
+
+    Returns
+    -------
+    AttackerView or None
+        None when the run has no adversary (`adversary.role: none`).
+    """
     adversary = run.config.adversary
     if adversary.role == "none":
         return None

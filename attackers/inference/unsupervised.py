@@ -34,6 +34,13 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
     Fitting trains the encoder-decoder on the known records without their labels; scoring
     clusters the targets' encodings (sklearn's SpectralClustering, seeded from the attack).
     Initialisation draws from the attack's own seed.
+
+    Parameters
+    ----------
+    params : AttackParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
     name = "nasr_unsupervised"
@@ -56,7 +63,22 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
         return torch.stack(columns, 1), columns[-1]
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
-        """Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self."""
+        """Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+        members : numpy.ndarray
+            Membership of the known records, bool, shape (n_records,).
+
+        Returns
+        -------
+        UnsupervisedNasrAttack
+            Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self.
+        """
         p = self.params
         signals, _ = self._signals(observation, ids)
         self.stats = signals.mean(0), signals.std(0).clamp_min(1e-6)
@@ -74,7 +96,20 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,)."""
+        """How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,).
+        """
         signals, log_gradient_norm = self._signals(observation, ids)
         codes = self.encoder((signals - self.stats[0]) / self.stats[1]).numpy()
         clusters = SpectralClustering(2, affinity="nearest_neighbors", n_neighbors=min(10, len(ids) - 1),
