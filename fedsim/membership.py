@@ -62,7 +62,7 @@ def _split_roles(ids: np.ndarray, rng: np.random.Generator) -> dict[int, str]:
 
 
 def match_labels(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
+                 rng: np.random.Generator, per_member: int = 1) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
     """Non-members stratified by label to match members, class by class.
 
     For each label (in increasing order) as many candidates are drawn without replacement as
@@ -80,11 +80,14 @@ def match_labels(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray
         The label of every record of the pool, indexed by record id, shape (n_pool,).
     rng : np.random.Generator
         The only source of randomness.
+    per_member : int
+        Non-members drawn per member of the same label (1: equally many; more: many non-member
+        targets from few members, the label distribution still matched).
 
     Returns
     -------
     tuple of (np.ndarray, np.ndarray, dict)
-        The members kept and the non-members drawn (record ids, sorted, equally many), and for
+        The members kept and the non-members drawn (record ids, sorted, `per_member` times as many), and for
         each label short of candidates `{label: (members, candidates available)}`.
     """
     members, candidates = np.asarray(members, dtype=np.int64), np.asarray(candidates, dtype=np.int64)
@@ -92,12 +95,12 @@ def match_labels(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray
     for label in np.unique(labels[members]):
         inside = members[labels[members] == label]
         outside = candidates[labels[candidates] == label]
-        n = min(len(inside), len(outside))
+        n = min(len(inside), len(outside) // per_member)
         if n < len(inside):
             short[int(label)] = (len(inside), len(outside))
             inside = rng.choice(inside, n, replace=False)
         kept.append(inside)
-        drawn.append(rng.choice(outside, n, replace=False))
+        drawn.append(rng.choice(outside, n * per_member, replace=False))
     empty = np.empty(0, dtype=np.int64)
     return (np.sort(np.concatenate(kept)) if kept else empty), (np.sort(np.concatenate(drawn)) if drawn else empty), short
 
@@ -198,8 +201,7 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
         members, nonmembers, short = match_labels(rng.choice(available, per_side, replace=False), candidates, labels, rng)
     else:  # every member is a target; k label-matched non-members per member make up the count
         k = max(1, (2 * per_side - len(available)) // len(available))
-        members, nonmembers, short = match_labels(np.repeat(available, k), candidates, labels, rng)
-        members = np.unique(members)
+        members, nonmembers, short = match_labels(available, candidates, labels, rng, per_member=k)
     if not len(members):
         raise FedsimError(
             f"adversary.target_records: no evaluation non-member shares a label with {whose} member targets "

@@ -92,7 +92,7 @@ def test_too_many_targets_is_a_clear_error():
 
 def test_when_members_run_short_label_matched_nonmembers_make_up_the_target_count():
     pool = load_pool("digits", None)
-    ledger = build_ledger(small_config("data.nonmembers=600", "adversary.target_records=200"), pool)
+    ledger = build_ledger(small_config("data.nonmembers=1200", "adversary.target_records=200"), pool)
     own = ledger[(ledger["role"] == ATTACK_EVAL) & (ledger["client"] == 0).fillna(False)]
     targets = ledger[ledger["target"]]
     assert set(targets.loc[targets["member"], "record_id"]) == set(own["record_id"])  # all 30 of the victim's
