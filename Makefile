@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulation.py
 	$(BIN)/python benchmarks/recorder.py
 	$(BIN)/python benchmarks/attack_training.py
+	$(BIN)/python benchmarks/startup.py
 
 clean:
 	rm -rf runs .pytest_cache

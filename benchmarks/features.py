@@ -1,11 +1,14 @@
 """Per-example white-box features: fedsim vs a per-example backward loop vs Opacus.
 
-    python benchmarks/features.py [--repeats 5]
+    python benchmarks/features.py [--repeats 5] [--nets fcn alexnet_cifar]
 
 For each net (the Purchase-size fcn 600-1024-512-256-128-100 and the CIFAR AlexNet) and each
 layer choice (all layers, last layer), batch 256: the median wall time of fedsim's extraction,
 of a loop with one backward pass per example, and of Opacus' GradSampleModule, each computing
-per-example losses, the chosen layers' gradients and the exact total gradient norm. Each
+per-example losses, the chosen layers' gradients and the exact total gradient norm (fedsim
+holds a gradient factored where that is smaller: a linear layer's (a, g), a convolution's
+unfolded input and output gradient, as the attack reads them; the loop and Opacus materialise
+every one). Each
 method runs in a subprocess of its own so its peak memory (max RSS) is its own. Prints one
 `BENCH` line per case (ratio = fedsim time / loop time) and a table.
 """
@@ -94,13 +97,14 @@ def measure_one(method: str, net: str, layers: str, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "NET", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_one(*args.one, args.repeats)))
         return
     rows = []
-    for net in NETS:
+    for net in args.nets:
         for layers in ("all", "last"):
             results = {}
             for method in METHODS:
