@@ -10,8 +10,9 @@ input U (N, Cin k k, L) and the output gradient G (N, Cout, L) of that backward 
 the cheaper form is kept (Li et al. 2022, "Large language models can be strong differentially
 private learners", and Opacus' ghost clipping): when L (Cin k k + Cout) < Cin k k Cout the
 factors U, G are kept and the squared norm is the "ghost norm" sum_{l,m} (u_l . u_m)(g_l . g_m),
-else the gradient is materialised. Other layers (normalisation, ...) get per-example gradients
-from torch.func (vmap of grad of functional_call). Work is chunked so that what is held stays
+else the gradient is materialised. An evaluation-mode batch norm is a per-channel affine map,
+so its per-example gradients are sums over positions of g x_hat and g. Other layers get
+per-example gradients from torch.func (vmap of grad of functional_call). Work is chunked so that what is held stays
 within a memory budget.
 """
 
@@ -170,6 +171,21 @@ def _unfoldable(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
 
 
+def _affine_normalisation(module: nn.Module) -> bool:
+    """Batch norm with running statistics: in evaluation mode a per-channel affine map of its input."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and module.track_running_stats and module.running_mean is not None
+
+
+def _normalisation_gradient(module: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, g: torch.Tensor) -> LayerGradient:
+    """Per-example gradient of an evaluation-mode batch norm, y = w x_hat + b with x_hat =
+    (x - running mean) / sqrt(running var + eps): dL/dw_c = sum over positions of g x_hat, dL/db_c = sum of g.
+    """
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    normalised = (a - module.running_mean.reshape(shape)) / torch.sqrt(module.running_var.reshape(shape) + module.eps)
+    return LayerGradient(dense=(g * normalised).flatten(2).sum(2) if a.dim() > 2 else g * normalised,
+                         bias=g.flatten(2).sum(2) if a.dim() > 2 else g)
+
+
 def _convolution_sizes(model: nn.Module, x: torch.Tensor, convolutions: set[str]) -> dict[str, tuple[int, int, int]]:
     """(rows Cin k k, width Cout, positions L) of each named convolution, from one example's forward pass."""
     modules = dict(model.named_modules())
@@ -229,9 +245,10 @@ def extract(
     owners = parametrised_layers(model)
     linear = {n for n in owners if isinstance(modules[n], nn.Linear)}
     convolutions = {n for n in owners if _unfoldable(modules[n])}
+    normalisations = {n for n in owners if _affine_normalisation(modules[n])}
     dense_params = [
         f"{n}.{p}" if n else p
-        for n in owners if n not in linear | convolutions
+        for n in owners if n not in linear | convolutions | normalisations
         for p, _ in modules[n].named_parameters(recurse=False)
     ]
     params = dict(model.named_parameters())
@@ -243,7 +260,7 @@ def extract(
     transient = max((r * positions + (2 * positions * positions if n in factored else r * w) for n, (r, w, positions) in sizes.items()),
                     default=0)
     step = _chunk_size(model, held, transient, memory_budget)
-    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, factored, dense_params)
+    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, normalisations, factored, dense_params)
              for i in range(0, len(y), step)]
     first = parts[0]
     for part in parts[1:]:
@@ -281,19 +298,22 @@ def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
 
 
 def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: list[str], linear: set[str],
-                   convolutions: set[str], factored: set[str], dense_params: list[str]) -> Features:
+                   convolutions: set[str], normalisations: set[str], factored: set[str], dense_params: list[str]) -> Features:
     modules = dict(model.named_modules())
     captured_inputs: dict[str, torch.Tensor] = {}
     captured_outputs: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
-        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             captured_inputs[name] = inputs[0].detach()
             captured_outputs[name] = output
+            # The next layer gets a copy: an in-place op there (ReLU(inplace=True)) would
+            # otherwise turn the captured tensor into its own output.
+            return output.clone()
 
         return keep
 
-    names = sorted(linear | convolutions)
+    names = sorted(linear | convolutions | normalisations)
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     try:
         with torch.enable_grad():
@@ -311,6 +331,8 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
         a = captured_inputs.pop(name)
         if name in convolutions:
             layer = _convolution_gradient(modules[name], a, g, factored=name in factored)
+        elif name in normalisations:
+            layer = _normalisation_gradient(modules[name], a, g)
         else:
             layer = LayerGradient(inputs=a, outputs=g, bias=g if modules[name].bias is not None else None)
         squared += layer.squared_norm()
