@@ -2,6 +2,10 @@
 
     python benchmarks/startup.py [--repeats 3]
 
+Each repeat runs twice, alternating: as fedsim starts Ray (fedsim.simulation.start_local_engine)
+and with Ray started by Flower's own init (a runtime environment carrying PYTHONPATH), the
+reference.
+
 Runs the built-in quickstart (what `make demo` runs) in a fresh process, `repeats` times, and
 times it from outside (the user's wait, interpreter start and imports included). Inside, the
 engine's phases are timed by wrapping Flower's Ray backend: ray.init, the actor pool's build,
@@ -25,10 +29,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(out: Path, report: Path) -> None:
+def child(out: Path, report: Path, flower_init: bool) -> None:
     """`fedsim run --out OUT` with the engine's phases timed; writes them to `report` as JSON."""
     started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
+    if flower_init:
+        import fedsim.simulation
+
+        fedsim.simulation.start_local_engine = lambda init_args: False
     marks: dict[str, float] = {}
 
     def mark(name: str) -> None:
@@ -49,7 +57,7 @@ def child(out: Path, report: Path) -> None:
 
         setattr(owner, attribute, wrapper)
 
-    timed(raybackend.RayBackend, "init_ray", "ray_init")
+    timed(ray, "init", "ray_init")
     timed(raybackend.RayBackend, "build", "actor_pool")
     timed(raybackend.RayBackend, "process_message", "first_message")
     timed(raybackend.RayBackend, "terminate", "terminate")
@@ -73,37 +81,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--flower-init", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child, args.flower_init)
         return
-    walls, phases = [], []
+    results: dict[str, tuple[list[float], list[dict]]] = {"fedsim": ([], []), "flower-init": ([], [])}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
-            out, report = Path(scratch) / f"run-{repeat}", Path(scratch) / f"phases-{repeat}.json"
-            begun = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--child", str(out), str(report)], check=True, cwd=scratch,
-                           stdout=subprocess.DEVNULL)
-            walls.append(time.perf_counter() - begun)
-            result = json.loads(report.read_text())
-            m = result["marks"]
-            simulate = m["simulate_end"] - m["simulate_start"]
-            phases.append({
-                "imports": m["imports"],
-                "ray_init": m["ray_init_end"] - m["ray_init_start"],
-                "actor_pool": m["actor_pool_end"] - m["actor_pool_start"],
-                "first_message": m["first_message_end"] - m["first_message_start"],
-                "terminate": m["terminate_end"] - m["terminate_start"],
-                "after_terminate": m["simulate_end"] - m["terminate_end"],
-                "ray_shutdown": m["ray_shutdown_end"] - m["run_returned"],
-                "rounds": result["rounds"],
-                "startup_and_shutdown": simulate + m["ray_shutdown_end"] - m["run_returned"] - result["rounds"],
-            })
-    median = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-    wall = statistics.median(walls)
-    print(f"BENCH demo ref=30s ratio={wall / 30:.2f} demo_s={wall:.1f} runs={','.join(f'{w:.1f}' for w in walls)}", flush=True)
-    print(f"BENCH ray-startup-shutdown ref=8s ratio={median['startup_and_shutdown'] / 8:.2f} "
-          + " ".join(f"{k}_s={v:.2f}" for k, v in median.items()), flush=True)
+            for variant, (walls, phases) in results.items():
+                out, report = Path(scratch) / f"{variant}-{repeat}", Path(scratch) / f"{variant}-{repeat}.json"
+                begun = time.perf_counter()
+                subprocess.run([sys.executable, __file__, "--child", str(out), str(report)] + (["--flower-init"] if variant != "fedsim" else []),
+                               check=True, cwd=scratch, stdout=subprocess.DEVNULL)
+                walls.append(time.perf_counter() - begun)
+                phases.append(_phases(json.loads(report.read_text())))
+                print(f"run {variant} {repeat}: wall_s={walls[-1]:.1f} " + " ".join(f"{k}_s={v:.2f}" for k, v in phases[-1].items()), flush=True)
+    for variant, (walls, phases) in results.items():
+        median = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        wall = statistics.median(walls)
+        suffix = "" if variant == "fedsim" else f"-{variant}"
+        print(f"BENCH demo{suffix} ref=30s ratio={wall / 30:.2f} demo_s={wall:.1f} runs={','.join(f'{w:.1f}' for w in walls)}", flush=True)
+        print(f"BENCH ray-startup-shutdown{suffix} ref=8s ratio={median['startup_and_shutdown'] / 8:.2f} "
+              + " ".join(f"{k}_s={v:.2f}" for k, v in median.items()), flush=True)
+
+
+def _phases(result: dict) -> dict[str, float]:
+    m = result["marks"]
+    simulate = m["simulate_end"] - m["simulate_start"]
+    return {
+        "imports": m["imports"],
+        "ray_init": m["ray_init_end"] - m["ray_init_start"],
+        "actor_pool": m["actor_pool_end"] - m["actor_pool_start"],
+        "first_message": m["first_message_end"] - m["first_message_start"],
+        "terminate": m["terminate_end"] - m["terminate_start"],
+        "after_terminate": m["simulate_end"] - m["terminate_end"],
+        "ray_shutdown": m["ray_shutdown_end"] - m["run_returned"],
+        "rounds": result["rounds"],
+        "startup_and_shutdown": simulate + m["ray_shutdown_end"] - m["run_returned"] - result["rounds"],
+        "total_in_process": m["ray_shutdown_end"],
+    }
 
 
 if __name__ == "__main__":

@@ -3,12 +3,19 @@
 Keeping every call of Flower's runner here means a change of Flower's API (run_simulation is
 deprecated in favour of `flwr run`) touches one file. Ray and Flower's logs are kept at
 warning level so the user sees fedsim's progress, not the engine's chatter.
+
+A local run starts Ray itself, lean (benchmarks/startup.py times the phases): no runtime
+environment (Flower's init passes one with PYTHONPATH, which makes Ray route every worker's
+start through its runtime-env agent and forgo pre-starting workers; here the workers inherit
+PYTHONPATH from the driver's environment instead) and no usage-stats collection. Ray stays up
+for the next simulation of the same process (a sweep, a test session).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 from flwr.clientapp import ClientApp
@@ -38,8 +45,9 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
     backend : BackendConfig
         Resources per client (`cpus_per_client`, `gpus_per_client`: Ray schedules each client's
         actor on them, and a client given a GPU trains on CUDA) and `ray_address`: a running Ray
-        cluster to attach to (else RAY_ADDRESS, else Ray starts a local instance, which Flower
-        shuts down at the end; an attached cluster is only disconnected from).
+        cluster to attach to (else RAY_ADDRESS, else fedsim starts a local instance, see
+        `start_local_engine`, which Ray shuts down at the interpreter's exit; an attached cluster
+        is only disconnected from).
     """
     from flwr.simulation import run_simulation
 
@@ -48,6 +56,8 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
     address = backend.ray_address or os.environ.get("RAY_ADDRESS")
     if address:  # attach to a running cluster: Ray refuses resource and dashboard arguments there, and ray.shutdown() only disconnects
         init_args = {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}
+    else:
+        start_local_engine(init_args)
     backend_config = {
         "client_resources": {"num_cpus": backend.cpus_per_client, "num_gpus": backend.gpus_per_client},
         "init_args": init_args,
@@ -60,3 +70,21 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
             num_supernodes=num_clients,
             backend_config=backend_config,
         )
+
+
+def start_local_engine(init_args: dict) -> bool:
+    """Start a local Ray for the simulation unless one is up; True when this call started it.
+
+    Flower's backend then finds Ray initialised and uses it as it is. The worker processes
+    inherit the driver's environment, so PYTHONPATH carries this interpreter's sys.path (what
+    Flower's runtime environment would have carried).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    inherited = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*sys.path, *inherited.split(os.pathsep)]) if p)
+    ray.init(**init_args)
+    return True
