@@ -91,7 +91,7 @@ def test_one_quickstart_from_any_folder(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         elsewhere = load_config(None, [f"train.rounds={rounds}"])
         assert here == elsewhere and here.train.rounds == rounds
-        assert here.observed_rounds() == ([5] if rounds == 5 else [2])
+        assert here.observed_rounds() == list(range(1, rounds + 1))  # the quickstart observes every round
 
 
 @pytest.mark.parametrize(("rounds", "observed"), [(20, [5, 10, 15, 20]), (12, [5, 10, 12]), (5, [5]), (3, [3]), (1, [1])])
@@ -123,7 +123,7 @@ def test_rounds_the_user_sets_explicitly_keep_the_one_line_error(tmp_path):
 def test_check_prints_the_resolved_config_and_exits_0(capsys):
     assert main(["check", "--set", "train.rounds=2"]) == 0
     captured = capsys.readouterr()
-    assert "rounds: 2" in captured.out and "observe_every: 5" in captured.out and "valid" in captured.err
+    assert "rounds: 2" in captured.out and "observe_every: 1" in captured.out and "valid" in captured.err
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
