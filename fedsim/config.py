@@ -73,7 +73,8 @@ class AdversaryConfig(Section):
     isolate: bool = False
     victim: int = Field(0, ge=0)
     target_records: int = Field(200, ge=0)
-    gamma: float = Field(1.0, gt=0)
+    gamma: float = Field(1.0, gt=0)  # step = gamma * gradient of the ascended records' mean loss
+    step_norm: float | None = Field(None, gt=0)  # scale-free: step's L2 norm = step_norm * parameters' L2 norm (overrides gamma)
     active_rounds: list[int] | None = None
 
 

@@ -216,6 +216,25 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
     ledger.loc[ledger["record_id"].isin(np.concatenate([members, nonmembers])), "target"] = True
 
 
+def attacker_known(ledger: pd.DataFrame, config: Config) -> pd.Series:
+    """The records the adversary knows the membership of: `attack_train` records of its targets'
+    side (the victim's members for the server, the other clients' for a participant) and
+    `attack_train` non-members.
+
+    Returns
+    -------
+    pd.Series
+        `(n_records,)` booleans aligned with `ledger`.
+    """
+    adversary = config.adversary
+    client = ledger["client"]
+    if adversary.role == "server":
+        member_side = (client == adversary.victim).fillna(False)
+    else:
+        member_side = (ledger["member"] & (client != adversary.victim)).fillna(False)
+    return (ledger["role"] == ATTACK_TRAIN) & (member_side | ~ledger["member"])
+
+
 def save_ledger(ledger: pd.DataFrame, folder: Path) -> Path:
     path = folder / FILENAME
     ledger.to_parquet(path, index=False)

@@ -4,12 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from attackers.active.adversary import target_ids
+from attackers.active.adversary import ascended_ids, target_ids
 from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
 from fedsim import Run
 from fedsim.client_app import client_seed
 from fedsim.experiment import run_experiment
+from fedsim.membership import attacker_known
 from fedsim.recorder import client_file, global_file
 from fedsim.training import train_locally
 
@@ -22,10 +23,10 @@ def run_with(tmp_path_factory, name, *overrides):
     return Run.open(run_experiment(config, tmp_path_factory.mktemp(name) / "run"))
 
 
-def target_loss(run, state):
+def target_loss(run, state, ids=None):
     model = run.model(0)
     model.load_state_dict(state)
-    x, y = run.records(target_ids(run.membership))
+    x, y = run.records(target_ids(run.membership) if ids is None else ids)
     with torch.no_grad():
         return nn.functional.cross_entropy(model(x), y).item()
 
@@ -51,7 +52,7 @@ def test_isolated_victim_never_enters_the_aggregate(isolated):
 
 
 def test_isolated_victim_gets_its_own_previous_model_plus_the_ascent_step(isolated):
-    x, y = isolated.records(target_ids(isolated.membership))
+    x, y = isolated.records(ascended_ids(isolated.membership, isolated.config))  # targets and known records alike
     for round_number in range(1, ROUNDS + 1):
         previous = isolated.state(0) if round_number == 1 else isolated.state(round_number - 1, client=1)
         expected = ascent_step(isolated.model(0), previous, x, y, gamma=1.0)
@@ -68,6 +69,8 @@ def test_server_gradient_ascent_raises_the_targets_loss_on_what_it_sent(tmp_path
         aggregate = run.state(round_number - 1)
         sent = run.state(round_number, client=0, kind="broadcast")
         assert target_loss(run, sent) > target_loss(run, aggregate) + 0.01
+        known = run.membership.loc[attacker_known(run.membership, run.config), "record_id"].to_numpy()
+        assert target_loss(run, sent, known) > target_loss(run, aggregate, known) + 0.01  # known records ascended too
 
 
 def test_participant_upload_is_its_honest_update_plus_the_ascent_step(tmp_path_factory):
@@ -75,7 +78,7 @@ def test_participant_upload_is_its_honest_update_plus_the_ascent_step(tmp_path_f
     ledger = run.membership
     own = ledger.loc[ledger["client"] == 2, "record_id"].to_numpy()
     x, y = run.records(own)
-    tx, ty = run.records(target_ids(ledger))
+    tx, ty = run.records(ascended_ids(ledger, run.config))  # targets and known records alike
     for round_number in range(1, ROUNDS + 1):
         model = run.model(round_number - 1)  # the global model it was sent
         seed = client_seed(run.config.seed, round_number, 2)

@@ -14,18 +14,29 @@ from attackers.active.curious_participant import Mod, make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from fedsim.config import Config
 from fedsim.datasets import pool_for
+from fedsim.membership import attacker_known
 from fedsim.models import model_for
 
 
 def target_ids(ledger: pd.DataFrame) -> np.ndarray:
+    """`(n_targets,)` record ids of the targets the attacker is evaluated on."""
     return ledger.loc[ledger["target"], "record_id"].to_numpy()
+
+
+def ascended_ids(ledger: pd.DataFrame, config: Config) -> np.ndarray:
+    """`(n,)` record ids the active attacker manipulates: the targets and its known records.
+
+    It cannot tell members from non-members, so it treats every record it will score or learn
+    from alike: the attack model then trains on records that got the treatment it is evaluated on.
+    """
+    return ledger.loc[ledger["target"] | attacker_known(ledger, config), "record_id"].to_numpy()
 
 
 def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, dict[int, int]], Strategy] | None:
     """Wraps the strategy in a CuriousServer when the server is the adversary."""
     if config.adversary.role != "server":
         return None
-    ids = target_ids(ledger)
+    ids = ascended_ids(ledger, config)
 
     def wrap(strategy: Strategy, partitions: dict[int, int]) -> Strategy:
         return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool_for(config.data).take(ids))
@@ -37,7 +48,7 @@ def participant_mods(config: Config, ledger: pd.DataFrame) -> list[Mod]:
     """The curious participant's mod, when a participant is the adversary."""
     if config.adversary.role != "participant":
         return []
-    ids = target_ids(ledger)
+    ids = ascended_ids(ledger, config)
 
     def load_targets():
         return pool_for(config.data).take(ids)

@@ -33,7 +33,8 @@ def make_participant_mod(adversary: AdversaryConfig, make_model: Callable[[], nn
             return reply
         honest = reply.content["arrays"].to_torch_state_dict()
         reply.content["arrays"] = ArrayRecord(
-            ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}")
+            ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}",
+                            step_norm=adversary.step_norm)
         )
         return reply
 

@@ -58,7 +58,7 @@ class CuriousServer(StrategyWrapper):
         if not self.acts_in(server_round):
             return start
         state = ascent_step(self.make_model(), start.to_torch_state_dict(), *self.targets, self.adversary.gamma,
-                            where=f" of round {server_round}")
+                            where=f" of round {server_round}", step_norm=self.adversary.step_norm)
         return ArrayRecord(state)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

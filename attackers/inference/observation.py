@@ -57,6 +57,9 @@ class Observation:
     reference_models: Callable[[int], list[nn.Module]] | None = None  # other clients' models (server only)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where features are computed (kept on CPU)
     _cache: dict = field(default_factory=dict, repr=False)
+    # what the observer held before each observed snapshot was trained: the server's broadcast to the
+    # victim (the aggregate when nothing else was sent), the participant's own upload
+    load_sent: Callable[[int], nn.Module] | None = None
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
         """The snapshots observed by round `last_round`.
@@ -74,7 +77,18 @@ class Observation:
             A view on the same run sharing this one's cache.
         """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
-        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache)
+        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache,
+                           self.load_sent)
+
+    def sent_features(self, ids: np.ndarray, round_number: int) -> Features | None:
+        """Features of records on what was sent before the round's snapshot was trained (None when unknown)."""
+        if self.load_sent is None:
+            return None
+        key = ("sent-features", round_number, tuple(np.asarray(ids).tolist()))
+        if key not in self._cache:
+            x, y = self.load_records(ids)
+            self._cache[key] = extract(self.load_sent(round_number), x, y, "last", self.memory_budget)
+        return self._cache[key]
 
     def model(self, round_number: int) -> nn.Module:
         """The snapshot of `round_number` (loaded once, then cached).

@@ -22,6 +22,7 @@ from attackers.inference.baselines import (
     TrajectoryAttack,
 )
 from attackers.inference.calibrated import FedMIAAttack, LiRAAttack, RMIAAttack
+from attackers.inference.manipulation import SentReturnedAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
 from fedsim.errors import FedsimError
@@ -29,7 +30,8 @@ from fedsim.registry import Registry
 
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
-             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack):
+             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack,
+             SentReturnedAttack):
     ATTACKS.add(_cls.name, _cls)
 
 

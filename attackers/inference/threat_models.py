@@ -21,9 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from attackers.inference.observation import Observation
+from fedsim.layout import client_file
 from fedsim.membership import ATTACK_TRAIN, match_labels
+from fedsim.models import model_for
 from fedsim.run import Run
 from fedsim.training import resolve_device
 
@@ -89,6 +92,16 @@ def _balanced(ids: np.ndarray, members: np.ndarray, labels: np.ndarray, seed: in
     return chosen, np.isin(chosen, inside)
 
 
+def sent_model(run: Run, round_number: int, client: int):
+    """What the server sent `client` in a round: its recorded broadcast, else the previous aggregate."""
+    if (run.folder / client_file(round_number, client, "broadcast")).exists():
+        with torch.random.fork_rng(devices=[]):
+            model = model_for(run.config)
+        model.load_state_dict(run.state(round_number, client, kind="broadcast"))
+        return model.eval()
+    return run.model(round_number - 1)
+
+
 def attacker_view(run: Run) -> AttackerView | None:
     """The configured adversary's view of the run.
 
@@ -127,13 +140,18 @@ def attacker_view(run: Run) -> AttackerView | None:
         def references(round_number: int):
             return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
 
-        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references, device=device)
+        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references,
+                                  device=device, load_sent=lambda r: sent_model(run, r, victim))
         target = f"client-{victim:03d}"
     elif adversary.role == "server":  # under secure aggregation: the aggregates it computes
         observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device)
         target = "global"
     else:  # round r: the global model of round r - 1, which the participant trained from
         received = [r for r in trained if victim in run.received(r)]
-        observation = Observation(received, lambda r: run.model(r - 1), run.records, budget, device=device)
+
+        def own_upload(r: int):  # before global r - 1 came back, the participant held its own upload of round r - 1
+            return run.model(r - 1, victim) if r >= 2 and victim in run.clients(r - 1) else run.model(r - 1)
+
+        observation = Observation(received, lambda r: run.model(r - 1), run.records, budget, device=device, load_sent=own_upload)
         target = "others"
     return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)

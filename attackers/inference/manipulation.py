@@ -1,0 +1,75 @@
+"""Signals that read the manipulation: how each record's loss and gradient norm changed between
+what the attacker sent (or uploaded) and what came back.
+
+The active attacker knows what it put into the round. The curious server holds the model it sent
+the victim (recorded under broadcast/, or the aggregate when it sent nothing else) and the
+victim's reply; the curious participant holds its own (ascended) upload and the next global
+model. Training pulls a member's loss down from where the sent model put it, much more than a
+non-member's (Nasr et al., S&P 2019, section on the active attack: after a gradient-ascent step
+on a target, SGD on a member sharply reduces its loss again). The attack reads, per observed
+round, the loss and gradient norm on the sent model and on the returned one and their changes,
+and combines them with a logistic regression fitted on the known records (which the attacker
+ascended like the targets). Without a manipulation it is a passive "change of loss" attack, so
+active and passive runs can be compared on the same attack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.observation import Observation
+from fedsim.errors import FedsimError
+
+
+class SentReturnedParams(AttackParams):
+    """Parameters of the sent-vs-returned attack."""
+
+    max_iter: int = Field(1000, ge=1, description="iterations of the logistic regression's lbfgs solver")
+
+
+class SentReturnedAttack(MembershipInferenceAttack):
+    """Per observed round: log-loss and log gradient norm on the sent and the returned model, and
+    their changes (sent minus returned), combined by a logistic regression (sklearn, lbfgs:
+    deterministic) fitted on the attacker's known records.
+    """
+
+    name = "sent_returned"
+    multi_round = True
+    deterministic = True
+    Params = SentReturnedParams
+
+    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=self.params.max_iter))
+        self.threshold = 0.5
+
+    def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Features, shape (n_records, 6 * n_rounds): per round the sent and returned log-loss
+        (nats) and log gradient norm (L2 over all parameters), and both changes.
+        """
+        columns = []
+        for round_number in observation.rounds:
+            sent = observation.sent_features(ids, round_number)
+            if sent is None:
+                raise FedsimError("attack 'sent_returned': this threat model records no sent model (secure aggregation); "
+                                  "use it with a curious server that sees the victim's updates, or a participant")
+            returned = observation.features(ids, round_number)
+            loss_sent, loss_back = torch.log(sent.loss + 1e-12), torch.log(returned.loss + 1e-12)
+            norm_sent, norm_back = torch.log(sent.gradient_norm + 1e-12), torch.log(returned.gradient_norm + 1e-12)
+            columns += [loss_sent, loss_back, loss_sent - loss_back, norm_sent, norm_back, norm_sent - norm_back]
+        return torch.stack(columns, 1).numpy()
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> SentReturnedAttack:
+        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self."""
+        self.model.fit(self.signals(observation, ids), members)
+        return self
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Member probability in [0, 1], shape (n_records,)."""
+        return self.model.predict_proba(self.signals(observation, ids))[:, 1]

@@ -1,0 +1,66 @@
+"""The ascent step against torch.autograd, its scale-free size, and the records it covers (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attackers.active.adversary import ascended_ids, target_ids
+from attackers.active.gradient_ascent import ascent_step
+from attackers.inference.threat_models import _balanced
+from conftest import small_config
+from fedsim.datasets import pool_for
+from fedsim.membership import ATTACK_TRAIN, attacker_known, build_ledger
+from fedsim.models import build_model
+
+
+def _flat(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([state[n].flatten() for n in names])
+
+
+def _records(n: int, shape: tuple[int, ...], classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def test_gamma_step_is_w_plus_gamma_times_the_mean_loss_gradient_from_autograd():
+    torch.manual_seed(0)
+    model = build_model("fcn", (64,), 10, {"hidden": [32, 16]})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _records(50, (64,))
+    new = ascent_step(build_model("fcn", (64,), 10, {"hidden": [32, 16]}), state, x, y, gamma=0.3, batch_size=7)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), list(params.values()))  # mean over the records
+    for (name, p), g in zip(params.items(), grads):
+        torch.testing.assert_close(new[name], p.detach() + 0.3 * g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("fcn", (64,)), ("mnist_cnn", (1, 28, 28)), ("alexnet_cifar", (3, 32, 32))])
+def test_step_norm_sets_the_steps_l2_norm_as_a_fraction_of_the_parameters_norm(name, shape):
+    torch.manual_seed(1)
+    model = build_model(name, shape, 10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    x, y = _records(16, shape)
+    new = ascent_step(build_model(name, shape, 10), state, x, y, gamma=123.0, step_norm=0.01)
+    step = _flat(new, names) - _flat(state, names)
+    assert torch.linalg.vector_norm(step).item() == pytest.approx(0.01 * torch.linalg.vector_norm(_flat(state, names)).item(), rel=1e-4)
+    params = dict(model.named_parameters())  # the direction is the loss gradient's (the paper's, sum or mean alike)
+    grads = torch.cat([g.flatten() for g in torch.autograd.grad(nn.functional.cross_entropy(model(x), y), list(params.values()))])
+    assert nn.functional.cosine_similarity(step, grads, dim=0).item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("role", ["server", "participant"])
+def test_known_records_are_ascended_with_the_targets(role):
+    config = small_config(f"adversary.role={role}", "adversary.mode=gradient-ascent", "adversary.victim=1")
+    ledger = build_ledger(config, pool_for(config.data))
+    ascended = set(ascended_ids(ledger, config).tolist())
+    known = ledger.loc[attacker_known(ledger, config), "record_id"]
+    assert set(target_ids(ledger).tolist()) <= ascended and set(known.tolist()) <= ascended
+    assert ascended == set(target_ids(ledger).tolist()) | set(known.tolist())
+    assert (ledger.loc[ledger["record_id"].isin(known), "role"] == ATTACK_TRAIN).all()
+    # everything the attack model is fitted on (threat_models' balanced known records) got the treatment
+    train_ids, _ = _balanced(known.to_numpy(), ledger.set_index("record_id").loc[known, "member"].to_numpy(bool), config.seed)
+    assert np.isin(train_ids, list(ascended)).all()

@@ -1,0 +1,53 @@
+"""The sent-vs-returned attack reads what the attacker sent and what came back (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from attackers.active.gradient_ascent import ascent_step
+from attackers.inference.observation import Observation
+from attackers.inference.registry import make_attack
+from fedsim.models import build_model
+
+
+def _setup():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 20, generator=g)
+    y = torch.randint(0, 4, (400,), generator=g)
+    torch.manual_seed(0)
+    sent = build_model("fcn", (20,), 4, {"hidden": [64]})
+    # the attacker ascends every record it will score or learn from, then the victim trains on its members
+    sent.load_state_dict(ascent_step(build_model("fcn", (20,), 4, {"hidden": [64]}), sent.state_dict(), x, y, gamma=0.0, step_norm=0.05))
+    returned = build_model("fcn", (20,), 4, {"hidden": [64]})
+    returned.load_state_dict(sent.state_dict())
+    members = np.arange(400) % 2 == 0
+    optimizer = torch.optim.SGD(returned.parameters(), lr=0.5)
+    for _ in range(200):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(returned(x[members]), y[members]).backward()
+        optimizer.step()
+    observation = Observation([1], lambda r: returned.eval(), lambda ids: (x[ids], y[ids]), load_sent=lambda r: sent.eval())
+    return observation, members, sent, returned, x, y
+
+
+def test_signals_are_the_losses_on_the_sent_and_returned_models_and_their_change():
+    observation, _, sent, returned, x, y = _setup()
+    ids = np.arange(10)
+    signals = make_attack("sent_returned").signals(observation, ids)
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(sent(x[ids]), y[ids], reduction="none").log()
+        after = nn.functional.cross_entropy(returned(x[ids]), y[ids], reduction="none").log()
+    np.testing.assert_allclose(signals[:, 0], before.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(signals[:, 1], after.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(signals[:, 2], (before - after).numpy(), rtol=1e-4, atol=1e-5)
+    assert signals.shape == (10, 6)
+
+
+def test_the_change_from_sent_to_returned_separates_members_on_records_it_never_fitted():
+    observation, members, *_ = _setup()
+    ids = np.arange(400)
+    attack = make_attack("sent_returned").fit(observation, ids[:200], members[:200])
+    assert roc_auc_score(members[200:], attack.score(observation, ids[200:])) > 0.8
