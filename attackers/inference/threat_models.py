@@ -25,7 +25,7 @@ import torch
 
 from attackers.inference.observation import Observation
 from fedsim.layout import client_file
-from fedsim.membership import ATTACK_TRAIN, match_labels
+from fedsim.membership import attacker_known, match_labels
 from fedsim.models import model_for
 from fedsim.run import Run
 from fedsim.training import resolve_device
@@ -119,13 +119,8 @@ def attacker_view(run: Run) -> AttackerView | None:
     if adversary.role == "none":
         return None
     ledger: pd.DataFrame = run.membership
-    client = ledger["client"]
     victim = adversary.victim
-    if adversary.role == "server":
-        member_side = (client == victim).fillna(False)
-    else:
-        member_side = (ledger["member"] & (client != victim)).fillna(False)
-    known = (ledger["role"] == ATTACK_TRAIN) & (member_side | ~ledger["member"])
+    known = attacker_known(ledger, run.config)  # the records an active attacker also ascends
     train_ids, train_members = _balanced(ledger.loc[known, "record_id"].to_numpy(), ledger.loc[known, "member"].to_numpy(bool),
                                       run.pool.labels.numpy(), run.config.seed)
     targets = ledger[ledger["target"]]
