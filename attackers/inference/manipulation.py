@@ -10,7 +10,8 @@ on a target, SGD on a member sharply reduces its loss again). The attack reads, 
 round, the loss and gradient norm on the sent model and on the returned one and their changes,
 and combines them with a logistic regression fitted on the known records (which the attacker
 ascended like the targets). Without a manipulation it is a passive "change of loss" attack, so
-active and passive runs can be compared on the same attack.
+active and passive runs can be compared on the same attack. Where the threat model records no
+sent model (the server under secure aggregation), the changes are 0 and it reads the levels only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from sklearn.preprocessing import StandardScaler
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.observation import Observation
-from fedsim.errors import FedsimError
 
 
 class SentReturnedParams(AttackParams):
@@ -55,11 +55,9 @@ class SentReturnedAttack(MembershipInferenceAttack):
         """
         columns = []
         for round_number in observation.rounds:
-            sent = observation.sent_features(ids, round_number)
-            if sent is None:
-                raise FedsimError("attack 'sent_returned': this threat model records no sent model (secure aggregation); "
-                                  "use it with a curious server that sees the victim's updates, or a participant")
             returned = observation.features(ids, round_number)
+            # without a known sent model (secure aggregation), the changes are 0: loss and gradient norm only
+            sent = observation.sent_features(ids, round_number) or returned
             loss_sent, loss_back = torch.log(sent.loss + 1e-12), torch.log(returned.loss + 1e-12)
             norm_sent, norm_back = torch.log(sent.gradient_norm + 1e-12), torch.log(returned.gradient_norm + 1e-12)
             columns += [loss_sent, loss_back, loss_sent - loss_back, norm_sent, norm_back, norm_sent - norm_back]
