@@ -81,9 +81,21 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv, fragment):
     assert "Traceback" not in captured.err and captured.out == ""
 
 
-def test_config_digest_names_the_config():
-    assert Config().digest() == Config().digest()
-    assert Config().digest() != load_config(None, ["seed=1"]).digest()
+def test_config_digest_names_the_config(tmp_path):
+    import hashlib
+    import json
+
+    config = load_config(None, ["seed=3", "train.rounds=4"], default_file=False)
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(", ", ": "))
+    assert config.digest() == hashlib.sha256(canonical.encode()).hexdigest()
+    # the same config written with keys in another order, or reached by --set, has the same digest
+    dumped = config.model_dump(mode="json")
+    reordered = write(tmp_path, json.dumps(dict(reversed(list(dumped.items())))), "reordered.yaml")
+    assert load_config(reordered).digest() == config.digest()
+    from_set = load_config(write(tmp_path, json.dumps({**dumped, "seed": 0}), "seed0.yaml"), ["seed=3"])
+    assert from_set.digest() == config.digest()
+    assert load_config(None, ["seed=4", "train.rounds=4"], default_file=False).digest() != config.digest()
+    assert load_config(None, ["seed=3", "train.rounds=5"], default_file=False).digest() != config.digest()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import attackers.inference.features as features_module
 from attackers.inference.features import extract, parametrised_layers
 from fedsim.models import build_model
 
@@ -18,26 +19,43 @@ def reference(model, x, y):
         loss = nn.functional.cross_entropy(model(xi[None]), yi[None])
         loss.backward()
         losses.append(loss.item())
-        grads.append({name: dict(model.named_modules())[name].weight.grad.clone() for name in parametrised_layers(model)})
+        modules = dict(model.named_modules())
+        grads.append({name: (modules[name].weight.grad.clone(), None if getattr(modules[name], "bias", None) is None else modules[name].bias.grad.clone())
+                      for name in parametrised_layers(model)})
         norms.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())).item())
     return torch.tensor(losses), grads, torch.tensor(norms)
 
 
 @pytest.mark.parametrize("layers", ["all", "last"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_features_match_a_per_example_backward_loop(name, layers):
+def test_features_match_a_per_example_backward_loop(name, layers, monkeypatch):
     shape, args = CASES[name]
     torch.manual_seed(0)
     model = build_model(name, shape, 10, args).eval()
     x, y = torch.randn(12, *shape), torch.randint(0, 10, (12,))
-    features = extract(model, x, y, layers=layers, memory_budget=8 << 20)  # small budget: several chunks
+    chunks = []
+    real_chunk = features_module._extract_chunk
+
+    def counted(model, x, *args):
+        chunks.append(len(x))
+        return real_chunk(model, x, *args)
+
+    monkeypatch.setattr(features_module, "_extract_chunk", counted)
+    budget = 1 << 12  # small enough that every model's features come in several chunks (one example each)
+    features = extract(model, x, y, layers=layers, memory_budget=budget)
+    assert len(chunks) >= 2 and sum(chunks) == 12, chunks
     losses, grads, norms = reference(model, x, y)
     torch.testing.assert_close(features.loss, losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(features.gradient_norm, norms, rtol=1e-5, atol=1e-6)
     for layer, gradient in features.gradients.items():
-        expected = torch.stack([g[layer] for g in grads])
+        expected = torch.stack([g[layer][0] for g in grads])
         torch.testing.assert_close(gradient.weight_gradient(), expected, rtol=1e-5, atol=1e-6)
-    assert features.probabilities.shape == (12, 10) and torch.equal(features.labels, y)
+        if grads[0][layer][1] is not None:
+            expected_bias = torch.stack([g[layer][1] for g in grads])
+            torch.testing.assert_close(gradient.bias.reshape(expected_bias.shape), expected_bias, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(features.probabilities, torch.softmax(model(x), dim=1), rtol=1e-5, atol=1e-6)
+    assert torch.equal(features.labels, y)
     assert len(features.gradients) == (len(grads[0]) if layers == "all" else 1)
 
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -20,21 +21,26 @@ def recorded(tmp_path):
     recorder = Recorder(tmp_path / "run", config)
     recorder.start(lambda folder: save_ledger(ledger, folder))
     torch.manual_seed(0)
-    states = [build_model("fcn", (64,), 10, config.model.args).state_dict() for _ in range(3)]
+    # a distinct state per file: loading the wrong round, client or kind gives other numbers
+    states = [build_model("fcn", (64,), 10, config.model.args).state_dict() for _ in range(5)]
     recorder.record_round(0, states[0])
-    recorder.record_round(1, states[0], {0: (states[1], 60), 1: (states[2], 60)}, broadcast={1: states[2]})
+    recorder.record_round(1, states[3], {0: (states[1], 60), 1: (states[2], 45)}, broadcast={1: states[4]})
     return recorder, states, ledger
 
 
 def test_a_recorded_round_reloads_bit_identically(recorded):
     recorder, states, ledger = recorded
     run = Run.open(recorder.folder)
-    assert run.rounds == [0, 1] and run.clients(1) == [0, 1] and run.num_examples(1, 0) == 60
-    for name, tensor in states[1].items():
-        assert torch.equal(run.state(1, client=0)[name], tensor)
-    assert all(torch.equal(run.state(1, 1, kind="broadcast")[k], v) for k, v in states[2].items())
-    model = run.model(1)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in states[0].items())
+    assert run.rounds == [0, 1] and run.clients(1) == [0, 1] and (run.num_examples(1, 0), run.num_examples(1, 1)) == (60, 45)
+    assert len({tuple(s["0.weight"].flatten()[:3].tolist()) for s in states}) == len(states)  # the fixture's states differ
+    expected = {(0, None, "clients"): states[0], (1, None, "clients"): states[3], (1, 0, "clients"): states[1],
+                (1, 1, "clients"): states[2], (1, 1, "broadcast"): states[4]}
+    for (round_number, client, kind), state in expected.items():
+        loaded = run.state(round_number, client, kind=kind) if client is not None else run.state(round_number)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items()), (round_number, client, kind)
+    for round_number, state in ((0, states[0]), (1, states[3])):
+        assert all(torch.equal(run.model(round_number).state_dict()[k], v) for k, v in state.items())
+    assert all(torch.equal(run.model(1, 1).state_dict()[k], v) for k, v in states[2].items())
     assert run.membership.equals(ledger)
     x, y = run.records(ledger["record_id"][:3])
     assert x.shape == (3, 64) and y.dtype == torch.int64
@@ -44,9 +50,24 @@ def test_manifest_lists_every_file_with_sha256_and_stays_running_until_finished(
     recorder, _, _ = recorded
     manifest = json.loads((recorder.folder / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["rounds_completed"] == 1
-    assert {"config.yaml", "membership.parquet", global_file(1), "rounds/0001/clients/client-000.safetensors"} <= set(manifest["files"])
+    def on_disk(prefix=""):
+        return {str(p.relative_to(recorder.folder)) for p in recorder.folder.rglob("*")
+                if p.is_file() and p.name != "manifest.json" and str(p.relative_to(recorder.folder)).startswith(prefix)}
+
+    def assert_listed_with_sha256(manifest):
+        for name, digest in manifest["files"].items():
+            assert digest == hashlib.sha256((recorder.folder / name).read_bytes()).hexdigest(), name
+
+    # while running: every record is listed (the metrics files are listed when the run finishes)
+    assert set(manifest["files"]) == on_disk() - on_disk("metrics/")
+    assert {"config.yaml", "membership.parquet", global_file(0), global_file(1), "rounds/0001/clients/client-000.safetensors",
+            "rounds/0001/clients/client-001.safetensors", "rounds/0001/broadcast/client-001.safetensors"} <= on_disk()
+    assert_listed_with_sha256(manifest)
     recorder.finish("complete")
     assert Run.open(recorder.folder).status == "complete"
+    manifest = json.loads((recorder.folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == on_disk()
+    assert_listed_with_sha256(manifest)
 
 
 def test_a_tampered_record_is_named_on_load(recorded):

@@ -18,11 +18,17 @@ def recorded_run(tmp_path, *overrides):
     recorder = Recorder(tmp_path / "run", config)
     recorder.start(lambda folder: save_ledger(ledger, folder))
     torch.manual_seed(0)
-    states = [build_model("fcn", (64,), 10, config.model.args).state_dict() for _ in range(4)]
-    recorder.record_round(0, states[0])
-    recorder.record_round(1, states[0], {c: (states[c + 1], 60) for c in range(3)})
+    # distinct states everywhere: globals[r] after round r, clients[r][c] what client c sent in round r
+    def state():
+        return build_model("fcn", (64,), 10, config.model.args).state_dict()
+
+    globals_ = [state() for _ in range(3)]
+    clients = {r: [state() for _ in range(3)] for r in (1, 2)}
+    recorder.record_round(0, globals_[0])
+    for r in (1, 2):
+        recorder.record_round(r, globals_[r], {c: (clients[r][c], 60) for c in range(3)})
     recorder.finish("complete")
-    return Run.open(recorder.folder), states
+    return Run.open(recorder.folder), globals_, clients
 
 
 def same(model, state):
@@ -30,11 +36,13 @@ def same(model, state):
 
 
 def test_server_observes_the_victims_local_models_and_knows_its_attack_train_members(tmp_path):
-    run, states = recorded_run(tmp_path, "adversary.victim=1")
+    run, _, clients = recorded_run(tmp_path, "adversary.victim=1")
     view = attacker_view(run)
-    assert view.attacker == "server" and view.target == "client-001" and view.observation.rounds == [1]
-    assert same(view.observation.model(1), states[2])
-    assert len(view.observation.reference_models(1)) == 2
+    assert view.attacker == "server" and view.target == "client-001" and view.observation.rounds == [1, 2]
+    for r in (1, 2):
+        assert same(view.observation.model(r), clients[r][1])
+        references = view.observation.reference_models(r)  # the other clients' models of that round: 0 and 2
+        assert len(references) == 2 and same(references[0], clients[r][0]) and same(references[1], clients[r][2])
     known = run.membership.set_index("record_id").loc[view.train_ids]
     assert (known["role"] == ATTACK_TRAIN).all() and set(known.loc[known["member"], "client"]) == {1}
     assert view.train_members.sum() == (~view.train_members).sum()
@@ -42,27 +50,28 @@ def test_server_observes_the_victims_local_models_and_knows_its_attack_train_mem
 
 
 def test_under_secure_aggregation_the_server_sees_only_the_aggregate(tmp_path):
-    run, states = recorded_run(tmp_path, "defense.secure_aggregation=true")
+    run, globals_, _ = recorded_run(tmp_path, "defense.secure_aggregation=true")
     view = attacker_view(run)
-    assert view.target == "global" and view.observation.reference_models is None
-    assert same(view.observation.model(1), states[0])
+    assert view.target == "global" and view.observation.reference_models is None and view.observation.rounds == [1, 2]
+    assert same(view.observation.model(1), globals_[1]) and same(view.observation.model(2), globals_[2])
 
 
 def test_participant_observes_global_models_and_targets_the_others(tmp_path):
-    run, states = recorded_run(tmp_path, "adversary.role=participant", "adversary.victim=2")
+    run, globals_, _ = recorded_run(tmp_path, "adversary.role=participant", "adversary.victim=2")
     view = attacker_view(run)
-    assert view.attacker == "participant" and view.target == "others" and same(view.observation.model(1), states[0])
+    assert view.attacker == "participant" and view.target == "others" and view.observation.rounds == [1, 2]
+    assert same(view.observation.model(1), globals_[1]) and same(view.observation.model(2), globals_[2])
     known = run.membership.set_index("record_id").loc[view.train_ids]
     assert 2 not in set(known.loc[known["member"], "client"])
 
 
 def test_the_features_memory_budget_reaches_the_observation(tmp_path):
-    run, _ = recorded_run(tmp_path, "features.memory_budget_gib=0.25")
+    run, *_ = recorded_run(tmp_path, "features.memory_budget_gib=0.25")
     assert attacker_view(run).observation.memory_budget == 1 << 28
 
 
 def test_no_adversary_no_view(tmp_path):
-    run, _ = recorded_run(tmp_path, "adversary.role=none")
+    run, *_ = recorded_run(tmp_path, "adversary.role=none")
     assert attacker_view(run) is None
 
 
