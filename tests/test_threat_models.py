@@ -60,7 +60,8 @@ def test_participant_observes_global_models_and_targets_the_others(tmp_path):
     run, globals_, _ = recorded_run(tmp_path, "adversary.role=participant", "adversary.victim=2")
     view = attacker_view(run)
     assert view.attacker == "participant" and view.target == "others" and view.observation.rounds == [1, 2]
-    assert same(view.observation.model(1), globals_[1]) and same(view.observation.model(2), globals_[2])
+    # round r: the global model of round r - 1, which it received and trained from
+    assert same(view.observation.model(1), globals_[0]) and same(view.observation.model(2), globals_[1])
     known = run.membership.set_index("record_id").loc[view.train_ids]
     assert 2 not in set(known.loc[known["member"], "client"])
 
