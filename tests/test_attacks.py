@@ -1,6 +1,8 @@
 """Inference attacks on a model trained here (no simulation): they find real members, and
 find nothing when 'members' and non-members come from the same unused pool."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,14 +17,28 @@ from fedsim.models import build_model
 from fedsim.training import train_locally
 
 
-@pytest.fixture(scope="module")
-def overfit():
-    """Two snapshots of an fcn overfitting 300 Location records; the other records were never seen.
+def synthetic_location(folder: Path, rows: int = 2000, seed: int = 0) -> Path:
+    """A file in Location's format (label "1".."30", then 446 binary features): each class a sparse
+    binary prototype, each record its class's prototype with 30% of the bits flipped. Written here,
+    so the real-member check runs on any clone (the real Location data is under ../shared/data)."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((30, 446)) < 0.1
+    labels = rng.integers(0, 30, rows)
+    features = prototypes[labels] ^ (rng.random((rows, 446)) < 0.3)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bangkok").write_text("".join(f'"{y + 1}",' + ",".join(map(str, x.astype(int))) + "\n" for y, x in zip(labels, features)))
+    return folder
+
+
+@pytest.fixture(scope="module", params=["synthetic-location", "location"])
+def overfit(request, tmp_path_factory):
+    """Two snapshots of an fcn overfitting 300 Location(-format) records; the other records were never seen.
 
     Three reference models ("other clients") train the same way on 300 other records each, as
     the OUT references of the calibrated attacks (fedmia, lira, rmia).
     """
-    pool = load_pool("location", str(shared_data("location")))
+    real = request.param == "location"
+    pool = load_pool("location", str(shared_data("location") if real else synthetic_location(tmp_path_factory.mktemp("location"))))
     order = np.random.default_rng(0).permutation(len(pool))
     members, unused = order[:300], order[300:1100]
     torch.manual_seed(0)
