@@ -2,6 +2,7 @@
 
     python benchmarks/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
     python benchmarks/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
+    python benchmarks/privacy_audit.py plot RUN_DIR OUT.png       # the report's privacy-audit figure
 
 `strength`: every attack side by side (mean and standard deviation over the runs' last round:
 TPR at FPR 1e-2 and 1e-3 where measurable, i.e. with >= 1/FPR non-member targets, AUC,
@@ -92,5 +93,17 @@ def dp(folders: list[str]) -> None:
               f"| {attacks} | {group['accuracy'].mean():.3f} | {group['best_auc'].mean():.3f} | {group['violations'].sum()} / {group['rows'].sum()} |")
 
 
+def plot(folder: str, out: str) -> None:
+    """The report's privacy-audit figure of one run, from its leakage-final.csv (or leakage.csv)."""
+    from fedsim import plots
+
+    run = Run.open(folder)
+    training = pd.read_csv(Path(folder) / "metrics/training.csv")
+    Path(out).write_bytes(plots.png(plots.privacy_audit(_leakage(folder), accountant_epsilon(run.config, training))))
+
+
 if __name__ == "__main__":
-    {"strength": strength, "dp": dp}[sys.argv[1]](sys.argv[2:])
+    if sys.argv[1] == "plot":
+        plot(sys.argv[2], sys.argv[3])
+    else:
+        {"strength": strength, "dp": dp}[sys.argv[1]](sys.argv[2:])
