@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 
 from fedsim.errors import FedsimError
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: parameters and steps are float32
 QUICKSTART = "quickstart.yaml"  # shipped inside the package; configs/quickstart.yaml in the checkout links to it
 
 
@@ -46,6 +47,14 @@ class DataConfig(Section):
     test_records: int = Field(500, ge=1)
 
 
+def _float32_step(value: float) -> float:
+    """A step size the float32 parameters can take: a larger one overflows to inf in the first update."""
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{value:g} is beyond float32's largest number ({FLOAT32_MAX:.4g}), the precision the model trains in; "
+                         "give a finite step such as 0.05")
+    return value
+
+
 class ModelConfig(Section):
     name: str = "fcn"
     args: dict[str, Any] = Field(default_factory=dict)
@@ -55,10 +64,12 @@ class TrainConfig(Section):
     rounds: int = Field(20, ge=1)
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+
+    _lr_in_float32 = field_validator("lr")(_float32_step)
 
 
 class StrategyConfig(Section):
@@ -73,9 +84,11 @@ class AdversaryConfig(Section):
     isolate: bool = False
     victim: int = Field(0, ge=0)
     target_records: int = Field(200, ge=0)
-    gamma: float = Field(1.0, gt=0)  # step = gamma * gradient of the ascended records' mean loss
+    gamma: float = Field(1.0, gt=0, allow_inf_nan=False)  # step = gamma * gradient of the ascended records' mean loss
     step_norm: float | None = Field(None, gt=0)  # scale-free: step's L2 norm = step_norm * parameters' L2 norm (overrides gamma)
     active_rounds: list[int] | None = None
+
+    _gamma_in_float32 = field_validator("gamma")(_float32_step)
 
 
 class DPSGDConfig(Section):
@@ -105,6 +118,15 @@ class RecordConfig(Section):
 class FaultsConfig(Section):
     client_error_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that its training raises
     client_dropout_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that it never replies
+    # rounds in which no client update arrived that the run tolerates before it stops as failed;
+    # null: none when no faults are injected (any such round stops it), unlimited when they are
+    max_failed_rounds: int | None = Field(None, ge=0)
+
+    def failed_round_limit(self) -> int | None:
+        """`max_failed_rounds` resolved: None means no limit."""
+        if self.max_failed_rounds is not None:
+            return self.max_failed_rounds
+        return None if self.client_error_rate > 0 or self.client_dropout_rate > 0 else 0
 
 
 class AttackConfig(Section):

@@ -163,7 +163,7 @@ def simulate_engine(config: Config) -> Engine:
     """The default engine: Flower's Ray simulation with one virtual SuperNode per client."""
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
-        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend)
+        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, plan.recorder.folder / RUN_LOG)
 
     return run
 
@@ -273,7 +273,8 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, pool.take(test_ids), config.train.rounds, config.seed,
                       show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
                       adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed,
-                      secure_aggregation=config.defense.secure_aggregation)
+                      secure_aggregation=config.defense.secure_aggregation, max_failed_rounds=config.faults.failed_round_limit(),
+                      adversary_gamma=config.adversary.mode == "gradient-ascent")
     client_app = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "

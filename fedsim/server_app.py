@@ -9,6 +9,7 @@ the new aggregate, round by round. Under secure aggregation it sits inside
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from fedsim.errors import FedsimError, fatal_message
 from fedsim.faults import DropoutGrid, FaultPlan
 from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, partition_of
 from fedsim.recorder import Recorder
@@ -93,15 +95,28 @@ class PartitionOrderedGrid:
         return getattr(self._grid, name)
 
 
+def client_error(reply: Message) -> str:
+    """The message of a failed reply's error, as the engine passed it (one line)."""
+    reason = reply.error.reason if reply.error is not None else ""
+    text = reason.split("Message:", 1)[1] if "Message:" in reason else reason  # "<class ...>:<'... Message: text'>"
+    return " ".join(text.strip().removesuffix("'>").split()) or f"error code {reply.error.code if reply.error else '?'}"
+
+
 class RecordingStrategy(StrategyWrapper):
     """Delegates to `inner`; records each round's client replies, aggregate, and what was sent
     to a client where it was not the aggregate (what an active adversary changed).
+
+    A round in which no client update arrived is a failed round (the aggregate is unchanged);
+    beyond `max_failed_rounds` of them (None: no limit) the run stops with a FedsimError naming
+    the first client error and its message. A client's `FatalClientError` stops it at once.
     """
 
-    def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int]):
+    def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int], max_failed_rounds: int | None = None):
         super().__init__(inner)
         self.recorder = recorder
         self.partitions = partitions
+        self.max_failed_rounds = max_failed_rounds
+        self.failed_rounds: list[int] = []
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
         self.sent: set[int] = set()
@@ -128,6 +143,7 @@ class RecordingStrategy(StrategyWrapper):
             if partition_of(r) != AGGREGATE
         }
         summed = [list(r.content[CLIENT_RECORD][CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
+        self._stop_on_failures(server_round, replies, arrived=bool(received) or bool(summed and summed[0]))
         self.client_metrics = {server_round: {partition_of(r): r.content["metrics"] for r in ok}}  # this round's only
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         new_global = arrays if arrays is not None else self.current
@@ -139,6 +155,25 @@ class RecordingStrategy(StrategyWrapper):
         self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss,
                                    secure_sum=summed[0] if summed else None)
         return arrays, metrics
+
+    def _stop_on_failures(self, server_round: int, replies: list[Message], arrived: bool) -> None:
+        errors = [(self.partitions.get(r.metadata.src_node_id, -1), client_error(r)) for r in replies if r.has_error()]
+        for _, message in errors:
+            fatal = fatal_message(message)
+            if fatal is not None:
+                raise FedsimError(f"round {server_round}: {fatal}")
+        if arrived:
+            return
+        self.failed_rounds.append(server_round)
+        if self.max_failed_rounds is None or len(self.failed_rounds) <= self.max_failed_rounds:
+            return
+        if errors:
+            client, message = errors[0]
+            why = f"{len(errors)} client(s) failed; the first, client {client}: {message}"
+        else:
+            why = "every sampled client dropped out or timed out"
+        raise FedsimError(f"round {server_round}: no client update arrived ({why}); failed rounds {self.failed_rounds} exceed "
+                          f"faults.max_failed_rounds ({self.max_failed_rounds}); client tracebacks are in run.log")
 
     def privacy_columns(self, server_round: int) -> dict[str, float]:
         """epsilon_max and, where the server saw individual replies, epsilon per client (DP-SGD)."""
@@ -185,6 +220,23 @@ class RoundClock(StrategyWrapper):
         return self.inner.aggregate_evaluate(server_round + self.offset, replies)
 
 
+def check_finite(server_round: int, test_loss: float, state: dict[str, torch.Tensor], ascent: bool = False) -> None:
+    """Stop a diverged run: a non-finite test loss or parameter of the global model.
+
+    Raises
+    ------
+    FedsimError
+        One line naming the round and the knob to lower (train.lr; adversary.gamma too when an
+        active adversary takes gradient-ascent steps).
+    """
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if math.isfinite(test_loss) and not bad:
+        return
+    what = f"parameter {bad[0]} is not finite" if bad else f"the test loss is {test_loss}"
+    knob = "lower train.lr or adversary.gamma" if ascent else "lower train.lr"
+    raise FedsimError(f"round {server_round}: training diverged ({what} in the global model); {knob}")
+
+
 @dataclass
 class ServerPlan:
     """What the server needs: the strategy, the initial model, the test split, where to report."""
@@ -203,6 +255,8 @@ class ServerPlan:
     resumed: Run | None = None  # an interrupted run to continue after its last complete round; `model` holds that round's global
     error: BaseException | None = None  # what stopped the server app (the engine only logs it)
     secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
+    max_failed_rounds: int | None = None  # rounds without any client update tolerated (None: no limit)
+    adversary_gamma: bool = False  # an active adversary's gradient ascent (adversary.gamma) also moves the models
 
 
 def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int = 1) -> list[Strategy]:
@@ -233,7 +287,7 @@ def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int
     if plan.resumed is not None and isinstance(inner, StrategyWrapper):
         inner.restore(plan.resumed, first_round - 1)
     stack: list[Strategy] = [inner] if inner is plan.strategy else [inner, plan.strategy]
-    stack.insert(0, RecordingStrategy(inner, plan.recorder, partitions))
+    stack.insert(0, RecordingStrategy(inner, plan.recorder, partitions, plan.max_failed_rounds))
     if plan.secure_aggregation:
         stack.insert(0, SecureAggregation(stack[0]))
     stack.insert(0, RoundClock(stack[0], first_round, plan.seed))
@@ -269,8 +323,10 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
     def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal started
         server_round = clock_round + clock.offset
-        plan.model.load_state_dict(arrays.to_torch_state_dict())
+        state = arrays.to_torch_state_dict()
+        plan.model.load_state_dict(state)
         result = evaluate(plan.model, *plan.test_data)
+        check_finite(server_round, result.loss, state, plan.adversary_gamma)
         info = plan.recorder.manifest["rounds"].get(str(server_round), {})
         row = {
             "round": server_round,

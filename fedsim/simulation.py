@@ -17,6 +17,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -33,8 +36,29 @@ def quiet_engine_logs() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="flwr")
 
 
-def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: BackendConfig) -> None:
-    """Run the apps on Flower's Ray simulation engine with `num_clients` virtual nodes.
+@contextmanager
+def engine_log(path: Path | None) -> Iterator[None]:
+    """Flower's log records (client tracebacks included) go to `path` (appended), not the terminal.
+
+    Flower logs every client exception with its Ray traceback at ERROR; fedsim reports a failed
+    round as one line, and the tracebacks stay in the run folder's run.log for whoever wants them.
+    """
+    logger = logging.getLogger("flwr")
+    saved = logger.handlers[:], logger.propagate
+    handler: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path is not None else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s flwr %(levelname)s: %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        handler.close()
+        logger.handlers, logger.propagate = saved
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: BackendConfig,
+             log_file: Path | None = None) -> None:
+    """Run the apps on Flower's Ray simulation engine with `num_clients` virtual nodes; the
+    engine's log (client tracebacks) goes to `log_file` (None: nowhere) instead of the terminal.
 
     Parameters
     ----------
@@ -48,6 +72,8 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
         cluster to attach to (else RAY_ADDRESS, else fedsim starts a local instance, see
         `start_local_engine`, which Ray shuts down at the interpreter's exit; an attached cluster
         is only disconnected from).
+    log_file : pathlib.Path, optional
+        Where Flower's log records go (`engine_log`), e.g. the run folder's run.log.
     """
     from flwr.simulation import run_simulation
 
@@ -62,7 +88,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
         "client_resources": {"num_cpus": backend.cpus_per_client, "num_gpus": backend.gpus_per_client},
         "init_args": init_args,
     }
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), engine_log(log_file):
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=server_app,

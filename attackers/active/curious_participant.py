@@ -16,6 +16,7 @@ from torch import nn
 
 from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
+from fedsim.errors import FatalClientError, FedsimError
 from fedsim.messages import PARTITION_KEY
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
@@ -32,10 +33,12 @@ def make_participant_mod(adversary: AdversaryConfig, make_model: Callable[[], nn
         if adversary.mode != "gradient-ascent" or (adversary.active_rounds is not None and server_round not in adversary.active_rounds):
             return reply
         honest = reply.content["arrays"].to_torch_state_dict()
-        reply.content["arrays"] = ArrayRecord(
-            ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}",
-                            step_norm=adversary.step_norm)
-        )
+        try:
+            state = ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}",
+                                step_norm=adversary.step_norm)
+        except FedsimError as exc:  # it would fail again every round: the server stops the run at once
+            raise FatalClientError(f"the curious participant (client {adversary.victim}): {exc}") from None
+        reply.content["arrays"] = ArrayRecord(state)
         return reply
 
     return curious_participant
