@@ -94,3 +94,34 @@ def test_unfold_equals_torchs(kernel, dilation, padding, stride):
 
     a = torch.randn(2, 3, 13, 11)
     assert torch.equal(unfold(a, kernel, dilation, padding, stride), nn.functional.unfold(a, kernel, dilation, padding, stride))
+
+
+def reference_activations(model, x, names):
+    """One forward pass per example, each chosen module's output captured by a hook."""
+    modules = dict(model.named_modules())
+    outputs = {name: [] for name in names}
+    for xi in x:
+        handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs[n].append(o.detach().flatten())) for n in names]
+        model(xi[None])
+        for handle in handles:
+            handle.remove()
+    return {name: torch.stack(rows) for name, rows in outputs.items()}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_activations_match_a_per_example_forward_loop(name):
+    shape, args = CASES[name]
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, args).eval()
+    x, y = torch.randn(12, *shape), torch.randint(0, 10, (12,))
+    hidden = parametrised_layers(model)[:-1]
+    features = extract(model, x, y, layers="last", memory_budget=8 << 20, activations="all")
+    assert list(features.activations) == hidden
+    expected = reference_activations(model, x, hidden)
+    for layer in hidden:
+        torch.testing.assert_close(features.activations[layer], expected[layer], rtol=1e-5, atol=1e-6)
+    named = [n for n, _ in model.named_modules() if n][:2]  # any submodule by name, e.g. an activation function's output
+    torch.testing.assert_close(extract(model, x, y, activations=named).activations[named[-1]], reference_activations(model, x, named)[named[-1]])
+    assert list(extract(model, x, y, activations="last").activations) == hidden[-1:]
+    with pytest.raises(ValueError, match="not modules of the model"):
+        extract(model, x, y, activations=["nope"])

@@ -120,6 +120,7 @@ class Features:
     labels: torch.Tensor  # (N,) true labels
     gradients: dict[str, LayerGradient] = field(default_factory=dict)  # chosen layers, by module name
     gradient_norm: torch.Tensor | None = None  # (N,) exact norm over all parameters
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)  # chosen modules' outputs, (N, features) each, by module name
 
     @property
     def one_hot(self) -> torch.Tensor:
@@ -151,6 +152,25 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
     if unknown:
         raise ValueError(f"layers {unknown} are not parametrised modules of the model; choose from {names}")
     return list(layers)
+
+
+def resolve_modules(model: nn.Module, names: str | Sequence[str] | None) -> list[str]:
+    """Modules whose outputs (activations) are read: None (none), 'all' or 'last' (of the
+    parametrised layers but the output layer, whose output the attack reads as probabilities),
+    or explicit module names (any submodule).
+    """
+    if not names:
+        return []
+    hidden = parametrised_layers(model)[:-1]
+    if names == "all":
+        return hidden
+    if names == "last":
+        return hidden[-1:]
+    known = [name for name, _ in model.named_modules() if name]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"activations {unknown} are not modules of the model; choose from {known}")
+    return list(names)
 
 
 def _per_example_dense(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,6 +239,7 @@ def extract(
     y: torch.Tensor,
     layers: str | Sequence[str] = "last",
     memory_budget: int = DEFAULT_BUDGET,
+    activations: str | Sequence[str] | None = None,
 ) -> Features:
     """White-box features of (x, y) on `model` (evaluation mode), for the chosen layers.
 
@@ -232,15 +253,19 @@ def extract(
         'last', 'all', or module names: the layers whose gradients are returned.
     memory_budget : int
         Bytes the per-chunk work may hold; the records are processed in chunks to stay within it.
+    activations : str or sequence of str, optional
+        Modules whose outputs are kept, flattened per example (`resolve_modules`).
 
     Returns
     -------
     Features
         Losses (nats), probabilities, labels, the chosen layers' per-example gradients (factored
-        where that is smaller) and the exact per-example gradient L2 norm over all parameters.
+        where that is smaller) and the exact per-example gradient L2 norm over all parameters, and the
+        chosen modules' outputs (activations), (N, features) each.
     """
     model.eval()
     chosen = resolve_layers(model, layers)
+    hidden = resolve_modules(model, activations)
     modules = dict(model.named_modules())
     owners = parametrised_layers(model)
     linear = {n for n in owners if isinstance(modules[n], nn.Linear)}
@@ -260,7 +285,8 @@ def extract(
     transient = max((r * positions + (2 * positions * positions if n in factored else r * w) for n, (r, w, positions) in sizes.items()),
                     default=0)
     step = _chunk_size(model, held, transient, memory_budget)
-    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, normalisations, factored, dense_params)
+    parts = [_extract_chunk(model, x[i : i + step], y[i : i + step], chosen, linear, convolutions, normalisations, factored, dense_params,
+                            hidden)
              for i in range(0, len(y), step)]
     first = parts[0]
     for part in parts[1:]:
@@ -269,6 +295,7 @@ def extract(
         first.labels = torch.cat([first.labels, part.labels])
         first.gradient_norm = torch.cat([first.gradient_norm, part.gradient_norm])
         first.gradients = {k: v.cat(part.gradients[k]) for k, v in first.gradients.items()}
+        first.activations = {k: torch.cat([v, part.activations[k]]) for k, v in first.activations.items()}
     return first
 
 
@@ -298,10 +325,18 @@ def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
 
 
 def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: list[str], linear: set[str],
-                   convolutions: set[str], normalisations: set[str], factored: set[str], dense_params: list[str]) -> Features:
+                   convolutions: set[str], normalisations: set[str], factored: set[str], dense_params: list[str],
+                   hidden: Sequence[str] = ()) -> Features:
     modules = dict(model.named_modules())
     captured_inputs: dict[str, torch.Tensor] = {}
     captured_outputs: dict[str, torch.Tensor] = {}
+    activations: dict[str, torch.Tensor] = {}
+
+    def keep_output(name: str):
+        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            activations[name] = output.detach().flatten(1)
+
+        return keep
 
     def hook(name: str):
         def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -315,6 +350,7 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
 
     names = sorted(linear | convolutions | normalisations)
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    handles += [modules[n].register_forward_hook(keep_output(n)) for n in hidden]
     try:
         with torch.enable_grad():
             logits = model(x)
@@ -348,4 +384,4 @@ def _extract_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: l
                 continue
             prefix = f"{name}." if name else ""
             gradients[name] = LayerGradient(dense=dense[f"{prefix}weight"], bias=dense.get(f"{prefix}bias"))
-    return Features(loss.detach(), logits.detach().softmax(1), y, gradients, squared.sqrt())
+    return Features(loss.detach(), logits.detach().softmax(1), y, gradients, squared.sqrt(), {n: activations[n] for n in hidden})

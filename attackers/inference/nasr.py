@@ -21,7 +21,7 @@ lower a record's loss is on the target's model than on those (a per-record calib
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -89,12 +89,14 @@ class _Inputs:
 
     scalars: torch.Tensor  # (N, signals + 2 classes): standardised log loss (and log gradient norm), output probabilities, one-hot label
     gradients: list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]  # (a, g, rows) per layer
+    activations: list[torch.Tensor] = field(default_factory=list)  # (N, width) standardised outputs per chosen module
 
     def take(self, index: torch.Tensor) -> _Inputs:
         def pick(t):
             return None if t is None else t[index]
 
-        return _Inputs(self.scalars[index], [tuple(pick(t) for t in layer) for layer in self.gradients])
+        return _Inputs(self.scalars[index], [tuple(pick(t) for t in layer) for layer in self.gradients],
+                       [a[index] for a in self.activations])
 
 
 class NasrModel(nn.Module):
@@ -114,8 +116,10 @@ class NasrModel(nn.Module):
         Kernels of each gradient component.
     """
 
-    def __init__(self, snapshots: int, classes: int, signals: int, gradient_shapes: Sequence[tuple[int, int]], filters: int):
+    def __init__(self, snapshots: int, classes: int, signals: int, gradient_shapes: Sequence[tuple[int, int]], filters: int,
+                 activation_widths: Sequence[int] = (), out: int = 1):
         super().__init__()
+        self.out = out
         self.classes, self.signals = classes, signals
         # One set of components reads every snapshot (weights shared across rounds): the
         # attacker's few known records then train few parameters however many rounds it observes.
@@ -123,10 +127,11 @@ class NasrModel(nn.Module):
         self.losses = _dense(signals)
         self.labels = _dense(classes)
         self.gradients = nn.ModuleList(GradientComponent(rows, width, filters) for rows, width in gradient_shapes)
-        width = snapshots * COMPONENT * (3 + len(gradient_shapes))
+        self.activations = nn.ModuleList(_dense(width) for width in activation_widths)  # a hidden layer's output
+        width = snapshots * COMPONENT * (3 + len(gradient_shapes) + len(activation_widths))
         self.encoder = nn.Sequential(
             nn.Linear(width, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1),
+            nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, out),
         )
 
     def forward(self, snapshots: list[_Inputs]) -> torch.Tensor:
@@ -147,7 +152,9 @@ class NasrModel(nn.Module):
             loss, probabilities, label = inputs.scalars.split([self.signals, self.classes, self.classes], dim=1)
             parts += [self.losses(loss), self.outputs(probabilities), self.labels(label)]
             parts += [component(*layer) for component, layer in zip(self.gradients, inputs.gradients)]
-        return self.encoder(torch.cat(parts, 1)).squeeze(1)
+            parts += [component(values) for component, values in zip(self.activations, inputs.activations)]
+        encoded = self.encoder(torch.cat(parts, 1))
+        return encoded.squeeze(1) if self.out == 1 else encoded
 
 
 class NasrTrainingParams(AttackParams):
@@ -172,6 +179,8 @@ class NasrParams(NasrTrainingParams):
 
     layers: str | list[str] | None = Field(
         "last", description="gradients read: 'last', 'all', module names of the target model, or null for none")
+    activations: str | list[str] | None = Field(
+        None, description="hidden-layer outputs read: 'last' or 'all' hidden layers, module names of the target model, or null for none")
 
 
 class NasrAttack(MembershipInferenceAttack):
@@ -210,12 +219,17 @@ class NasrAttack(MembershipInferenceAttack):
         """
         return getattr(self.params, "layers", None)
 
+    @property
+    def activations(self) -> str | Sequence[str] | None:
+        """The modules whose outputs the attack reads (None: none)."""
+        return getattr(self.params, "activations", None)
+
     def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
         snapshots = []
         if fit:
             self.scales = []
         for s, round_number in enumerate(observation.rounds):
-            features: Features = observation.features(ids, round_number, self.layers or "last")
+            features: Features = observation.features(ids, round_number, self.layers or "last", self.activations)
             signals = [features.loss.clamp_min(1e-12).log()]
             if self.layers:
                 signals.append(features.gradient_norm.clamp_min(1e-12).log())
@@ -224,12 +238,23 @@ class NasrAttack(MembershipInferenceAttack):
                 signals.append(reference.clamp_min(1e-12).log().mean(0) - signals[0])
             signals = torch.stack(signals, 1)
             layers = list(features.gradients.values()) if self.layers else []
+            hidden = list(features.activations.values())
             if fit:
-                self.scales.append([(signals.mean(0), signals.std(0).clamp_min(1e-6))] + [_scale(layer) for layer in layers])
-            (mean, std), *layer_scales = self.scales[s]
+                self.scales.append([(signals.mean(0), signals.std(0).clamp_min(1e-6))] + [_scale(layer) for layer in layers]
+                                   + [(a.mean(0), a.std(0).clamp_min(1e-6)) for a in hidden])
+            (mean, std), *rest = self.scales[s]
+            layer_scales, hidden_scales = rest[: len(layers)], rest[len(layers) :]
             scalars = torch.cat([(signals - mean) / std, features.probabilities, features.one_hot], 1)
-            snapshots.append(_Inputs(scalars, [_scaled(layer, scale) for layer, scale in zip(layers, layer_scales)]))
+            snapshots.append(_Inputs(scalars, [_scaled(layer, scale) for layer, scale in zip(layers, layer_scales)],
+                                     [(a - m) / d for a, (m, d) in zip(hidden, hidden_scales)]))
         return snapshots
+
+    def _model(self, inputs: list[_Inputs], out: int = 1) -> NasrModel:
+        """A fresh attack model shaped for `inputs` (draws its initialisation from torch's global generator)."""
+        shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
+        signals = len(self.scales[0][0][0])
+        classes = (inputs[0].scalars.shape[1] - signals) // 2
+        return NasrModel(len(inputs), classes, signals, shapes, self.params.filters, [a.shape[1] for a in inputs[0].activations], out)
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> NasrAttack:
         """Train the attack model on the known records.
@@ -250,13 +275,10 @@ class NasrAttack(MembershipInferenceAttack):
         """
         p = self.params
         inputs = self._inputs(observation, ids, fit=True)  # reads the run before any random draw
-        shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
-        signals = len(self.scales[0][0][0])
-        classes = (inputs[0].scalars.shape[1] - signals) // 2
         generator = self.torch_generator()
         labels = torch.tensor(np.asarray(members), dtype=torch.float32)
         with self.own_torch_random():  # initialisation and dropout
-            self.model = NasrModel(len(inputs), classes, signals, shapes, p.filters)
+            self.model = self._model(inputs)
             order = torch.randperm(len(labels), generator=generator)
             cut = max(1, int(len(order) * p.validation))
             val_index, train_index = order[:cut], order[cut:]

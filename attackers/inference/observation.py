@@ -28,7 +28,8 @@ def _on_cpu(features: Features) -> Features:
     gradients = {name: replace(g, inputs=cpu(g.inputs), outputs=cpu(g.outputs), dense=cpu(g.dense), bias=cpu(g.bias))
                  for name, g in features.gradients.items()}
     return replace(features, loss=features.loss.cpu(), probabilities=features.probabilities.cpu(), labels=features.labels.cpu(),
-                   gradients=gradients, gradient_norm=cpu(features.gradient_norm))
+                   gradients=gradients, gradient_norm=cpu(features.gradient_norm),
+                   activations={name: a.cpu() for name, a in features.activations.items()})
 
 
 @dataclass
@@ -108,7 +109,8 @@ class Observation:
             self._cache[key] = self.load_model(round_number)
         return self._cache[key]
 
-    def features(self, ids: np.ndarray, round_number: int, layers: str | Sequence[str] = "last") -> Features:
+    def features(self, ids: np.ndarray, round_number: int, layers: str | Sequence[str] = "last",
+                 activations: str | Sequence[str] | None = None) -> Features:
         """White-box features of records on one snapshot (computed once per (round, ids, layers), then cached).
 
         Parameters
@@ -119,6 +121,8 @@ class Observation:
             Which snapshot.
         layers : str or sequence of str
             Layers whose per-example gradients are kept: 'last', 'all' or module names.
+        activations : str or sequence of str, optional
+            Modules whose outputs are kept ('last', 'all' hidden layers, or module names).
 
         Returns
         -------
@@ -126,14 +130,17 @@ class Observation:
             Loss (n_records,) in nats, probabilities (n_records, classes), labels, the chosen layers'
             gradients and the exact per-example gradient L2 norm (n_records,).
         """
-        key = ("features", round_number, tuple(np.asarray(ids).tolist()), layers if isinstance(layers, str) else tuple(layers))
+        def frozen(names):
+            return names if names is None or isinstance(names, str) else tuple(names)
+
+        key = ("features", round_number, tuple(np.asarray(ids).tolist()), frozen(layers), frozen(activations))
         if key not in self._cache:
             x, y = self.load_records(ids)
             if self.device.type == "cpu":
-                self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget)
+                self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget, activations)
             else:  # on the accelerator, then back to CPU, where the attacks read them
                 model = copy.deepcopy(self.model(round_number)).to(self.device)
-                self._cache[key] = _on_cpu(extract(model, x.to(self.device), y.to(self.device), layers, self.memory_budget))
+                self._cache[key] = _on_cpu(extract(model, x.to(self.device), y.to(self.device), layers, self.memory_budget, activations))
         return self._cache[key]
 
     def reference_losses(self, ids: np.ndarray, round_number: int) -> torch.Tensor | None:
