@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   fedsim attack runs/latest --attack loss --attack nasr --rounds 5,10
   fedsim report runs/latest
   fedsim sweep configs/quickstart.yaml --grid adversary.mode=passive,gradient-ascent --set train.rounds=5
+  fedsim reproduce --scale cpu --seeds 3
 """
 
 
@@ -60,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, metavar="K", help="run every grid point with seeds 0..K-1")
     sweep.add_argument("--baseline", metavar="KEY=VALUE",
                        help="write paired.csv: each setting minus the one with KEY=VALUE, seed by seed, with a 95%% paired t interval")
+    reproduce = commands.add_parser("reproduce", help="run every threat model of Nasr et al. 2019 on configs/paper over seeds; write reproduction.md")
+    reproduce.add_argument("--scale", choices=("cpu", "full"), default="cpu", help="CPU-sized configs (minutes here) or the paper's full scale")
+    reproduce.add_argument("--seeds", type=int, default=3, help="seeds per threat model (default 3)")
+    reproduce.add_argument("--config", dest="configs", action="append", metavar="NAME",
+                           help="a config of configs/paper instead of the scale's (repeatable), e.g. --config mnist_cnn_cpu")
+    reproduce.add_argument("--out", type=Path, help="reproduction folder (default: runs/reproduce-<scale>); an existing one is resumed")
+    reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config key for every run (repeatable)")
     return parser
 
 
@@ -157,16 +166,24 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from fedsim.reproduce import reproduce
+
+    print(reproduce(args.scale, args.seeds, args.out, args.configs, args.overrides))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep}[args.command](args)
+        return {"run": _run, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep, "reproduce": _reproduce}[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         detail = {"run": "; the run folder is marked failed (continue it with `fedsim run --resume`)",
-                  "sweep": "; run the same sweep again to resume"}.get(args.command, "")
+                  "sweep": "; run the same sweep again to resume",
+                  "reproduce": "; run the same command again to resume"}.get(args.command, "")
         print(f"fedsim: interrupted{detail}", file=sys.stderr)
         return 130
 

@@ -14,11 +14,12 @@ from attackers.inference.registry import check_attacks
 from fedsim.cli import EXAMPLES, _parser, main
 from fedsim.config import load_config, quickstart_path
 from fedsim.errors import FedsimError
+from fedsim.reproduce import SCALES, plan
 from fedsim.sweep import sweep_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-COMMANDS = {"run", "check", "attack", "report", "sweep", "--help"}
+COMMANDS = {"run", "check", "attack", "report", "sweep", "reproduce", "--help"}
 PLACEHOLDER = re.compile(r"\[|\.\.\.|\b(CONFIG|RUN_DIR|DIR|NAME|CSV|COMMAND)\b")
 
 
@@ -75,6 +76,8 @@ def test_every_example_command_line_is_valid(line, monkeypatch, capsys):
             capsys.readouterr().err
     elif args.command == "sweep":
         assert sweep_configs(args.config, args.grid, args.overrides)
+    elif args.command == "reproduce":
+        assert plan(args.configs or SCALES[args.scale], args.seeds, Path("unused"), overrides=args.overrides)
     elif args.command == "attack":
         check_attacks(args.attacks or [], "--attack")
 
