@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
 from fedsim.config import Config
 from fedsim.datasets import pool_for
 from fedsim.dp_sgd import epsilon
-from fedsim.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU
+from fedsim.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU, array_record, config_record, number
 from fedsim.models import model_for
 from fedsim.training import evaluate, train_locally
 
@@ -44,25 +45,25 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
 
     def local_model(message: Message) -> torch.nn.Module:
         model = model_for(config)
-        model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        model.load_state_dict(array_record(message.content).to_torch_state_dict())
         return model
 
     @app.train(mods=list(train_mods))
     def train(message: Message, context: Context) -> Message:
         partition, x, y = local_data(context)
         model = local_model(message)
-        train_config = message.content["config"]
-        seed = client_seed(config.seed, int(train_config["server-round"]), partition)
+        train_config = config_record(message.content)
+        seed = client_seed(config.seed, int(number(train_config["server-round"])), partition)
         torch.manual_seed(seed)
-        mu = float(train_config[PROXIMAL_MU]) if PROXIMAL_MU in train_config else 0.0
+        mu = float(number(train_config[PROXIMAL_MU])) if PROXIMAL_MU in train_config else 0.0
         dp = config.defense.dp_sgd
         if config.backend.gpus_per_client > 0 and torch.cuda.is_available():  # Ray gave this client a GPU
             model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
         result = train_locally(model, x, y, config.train, seed, proximal_mu=mu, dp_sgd=dp)
         model.to("cpu")
-        metrics = {"num-examples": len(y), "train_loss": result.loss}
+        metrics: dict[str, MetricRecordValues] = {"num-examples": len(y), "train_loss": result.loss}
         if dp is not None:
-            steps = result.steps + (int(context.state[DP_STATE]["steps"]) if DP_STATE in context.state else 0)
+            steps = result.steps + (int(number(config_record(context.state, DP_STATE)["steps"])) if DP_STATE in context.state else 0)
             context.state[DP_STATE] = ConfigRecord({"steps": steps})
             metrics["epsilon"] = epsilon(dp, result.sample_rate, steps)
         content = RecordDict({

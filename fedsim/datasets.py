@@ -218,6 +218,7 @@ def load_imagefolder(root: Path | None, download: bool) -> Pool:
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) != 1:
         raise FedsimError(f"data.root: images under {root} differ in size ({sorted(shapes)[:3]}...); resize them to one size")
+    assert classes is not None  # splits is never empty
     features = torch.stack(images)
     channels = features.shape[1]
     as_float = features.float() / 255.0

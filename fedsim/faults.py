@@ -18,6 +18,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid
 
 from fedsim.config import FaultsConfig
+from fedsim.messages import config_record, number
 
 RAISE, DROP = 0, 1
 
@@ -51,7 +52,7 @@ class FaultPlan:
 def _training_round(message: Message) -> int | None:
     if message.metadata.message_type != MessageType.TRAIN or "config" not in message.content.config_records:
         return None
-    return int(message.content["config"]["server-round"])
+    return int(number(config_record(message.content)["server-round"]))
 
 
 def failing_client_mod(plan: FaultPlan, partition_key: str) -> Callable:

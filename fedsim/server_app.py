@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from fedsim.errors import FedsimError, fatal_message
 from fedsim.faults import DropoutGrid, FaultPlan
-from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, partition_of
+from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, array_record, config_record, int_list, metric_record, number, partition_of
 from fedsim.recorder import Recorder
 from fedsim.run import Run
 from fedsim.training import evaluate
@@ -138,20 +139,21 @@ class RecordingStrategy(StrategyWrapper):
         ok = [r for r in replies if not r.has_error()]
         # Read before the inner strategy runs: DP wrappers and robust strategies clip replies in place.
         received = {
-            partition_of(r): (r.content["arrays"].to_torch_state_dict(), int(r.content["metrics"]["num-examples"]))
+            partition_of(r): (array_record(r.content).to_torch_state_dict(), int(number(metric_record(r.content)["num-examples"])))
             for r in ok
             if partition_of(r) != AGGREGATE
         }
-        summed = [list(r.content[CLIENT_RECORD][CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
+        summed = [int_list(config_record(r.content, CLIENT_RECORD)[CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
         self._stop_on_failures(server_round, replies, arrived=bool(received) or bool(summed and summed[0]))
-        self.client_metrics = {server_round: {partition_of(r): r.content["metrics"] for r in ok}}  # this round's only
+        self.client_metrics = {server_round: {partition_of(r): metric_record(r.content) for r in ok}}  # this round's only
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         new_global = arrays if arrays is not None else self.current
+        assert new_global is not None, "configure_train runs before aggregate_train"
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
         replied = set(received) | set(summed[0] if summed else [])
         dropped = sorted(self.sent - replied - set(failed))  # sent training, never replied
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
-        train_loss = round(float(metrics["train_loss"]), 6) if metrics is not None and "train_loss" in metrics else None
+        train_loss = round(float(number(metrics["train_loss"])), 6) if metrics is not None and "train_loss" in metrics else None
         self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss,
                                    secure_sum=summed[0] if summed else None)
         return arrays, metrics
@@ -177,7 +179,7 @@ class RecordingStrategy(StrategyWrapper):
 
     def privacy_columns(self, server_round: int) -> dict[str, float]:
         """epsilon_max and, where the server saw individual replies, epsilon per client (DP-SGD)."""
-        reported = {c: float(m["epsilon"]) for c, m in self.client_metrics.get(server_round, {}).items() if "epsilon" in m}
+        reported = {c: float(number(m["epsilon"])) for c, m in self.client_metrics.get(server_round, {}).items() if "epsilon" in m}
         if not reported:
             return {}
         return {"epsilon_max": max(reported.values())} | {f"epsilon_client_{c:03d}": e for c, e in reported.items() if c != AGGREGATE}
@@ -345,9 +347,10 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
         started = time.perf_counter()
         return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
 
-    grid = PartitionOrderedGrid(grid, partitions, plan.on_train_replies)
+    # The wrappers are proxies (the rest of Grid's interface through __getattr__), not Grid subclasses.
+    grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies))
     if plan.faults is not None:
-        grid = DropoutGrid(grid, plan.faults, partitions)
+        grid = cast(Grid, DropoutGrid(grid, plan.faults, partitions))
     clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
 
 

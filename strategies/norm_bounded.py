@@ -16,6 +16,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedsim.messages import array_record
+
 
 class NormBoundedFedAvg(FedAvg):
     def __init__(self, max_update_norm: float = 1.0, **fedavg_args):
@@ -42,6 +44,6 @@ class NormBoundedFedAvg(FedAvg):
         bounded = []
         for reply in replies:
             if not reply.has_error():
-                reply.content[self.arrayrecord_key] = self.bound(reply.content[self.arrayrecord_key])
+                reply.content[self.arrayrecord_key] = self.bound(array_record(reply.content, self.arrayrecord_key))
             bounded.append(reply)
         return super().aggregate_train(server_round, bounded)

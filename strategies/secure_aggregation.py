@@ -17,8 +17,9 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 
-from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, PARTITION_KEY, partition_of
+from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, PARTITION_KEY, array_record, metric_record, number, partition_of
 from strategies.wrapper import StrategyWrapper
 
 
@@ -27,16 +28,16 @@ def secure_sum(replies: list[Message]) -> Message:
 
     Epsilon is the privacy of the worst client, so it is the maximum, not the mean.
     """
-    weights = np.array([float(r.content["metrics"]["num-examples"]) for r in replies])
+    weights = np.array([float(number(metric_record(r.content)["num-examples"])) for r in replies])
     total = weights.sum()
-    arrays = [r.content["arrays"] for r in replies]
+    arrays = [array_record(r.content) for r in replies]
     mean = {
         key: Array((sum(w * a[key].numpy().astype(np.float64) for w, a in zip(weights, arrays)) / total).astype(arrays[0][key].numpy().dtype))
         for key in arrays[0].keys()
     }
-    metrics: dict[str, float | int] = {"num-examples": int(total)}
-    for key in replies[0].content["metrics"].keys():
-        values = [float(r.content["metrics"][key]) for r in replies]
+    metrics: dict[str, MetricRecordValues] = {"num-examples": int(total)}
+    for key in metric_record(replies[0].content).keys():
+        values = [float(number(metric_record(r.content)[key])) for r in replies]
         if key == "epsilon":
             metrics[key] = max(values)
         elif key != "num-examples":

@@ -17,7 +17,7 @@ from torch import nn
 from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
 from fedsim.errors import FatalClientError, FedsimError
-from fedsim.messages import PARTITION_KEY
+from fedsim.messages import PARTITION_KEY, array_record, config_record, number
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
@@ -29,10 +29,10 @@ def make_participant_mod(adversary: AdversaryConfig, make_model: Callable[[], nn
         is_attacker = int(context.node_config[PARTITION_KEY]) == adversary.victim
         if not is_attacker or message.metadata.message_type != MessageType.TRAIN or reply.has_error():
             return reply
-        server_round = int(message.content["config"]["server-round"])
+        server_round = int(number(config_record(message.content)["server-round"]))
         if adversary.mode != "gradient-ascent" or (adversary.active_rounds is not None and server_round not in adversary.active_rounds):
             return reply
-        honest = reply.content["arrays"].to_torch_state_dict()
+        honest = array_record(reply.content).to_torch_state_dict()
         try:
             state = ascent_step(make_model(), honest, *load_targets(), adversary.gamma, where=f" of round {server_round}",
                                 step_norm=adversary.step_norm)

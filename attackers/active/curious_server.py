@@ -20,7 +20,7 @@ from torch import nn
 
 from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
-from fedsim.messages import partition_of
+from fedsim.messages import array_record, partition_of
 from fedsim.run import Run
 from strategies.wrapper import StrategyWrapper
 
@@ -70,7 +70,7 @@ class CuriousServer(StrategyWrapper):
             if self.partitions.get(message.metadata.dst_node_id) == self.adversary.victim:
                 content = RecordDict({key: value for key, value in message.content.items()})
                 array_key = next(iter(message.content.array_records))
-                content[array_key] = self._for_victim(server_round, message.content[array_key])
+                content[array_key] = self._for_victim(server_round, array_record(message.content, array_key))
                 message = Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
             out.append(message)
         return out
@@ -80,6 +80,6 @@ class CuriousServer(StrategyWrapper):
         if self.adversary.isolate:
             victim = [r for r in replies if not r.has_error() and partition_of(r) == self.adversary.victim]
             if victim:
-                self.victim_chain = victim[0].content["arrays"]
+                self.victim_chain = array_record(victim[0].content)
             replies = [r for r in replies if r.has_error() or partition_of(r) != self.adversary.victim]
         return self.inner.aggregate_train(server_round, replies)

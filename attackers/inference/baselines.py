@@ -279,6 +279,7 @@ class TrajectoryAttack(MembershipInferenceAttack):
     multi_round = True
     deterministic = True
     Params = TrajectoryParams
+    params: TrajectoryParams
 
     def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         super().__init__(params, seed)

@@ -194,6 +194,7 @@ class FedMIAAttack(_CalibratedAttack):
 
     name = "fedmia"
     Params = FedMIAParams
+    params: FedMIAParams
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         rounds = []
@@ -229,6 +230,7 @@ class RMIAAttack(_CalibratedAttack):
 
     name = "rmia"
     Params = RMIAParams
+    params: RMIAParams
     A_GRID = tuple(np.round(np.linspace(0, 1, 11), 2))
 
     def __init__(self, params: RMIAParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
@@ -245,7 +247,8 @@ class RMIAAttack(_CalibratedAttack):
                 self.a = float(a)
                 aucs.append(roc_auc_score(members, self.score(observation, ids)))
             self.a = float(self.A_GRID[int(np.argmax(aucs))])
-        return super().fit(observation, ids, members)
+        super().fit(observation, ids, members)
+        return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         if self.population is None or self.a is None:

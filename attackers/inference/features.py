@@ -19,7 +19,8 @@ within a memory budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -65,6 +66,20 @@ class LayerGradient:
     (N, in) and outputs (N, out) (one position); a 2-D convolution holds its unfolded input
     (N, Cin k k, L) and output gradient (N, Cout, L), and `shape` is its weight's shape. Dense:
     (N, *weight.shape).
+
+    Parameters
+    ----------
+    inputs : torch.Tensor, optional
+        Factored: the layer's input, (N, in), or a convolution's unfolded input (N, Cin k k, L).
+    outputs : torch.Tensor, optional
+        Factored: the gradient of each example's loss with respect to the layer's output, (N,
+        out), or (N, Cout, L) for a convolution.
+    dense : torch.Tensor, optional
+        The materialised gradient, (N, *weight.shape), for every other layer.
+    bias : torch.Tensor, optional
+        The per-example bias gradient, (N, out), when the layer has a bias.
+    shape : tuple of int, optional
+        The weight's shape, for a factored convolution.
     """
 
     inputs: torch.Tensor | None = None  # (N, in) or (N, Cin k k, L)
@@ -75,35 +90,93 @@ class LayerGradient:
 
     @property
     def factored(self) -> bool:
+        """Whether the gradient is held as factors.
+
+        Returns
+        -------
+        bool
+            True for (inputs, outputs), False for a dense gradient.
+        """
         return self.dense is None
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of a factored gradient.
+
+        Returns
+        -------
+        inputs, outputs : torch.Tensor
+            (N, in) and (N, out), or (N, Cin k k, L) and (N, Cout, L) for a convolution.
+
+        Raises
+        ------
+        ValueError
+            If the gradient is dense.
+        """
+        if self.inputs is None or self.outputs is None:
+            raise ValueError("this LayerGradient is dense, not factored into (inputs, outputs)")
+        return self.inputs, self.outputs
+
     def rows(self) -> torch.Tensor:
-        """The gradient as (N, rows, out): row j is what a kernel spanning one row sees."""
-        if self.factored:
-            if self.inputs.dim() == 3:
-                return torch.bmm(self.inputs, self.outputs.transpose(1, 2))
-            return self.inputs[:, :, None] * self.outputs[:, None, :]
+        """The gradient as rows, what a convolution kernel spanning one row sees (Nasr et al. 2019).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (N, rows, width): (N, in, out) for a linear layer, row j = a_j g; (N, Cin k k,
+            Cout) for a factored convolution; a dense gradient's trailing dimensions as rows.
+        """
+        if self.dense is None:
+            a, g = self.factors()
+            if a.dim() == 3:
+                return torch.bmm(a, g.transpose(1, 2))
+            return a[:, :, None] * g[:, None, :]
         return self.dense.flatten(2).transpose(1, 2) if self.dense.dim() > 2 else self.dense[:, None, :]
 
     def weight_gradient(self) -> torch.Tensor:
-        """The per-example weight gradient in the parameter's own shape (materialised)."""
-        if self.factored:
-            if self.inputs.dim() == 3:
-                return torch.bmm(self.outputs, self.inputs.transpose(1, 2)).reshape(len(self.inputs), *self.shape)
-            return self.outputs[:, :, None] * self.inputs[:, None, :]
+        """The per-example weight gradient, materialised.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (N, *weight.shape); for a linear layer g a^T, (N, out, in).
+        """
+        if self.dense is None:
+            a, g = self.factors()
+            if a.dim() == 3:
+                assert self.shape is not None  # a factored convolution records its weight's shape
+                return torch.bmm(g, a.transpose(1, 2)).reshape(len(a), *self.shape)
+            return g[:, :, None] * a[:, None, :]
         return self.dense
 
     def squared_norm(self) -> torch.Tensor:
-        """(N,) squared L2 norm of each example's weight and bias gradient."""
-        if self.factored and self.inputs.dim() == 3:
-            weight = factored_squared_norm(self.inputs, self.outputs)
-        elif self.factored:
-            weight = self.inputs.pow(2).sum(1) * self.outputs.pow(2).sum(1)
+        """Each example's squared L2 norm of this layer's weight and bias gradient.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (N,); factored gradients are not materialised where that is cheaper (a linear
+            layer's is |a|^2 |g|^2, a convolution's a ghost norm, `factored_squared_norm`).
+        """
+        if self.dense is None:
+            a, g = self.factors()
+            weight = factored_squared_norm(a, g) if a.dim() == 3 else a.pow(2).sum(1) * g.pow(2).sum(1)
         else:
             weight = self.dense.flatten(1).pow(2).sum(1)
         return weight + (self.bias.pow(2).sum(1) if self.bias is not None else 0)
 
     def cat(self, other: LayerGradient) -> LayerGradient:
+        """The gradients of this layer's records followed by `other`'s (a later chunk of records).
+
+        Parameters
+        ----------
+        other : LayerGradient
+            The same layer's gradient on other records, held the same way (factored or dense).
+
+        Returns
+        -------
+        LayerGradient
+            Every part concatenated along the record axis, (N + N_other, ...).
+        """
         def join(a, b):
             return None if a is None else torch.cat([a, b])
 
@@ -113,25 +186,60 @@ class LayerGradient:
 
 @dataclass
 class Features:
-    """Features of N records on one snapshot."""
+    """White-box features of N records on one model snapshot (the inputs of Nasr et al. 2019).
+
+    Parameters
+    ----------
+    loss : torch.Tensor
+        Cross-entropy of each record, nats, shape (N,).
+    probabilities : torch.Tensor
+        Softmax outputs, shape (N, classes).
+    labels : torch.Tensor
+        True labels, int64, shape (N,).
+    gradients : dict of str to LayerGradient
+        The chosen layers' per-example gradients, by module name.
+    gradient_norm : torch.Tensor
+        Exact per-example L2 norm of the gradient over all parameters, shape (N,).
+    """
 
     loss: torch.Tensor  # (N,)
     probabilities: torch.Tensor  # (N, classes)
     labels: torch.Tensor  # (N,) true labels
-    gradients: dict[str, LayerGradient] = field(default_factory=dict)  # chosen layers, by module name
-    gradient_norm: torch.Tensor | None = None  # (N,) exact norm over all parameters
+    gradients: dict[str, LayerGradient]  # chosen layers, by module name
+    gradient_norm: torch.Tensor  # (N,) exact norm over all parameters
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # chosen modules' outputs, (N, features) each, by module name
 
     @property
     def one_hot(self) -> torch.Tensor:
+        """The labels one-hot.
+
+        Returns
+        -------
+        torch.Tensor
+            float32, shape (N, classes).
+        """
         return nn.functional.one_hot(self.labels, self.probabilities.shape[1]).float()
 
     @property
     def correct(self) -> torch.Tensor:
+        """Whether the model's top class is the label.
+
+        Returns
+        -------
+        torch.Tensor
+            1.0 or 0.0 (float32), shape (N,).
+        """
         return (self.probabilities.argmax(1) == self.labels).float()
 
     @property
     def entropy(self) -> torch.Tensor:
+        """Shannon entropy of each softmax output (probabilities clamped at 1e-12).
+
+        Returns
+        -------
+        torch.Tensor
+            Nats, shape (N,).
+        """
         p = self.probabilities.clamp_min(1e-12)
         return -(p * p.log()).sum(1)
 
@@ -212,7 +320,7 @@ def _convolution_sizes(model: nn.Module, x: torch.Tensor, convolutions: set[str]
     sizes: dict[str, tuple[int, int, int]] = {}
 
     def hook(name: str):
-        def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def keep(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             sizes[name] = (module.weight[0].numel(), module.weight.shape[0], output[0, 0].numel())
 
         return keep
@@ -317,7 +425,10 @@ def _convolution_gradient(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     unfolded input U (N, Cin k k, L) and output gradient G (N, Cout, L): kept as the factors when
     they are the smaller object (then its norm is the ghost norm), else materialised as G U^T.
     """
-    unfolded = unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+    assert isinstance(module.padding, tuple)  # _unfoldable admits no padding="same"/"valid" strings
+    # nn.Conv2d stores each of these as a pair (torch's _pair); its annotations say tuple[int, ...].
+    kernel, dilation, padding, stride = (cast(tuple[int, int], v) for v in (module.kernel_size, module.dilation, module.padding, module.stride))
+    unfolded = unfold(a, kernel, dilation, padding, stride)
     grads = g.flatten(2)
     bias = grads.sum(2) if module.bias is not None else None
     layer = LayerGradient(inputs=unfolded, outputs=grads, bias=bias, shape=tuple(module.weight.shape))

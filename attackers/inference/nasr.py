@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,12 +75,13 @@ class GradientComponent(nn.Module):
         torch.Tensor
             (N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width).
         """
-        if rows is None and a.dim() == 2:  # factored linear gradient: row j is a_j * g
+        if rows is not None:
+            return self.dense(self.kernel(rows))
+        assert a is not None and g is not None  # a layer is given either as rows or as factors
+        if a.dim() == 2:  # factored linear gradient: row j is a_j * g
             convolved = a[:, :, None] * (g @ self.kernel.weight.T)[:, None, :] + self.kernel.bias
-        elif rows is None:  # factored convolution gradient: row j is sum_l u_jl g_l
+        else:  # factored convolution gradient: row j is sum_l u_jl g_l
             convolved = torch.bmm(a, g.transpose(1, 2) @ self.kernel.weight.T) + self.kernel.bias
-        else:
-            convolved = self.kernel(rows)
         return self.dense(convolved)
 
 
@@ -199,12 +201,14 @@ class NasrAttack(MembershipInferenceAttack):
     name = "nasr"
     multi_round = True
     deterministic = False
-    Params: type[AttackParams] = NasrParams
+    Params: ClassVar[type[AttackParams]] = NasrParams
+    params: NasrTrainingParams  # NasrParams, or NasrTrainingParams for the black-box variant
 
     def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         super().__init__(params, seed)
         self.model: NasrModel | None = None
-        self.scales: list[list[tuple]] = []
+        # Per snapshot: the scalar signals' (mean, std) tensors, then each layer's (float, float) scales.
+        self.scales: list[list[tuple[Any, Any]]] = []
         self.threshold = 0.5
         self.epochs_trained = 0
 
@@ -230,13 +234,13 @@ class NasrAttack(MembershipInferenceAttack):
             self.scales = []
         for s, round_number in enumerate(observation.rounds):
             features: Features = observation.features(ids, round_number, self.layers or "last", self.activations)
-            signals = [features.loss.clamp_min(1e-12).log()]
+            columns = [features.loss.clamp_min(1e-12).log()]
             if self.layers:
-                signals.append(features.gradient_norm.clamp_min(1e-12).log())
+                columns.append(features.gradient_norm.clamp_min(1e-12).log())
             reference = observation.reference_losses(ids, round_number)
             if reference is not None:  # the server's per-record calibration: the loss on clients that never trained on it
-                signals.append(reference.clamp_min(1e-12).log().mean(0) - signals[0])
-            signals = torch.stack(signals, 1)
+                columns.append(reference.clamp_min(1e-12).log().mean(0) - columns[0])
+            signals = torch.stack(columns, 1)
             layers = list(features.gradients.values()) if self.layers else []
             hidden = list(features.activations.values())
             if fit:
@@ -323,6 +327,8 @@ class NasrAttack(MembershipInferenceAttack):
         numpy.ndarray
             Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,).
         """
+        if self.model is None:
+            raise RuntimeError("fit the attack before scoring")
         self.model.eval()
         return torch.sigmoid(self.model(self._inputs(observation, ids, fit=False))).numpy()
 
@@ -342,14 +348,24 @@ class NasrBlackBoxAttack(NasrAttack):
     Params = NasrTrainingParams
 
 
+def _shape(a: torch.Tensor | None, g: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, int]:
+    """(rows, width) of one layer's input to the row convolution."""
+    if rows is None:
+        assert a is not None and g is not None
+        return a.shape[1], g.shape[1]
+    return rows.shape[1], rows.shape[2]
+
+
 def _scale(layer: LayerGradient) -> tuple[float, float]:
     """Scalar scales fitted on the attacker's records, so gradients reach the network at unit size."""
     if layer.factored:
-        return float(layer.inputs.std()) or 1.0, float(layer.outputs.std()) or 1.0
+        a, g = layer.factors()
+        return float(a.std()) or 1.0, float(g.std()) or 1.0
     return float(layer.rows().std()) or 1.0, 1.0
 
 
 def _scaled(layer: LayerGradient, scale: tuple[float, float]):
     if layer.factored:
-        return layer.inputs / scale[0], layer.outputs / scale[1], None
+        a, g = layer.factors()
+        return a / scale[0], g / scale[1], None
     return None, None, layer.rows() / scale[0]

@@ -47,6 +47,7 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
     multi_round = True
     deterministic = False
     Params = UnsupervisedParams
+    params: UnsupervisedParams
 
     def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         super().__init__(params, seed)
@@ -111,6 +112,8 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
             How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,).
         """
         signals, log_gradient_norm = self._signals(observation, ids)
+        if self.encoder is None or self.stats is None:
+            raise RuntimeError("fit the attack before scoring")
         codes = self.encoder((signals - self.stats[0]) / self.stats[1]).numpy()
         clusters = SpectralClustering(2, affinity="nearest_neighbors", n_neighbors=min(10, len(ids) - 1),
                                       random_state=self.seed).fit_predict(codes)
