@@ -19,6 +19,22 @@ FPR_TARGETS = (1e-2, 1e-3)
 
 @dataclass(frozen=True)
 class Leakage:
+    """How much one attack's scores reveal membership, on one set of target records.
+
+    Parameters
+    ----------
+    auc : float
+        Area under the ROC curve of the scores (sklearn's `roc_auc_score`), in [0, 1]; 0.5 is chance.
+    accuracy : float
+        Balanced accuracy (mean of TPR and TNR) at the attack's threshold, in [0, 1].
+    tpr_at_fpr : dict of float to float
+        For each FPR target of `FPR_TARGETS`, the largest TPR at FPR <= target (Carlini et al. 2022).
+    n_members : int
+        Members among the targets.
+    n_nonmembers : int
+        Non-members among the targets.
+    """
+
     auc: float
     accuracy: float
     tpr_at_fpr: dict[float, float]
@@ -26,6 +42,14 @@ class Leakage:
     n_nonmembers: int
 
     def as_row(self) -> dict[str, float | int]:
+        """The row leakage.csv stores.
+
+        Returns
+        -------
+        dict of str to float or int
+            `auc`, `accuracy`, `tpr_at_fpr_1e-2`, `tpr_at_fpr_1e-3` (one per target), `n_members`
+            and `n_nonmembers`.
+        """
         row: dict[str, float | int] = {"auc": self.auc, "accuracy": self.accuracy}
         row |= {f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-"): tpr for target, tpr in self.tpr_at_fpr.items()}
         return row | {"n_members": self.n_members, "n_nonmembers": self.n_nonmembers}
@@ -54,19 +78,71 @@ def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, target: float) -> float:
 
 
 def balanced_accuracy(scores: np.ndarray, members: np.ndarray, threshold: float) -> float:
-    """Mean of TPR and TNR when 'member' means score >= threshold."""
+    """Balanced accuracy of the decision "member" when score >= threshold.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Membership scores, shape (n_records,); higher means member.
+    members : numpy.ndarray
+        Ground truth, bool, shape (n_records,); both classes present.
+    threshold : float
+        The decision threshold, in the scores' units.
+
+    Returns
+    -------
+    float
+        The mean of TPR and TNR, in [0, 1]; 0.5 is chance.
+    """
     predicted = scores >= threshold
     return float((predicted[members].mean() + (~predicted[~members]).mean()) / 2)
 
 
 def best_threshold(scores: np.ndarray, members: np.ndarray) -> float:
-    """The threshold with the best balanced accuracy on (scores, members): fit on the attacker's known records."""
+    """The threshold with the best balanced accuracy on known records (Youden's J on the ROC).
+
+    Fit on the attacker's known records, never on the evaluation targets.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Membership scores, shape (n_records,); higher means member.
+    members : numpy.ndarray
+        Ground truth, bool, shape (n_records,); both classes present.
+
+    Returns
+    -------
+    float
+        The ROC threshold (sklearn's `roc_curve`) maximising TPR - FPR; "member" means score >=
+        threshold. Ties go to the earliest (highest) threshold.
+    """
     fpr, tpr, thresholds = roc_curve(members, scores)
     return float(thresholds[np.argmax(tpr - fpr)])
 
 
 def leakage(scores: np.ndarray, members: np.ndarray, threshold: float | None = None) -> Leakage:
-    """Metrics of member scores; accuracy at `threshold` (chosen without these records), else at 0.5-rank."""
+    """Every leakage metric of one attack's scores on target records.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Membership scores, shape (n_records,); higher means member.
+    members : numpy.ndarray
+        Ground truth, bool, shape (n_records,); both classes present.
+    threshold : float, optional
+        The attack's decision threshold, chosen without these records. None: the median score
+        (the rank threshold that calls half the targets members).
+
+    Returns
+    -------
+    Leakage
+        AUC, balanced accuracy at the threshold, TPR at each FPR of `FPR_TARGETS`, and the counts.
+
+    Raises
+    ------
+    ValueError
+        If `members` holds only one class (sklearn's `roc_auc_score`).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(members, dtype=bool)
     if threshold is None:
@@ -81,7 +157,27 @@ def leakage(scores: np.ndarray, members: np.ndarray, threshold: float | None = N
 
 
 def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int = 200, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the AUC, resampling members and non-members separately."""
+    """95% percentile-bootstrap interval of the AUC (Efron and Tibshirani 1993).
+
+    Members and non-members are resampled separately (a stratified bootstrap), so every
+    resample has both classes in the original numbers.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Membership scores, shape (n_records,); higher means member.
+    members : numpy.ndarray
+        Ground truth, bool, shape (n_records,); both classes present.
+    samples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling (numpy's default_rng).
+
+    Returns
+    -------
+    low, high : float
+        The 2.5th and 97.5th percentiles of the resampled AUCs.
+    """
     rng = np.random.default_rng(seed)
     scores, members = np.asarray(scores), np.asarray(members, dtype=bool)
     inside, outside = scores[members], scores[~members]
@@ -95,7 +191,24 @@ def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int
 
 
 def wilson_interval(proportion: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """95% Wilson score interval of a binomial proportion (a TPR over n members); stays inside [0, 1] at 0 and 1."""
+    """95% Wilson score interval of a binomial proportion (Wilson 1927), e.g. a TPR over n members.
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and is not empty at 0 and 1.
+
+    Parameters
+    ----------
+    proportion : numpy.ndarray
+        Observed proportions in [0, 1], any shape.
+    n : numpy.ndarray
+        Trials behind each proportion (> 0), broadcastable to `proportion`.
+    z : float
+        Standard-normal quantile of the interval (1.96 for 95%).
+
+    Returns
+    -------
+    low, high : numpy.ndarray
+        Interval bounds, shape of the broadcast inputs, clipped to [0, 1].
+    """
     p, n = np.asarray(proportion, dtype=np.float64), np.asarray(n, dtype=np.float64)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -29,7 +29,21 @@ from fedsim.models import model_for
 
 
 class Run:
-    """A run folder opened for reading."""
+    """A run folder opened for reading (use `Run.open`).
+
+    Every file is read through the manifest: its sha256 is checked before use, and parameters
+    load only through safetensors.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        The run folder (the one `fedsim run` printed).
+    config : fedsim.config.Config
+        The run's validated config.yaml.
+    manifest : dict
+        The parsed manifest.json: `status`, `rounds` (per round: the clients heard and their
+        example counts) and `files` (relative path -> sha256 hex digest).
+    """
 
     def __init__(self, folder: Path, config: Config, manifest: dict):
         self.folder = folder
@@ -38,6 +52,23 @@ class Run:
 
     @classmethod
     def open(cls, folder: str | Path) -> Run:
+        """Open a run folder for reading.
+
+        Parameters
+        ----------
+        folder : str or pathlib.Path
+            The run folder.
+
+        Returns
+        -------
+        Run
+            The run, its config validated; no record file is read yet.
+
+        Raises
+        ------
+        FedsimError
+            If `folder` has no manifest, or its manifest or config.yaml cannot be read.
+        """
         folder = Path(folder)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
@@ -51,27 +82,89 @@ class Run:
 
     @property
     def status(self) -> str:
+        """The run's state as the manifest records it.
+
+        Returns
+        -------
+        str
+            "running", "complete" or "failed".
+        """
         return self.manifest["status"]
 
     @property
     def rounds(self) -> list[int]:
-        """The complete rounds, 0 (the initial model) included."""
+        """The complete rounds.
+
+        Returns
+        -------
+        list of int
+            Round numbers in increasing order, 0 (the initial model) included.
+        """
         return sorted(int(r) for r in self.manifest["rounds"])
 
     @cached_property
     def membership(self) -> pd.DataFrame:
+        """The membership ledger (membership.parquet), verified against the manifest.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per record the run uses, with the columns `record_id`, `client` (Int64, <NA>
+            for records no client holds), `member`, `role` and `target` (see `fedsim.membership`).
+
+        Raises
+        ------
+        FedsimError
+            If the ledger is missing or its sha256 does not match the manifest.
+        """
         return pd.read_parquet(io.BytesIO(self._read_verified(LEDGER_FILE)))
 
     @cached_property
     def pool(self) -> Pool:
+        """The run's data pool, loaded as the config's `data` section says.
+
+        Returns
+        -------
+        fedsim.datasets.Pool
+            Every record of the data set, indexed by record id.
+        """
         return pool_for(self.config.data)
 
     def records(self, ids: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of the given record ids, as the model takes them."""
+        """The records with the given ids, as the model takes them.
+
+        Parameters
+        ----------
+        ids : numpy.ndarray or list of int
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        x : torch.Tensor
+            Inputs, shape (n_records, *input_shape), normalised as in training.
+        y : torch.Tensor
+            Labels, int64, shape (n_records,).
+        """
         return self.pool.take(ids)
 
     def clients(self, round_number: int) -> list[int]:
-        """The clients whose parameters the server received in a round."""
+        """The clients whose parameters the server received in a round.
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (>= 1).
+
+        Returns
+        -------
+        list of int
+            Partition ids, sorted; empty under secure aggregation (the server saw only a sum).
+
+        Raises
+        ------
+        FedsimError
+            If the round is not recorded.
+        """
         return sorted(int(c) for c in self._round(round_number)["clients"])
 
     def received(self, round_number: int) -> list[int]:
@@ -83,6 +176,25 @@ class Run:
         return sorted({int(c) for c in info["clients"]} | set(info.get("secure_sum", [])) | set(info.get("failed", [])) - {-1})
 
     def num_examples(self, round_number: int, client: int) -> int:
+        """How many examples a client reported training on in a round (FedAvg's weight).
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (>= 1).
+        client : int
+            A partition id among `clients(round_number)`.
+
+        Returns
+        -------
+        int
+            The client's example count.
+
+        Raises
+        ------
+        FedsimError
+            If the round is not recorded.
+        """
         return int(self._round(round_number)["clients"][str(client)]["num_examples"])
 
     def _round(self, round_number: int) -> dict:
@@ -92,11 +204,26 @@ class Run:
         return info
 
     def table(self, relative: str) -> pd.DataFrame:
-        """A metrics table, e.g. 'metrics/leakage.csv'.
+        """A metrics table of the run.
 
         Checked against the manifest's sha256 when the manifest lists it, as it does every
         metrics file of a finished run; a run still being written (its report is made just
         before it is marked complete) lists them only when it finishes.
+
+        Parameters
+        ----------
+        relative : str
+            Path inside the run folder, e.g. "metrics/leakage.csv".
+
+        Returns
+        -------
+        pandas.DataFrame
+            The CSV table.
+
+        Raises
+        ------
+        FedsimError
+            If the file is missing, its sha256 does not match, or it is not a readable CSV.
         """
         path = self.folder / relative
         if relative in self.manifest["files"]:
@@ -121,13 +248,53 @@ class Run:
         return payload
 
     def state(self, round_number: int, client: int | None = None, kind: str = "clients") -> dict[str, torch.Tensor]:
-        """Recorded parameters: the global model, or what a client sent ('clients') / was sent ('broadcast')."""
+        """Recorded parameters of a round, verified against the manifest.
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (0 is the initial global model).
+        client : int, optional
+            A partition id; None for the global model after the round.
+        kind : str
+            With `client`: "clients" for what the client sent the server, "broadcast" for what
+            the server sent that client where it was not the global model (an active adversary).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The state dict, in the model's own shapes and dtypes.
+
+        Raises
+        ------
+        FedsimError
+            If the round or the file is not recorded, or its sha256 does not match.
+        """
         self._round(round_number)
         relative = global_file(round_number) if client is None else client_file(round_number, client, kind)
         return load(self._read_verified(relative))
 
     def model(self, round_number: int, client: int | None = None) -> nn.Module:
-        """The torch module of a round: the global model, or what the server received from `client`."""
+        """The torch module of a round, in evaluation mode.
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (0 is the initial global model).
+        client : int, optional
+            A partition id: the parameters the server received from that client; None for the
+            global model after the round.
+
+        Returns
+        -------
+        torch.nn.Module
+            The configured model (`model.name`) with the recorded parameters loaded.
+
+        Raises
+        ------
+        FedsimError
+            If the round or the file is not recorded, or its sha256 does not match.
+        """
         with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: draw nothing from the caller's generator
             model = model_for(self.config)
         model.load_state_dict(self.state(round_number, client))

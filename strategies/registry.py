@@ -98,10 +98,21 @@ STATELESS = frozenset(name for name, spec in STRATEGIES.items() if spec.resumabl
 
 
 def spec_of(cls: type[Strategy]) -> StrategySpec:
-    """The registered spec of a strategy class, or a plain spec for a user's own class.
+    """The registered spec of a strategy class, or a derived spec for a user's own class.
 
     A user's class (given by import path) inherits what its nearest registered base declares
     about wrapping, client mods and individual updates, but is never taken as resumable.
+
+    Parameters
+    ----------
+    cls : type[Strategy]
+        A Flower Message-API strategy class.
+
+    Returns
+    -------
+    StrategySpec
+        The registered spec of `cls`; else one derived from its first registered base other than
+        FedAvg (every strategy derives from FedAvg); else a plain spec (no wrapping, no mods).
     """
     for spec in STRATEGIES.values():
         if spec.cls is cls:
@@ -113,12 +124,33 @@ def spec_of(cls: type[Strategy]) -> StrategySpec:
 
 
 def is_stateless(strategy: Strategy) -> bool:
-    """Whether `strategy` (an instance) can be resumed with a fresh instance."""
+    """Whether an interrupted run with this strategy can continue with a fresh instance.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        A strategy instance (the outermost of a wrapped stack).
+
+    Returns
+    -------
+    bool
+        True only for an instance of exactly a registered class whose spec is resumable.
+    """
     return any(spec.resumable and type(strategy) is spec.cls for spec in STRATEGIES.values())
 
 
 def resolve_strategy(name: str) -> type[Strategy]:
-    """A registry name or 'package.module:Class' to a Strategy subclass.
+    """The strategy class a config names.
+
+    Parameters
+    ----------
+    name : str
+        A registry name (e.g. "fedavg") or an import path "package.module:Class".
+
+    Returns
+    -------
+    type[Strategy]
+        The strategy class.
 
     Raises
     ------
@@ -134,7 +166,23 @@ def resolve_strategy(name: str) -> type[Strategy]:
 
 
 def strategy_chain(spec: StrategyConfig) -> list[type[Strategy]]:
-    """The classes of a (possibly wrapped) strategy, outermost first."""
+    """The classes of a (possibly wrapped) strategy, outermost first.
+
+    Parameters
+    ----------
+    spec : StrategyConfig
+        The config's `strategy` section (`name`, optional `base`).
+
+    Returns
+    -------
+    list of type[Strategy]
+        The wrapper(s) then the base; a wrapper without `base` wraps FedAvg.
+
+    Raises
+    ------
+    FedsimError
+        If a name is unknown, or `base` is given to a strategy that wraps nothing.
+    """
     cls = resolve_strategy(spec.name)
     wraps = spec_of(cls).wraps
     if spec.base is not None and not wraps:
@@ -149,6 +197,20 @@ def check_strategy(config: Config) -> None:
 
     Checks the name (or import path) and base of `strategy`, and that a strategy needing
     individual updates is not combined with `defense.secure_aggregation`.
+
+    Parameters
+    ----------
+    config : Config
+        The whole config (its `strategy` and `defense` sections are read).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    FedsimError
+        One line naming the key and the fix.
     """
     chain = strategy_chain(config.strategy)
     if config.defense.secure_aggregation:
@@ -160,14 +222,47 @@ def check_strategy(config: Config) -> None:
 
 
 def train_mods(spec: StrategyConfig) -> list:
-    """The ClientApp mods the strategy expects on `train` (a client-side DP wrapper's clipping)."""
+    """The ClientApp mods the strategy expects around the clients' `train`.
+
+    Parameters
+    ----------
+    spec : StrategyConfig
+        The config's `strategy` section.
+
+    Returns
+    -------
+    list of callable
+        Flower client mods, outermost strategy's first (e.g. `fixedclipping_mod` for
+        dp-client-fixed, as Flower's client-side DP wrappers require).
+    """
     return [mod for cls in strategy_chain(spec) for mod in spec_of(cls).client_mods]
 
 
 def build_strategy(spec: StrategyConfig, num_clients: int, client_lr: float) -> Strategy:
-    """Instantiate the configured strategy (and its base) for a simulation of `num_clients` clients.
+    """Instantiate the configured strategy (and its base) for a simulation.
 
-    `client_lr` is the clients' learning rate, which QFedAvg needs to turn updates into gradients.
+    Defaults fill in what a simulation of N clients needs wherever the constructor accepts
+    them (every node available, no federated evaluation, the DP wrappers' sample size);
+    `spec.args` override them.
+
+    Parameters
+    ----------
+    spec : StrategyConfig
+        The config's `strategy` section.
+    num_clients : int
+        Clients in the simulation.
+    client_lr : float
+        The clients' learning rate, which QFedAvg needs to turn updates into gradients.
+
+    Returns
+    -------
+    Strategy
+        The outermost strategy, its base built recursively.
+
+    Raises
+    ------
+    FedsimError
+        If the name is unknown or the constructor rejects `strategy.args`.
     """
     cls = resolve_strategy(spec.name)
     chain = strategy_chain(spec)

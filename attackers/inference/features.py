@@ -245,12 +245,41 @@ class Features:
 
 
 def parametrised_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that own parameters directly, in forward-definition order."""
+    """Names of the modules that own parameters directly.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The target model.
+
+    Returns
+    -------
+    list of str
+        Module names (as `named_modules` gives them), in definition order.
+    """
     return [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
 
 
 def resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
-    """'all', 'last', or explicit module names -> module names."""
+    """The module names a `layers` setting selects.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The target model.
+    layers : str or sequence of str
+        "all", "last" (the last parametrised module), or module names.
+
+    Returns
+    -------
+    list of str
+        Names of parametrised modules.
+
+    Raises
+    ------
+    ValueError
+        If a given name is not a parametrised module of `model` (the message lists those that are).
+    """
     names = parametrised_layers(model)
     if layers == "all":
         return names
