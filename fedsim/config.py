@@ -36,15 +36,15 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: str = "digits"
-    root: str | None = None
-    download: bool = False
-    num_clients: int = Field(4, ge=1)
-    partition: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = Field(0.5, gt=0)
-    records_per_client: int | None = Field(200, ge=1)
-    nonmembers: int = Field(400, ge=0)
-    test_records: int = Field(500, ge=1)
+    dataset: str = Field("digits", description="data set registry name: digits, mnist, cifar10, cifar100, imagefolder, location, purchase100, texas100, adult")
+    root: str | None = Field(None, description="folder of the data set's files (torchvision's root; class folders or a .tar for imagefolder); null: built in")
+    download: bool = Field(False, description="let torchvision download mnist/cifar into root")
+    num_clients: int = Field(4, ge=1, description="clients in the federation")
+    partition: Literal["iid", "dirichlet"] = Field("iid", description="members over clients: iid, or dirichlet by label (flwr-datasets' DirichletPartitioner)")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller: more skewed label mixes)")
+    records_per_client: int | None = Field(200, ge=1, description="member records per client; null: split all member records")
+    nonmembers: int = Field(400, ge=0, description="records no client trains on: half for the attacker's training, half for evaluation")
+    test_records: int = Field(500, ge=1, description="utility test split (accuracy of the global model)")
 
 
 def _float32_step(value: float) -> float:
@@ -56,37 +56,38 @@ def _float32_step(value: float) -> float:
 
 
 class ModelConfig(Section):
-    name: str = "fcn"
-    args: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("fcn", description="model registry name: fcn, mnist_cnn, alexnet_cifar, resnet18, resnet34, densenet121")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of the model's constructor (e.g. fcn: hidden, activation)")
 
 
 class TrainConfig(Section):
-    rounds: int = Field(20, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    rounds: int = Field(20, ge=1, description="federated rounds")
+    local_epochs: int = Field(1, ge=1, description="epochs of local training per round")
+    batch_size: int = Field(32, ge=1, description="records per local optimiser step")
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False, description="clients' learning rate")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="clients' optimiser: sgd or adam")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (sgd only)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the clients' optimiser")
 
     _lr_in_float32 = field_validator("lr")(_float32_step)
 
 
 class StrategyConfig(Section):
-    name: str = "fedavg"
-    args: dict[str, Any] = Field(default_factory=dict)
-    base: StrategyConfig | None = None  # the strategy a wrapper (dp-*) wraps; null: fedavg
+    name: str = Field("fedavg", description="strategy registry name (README: Strategies and defences) or \"package.module:Class\"")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of the strategy's constructor")
+    base: StrategyConfig | None = Field(None, description="dp-* wrappers only: the strategy they wrap, {name, args, base}; null: fedavg")
 
 
 class AdversaryConfig(Section):
-    role: Literal["server", "participant", "none"] = "server"
-    mode: Literal["passive", "gradient-ascent"] = "passive"
-    isolate: bool = False
-    victim: int = Field(0, ge=0)
-    target_records: int = Field(200, ge=0)
-    gamma: float = Field(1.0, gt=0, allow_inf_nan=False)  # step = gamma * gradient of the ascended records' mean loss
-    step_norm: float | None = Field(None, gt=0)  # scale-free: step's L2 norm = step_norm * parameters' L2 norm (overrides gamma)
-    active_rounds: list[int] | None = None
+    role: Literal["server", "participant", "none"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
+    mode: Literal["passive", "gradient-ascent"] = Field("passive", description="passive (observes only) or gradient-ascent on the target records (active)")
+    isolate: bool = Field(False, description="server only: the victim gets a model of its own, never averaged with the others")
+    victim: int = Field(0, ge=0, description="the client the server targets; the participant's own client id")
+    target_records: int = Field(200, ge=0, description="evaluation targets: half members (victim's, or other clients' for a participant), half non-members")
+    gamma: float = Field(1.0, gt=0, allow_inf_nan=False,
+                         description="gradient-ascent step size: step = gamma * gradient of the ascended records' mean loss")
+    step_norm: float | None = Field(None, gt=0, description="scale-free step: its L2 norm = step_norm * the parameters' L2 norm (overrides gamma)")
+    active_rounds: list[int] | None = Field(None, description="rounds in which the adversary acts; null: all")
 
     _gamma_in_float32 = field_validator("gamma")(_float32_step)
 
@@ -94,33 +95,32 @@ class AdversaryConfig(Section):
 class DPSGDConfig(Section):
     """Client-side DP-SGD (Opacus): per-example clipping and Gaussian noise in every local step."""
 
-    noise_multiplier: float = Field(1.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    noise_multiplier: float = Field(1.0, ge=0, description="Gaussian noise std over the clipping norm (Opacus)")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm (L2)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of the (epsilon, delta) guarantee")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus privacy accountant: rdp or prv")
 
 
 class DefenseConfig(Section):
-    secure_aggregation: bool = False  # the server sees only the aggregate of the clients' updates
-    dp_sgd: DPSGDConfig | None = None  # null: ordinary local SGD
+    secure_aggregation: bool = Field(False, description="the server sees only the aggregate of the clients' updates")
+    dp_sgd: DPSGDConfig | None = Field(None, description="client DP-SGD (Opacus): {noise_multiplier, max_grad_norm, delta, accountant}; null: plain SGD")
 
 
 class BackendConfig(Section):
-    cpus_per_client: float = Field(1, gt=0)
-    gpus_per_client: float = Field(0, ge=0)
-    ray_address: str | None = None
+    cpus_per_client: float = Field(1, gt=0, description="CPUs Ray reserves per simulated client (also its torch threads)")
+    gpus_per_client: float = Field(0, ge=0, description="GPUs (fractions allowed) Ray reserves per simulated client")
+    ray_address: str | None = Field(None, description="address of a running Ray cluster; null: start a local one")
 
 
 class RecordConfig(Section):
-    dtype: Literal["float32", "float16"] = "float32"  # float16 halves the run folder; records are then rounded
+    dtype: Literal["float32", "float16"] = Field("float32", description="dtype of recorded parameters; float16 halves the run folder (records rounded)")
 
 
 class FaultsConfig(Section):
-    client_error_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that its training raises
-    client_dropout_rate: float = Field(0.0, ge=0, lt=1)  # chance per round and client that it never replies
-    # rounds in which no client update arrived that the run tolerates before it stops as failed;
-    # null: none when no faults are injected (any such round stops it), unlimited when they are
-    max_failed_rounds: int | None = Field(None, ge=0)
+    client_error_rate: float = Field(0.0, ge=0, lt=1, description="chance per round and client that its training raises")
+    client_dropout_rate: float = Field(0.0, ge=0, lt=1, description="chance per round and client that it never replies")
+    max_failed_rounds: int | None = Field(None, ge=0, description="rounds without any client update the run tolerates before it stops "
+                                          "as failed; null: none without injected faults, unlimited with them")
 
     def failed_round_limit(self) -> int | None:
         """`max_failed_rounds` resolved: None means no limit."""
@@ -148,35 +148,36 @@ class AttackConfig(Section):
 
 
 class FeaturesConfig(Section):
-    memory_budget_gib: float = Field(2.0, gt=0)  # per-example features are computed in chunks that fit this budget
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # per-example features and attack training; auto: cuda when present
+    memory_budget_gib: float = Field(2.0, gt=0, description="GiB per chunk: per-example features are computed in chunks that fit this budget")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="per-example features and attack training: auto (cuda when present), cpu or cuda")
 
 
 class AuditConfig(Section):
     """Canaries for the one-run privacy audit (Steinke, Nasr and Jagielski 2023)."""
 
-    canaries: int = Field(0, ge=0)  # records from the unused pool, each put into the victim's data with probability 1/2
-    guesses: int = Field(20, ge=1)  # the audit guesses the guesses/2 highest-scored canaries in, as many lowest out
+    canaries: int = Field(0, ge=0, description="records from the unused pool, each put into the victim's data with probability 1/2")
+    guesses: int = Field(20, ge=1, description="the audit guesses the guesses/2 highest-scored canaries in, as many lowest out")
 
 
 class Config(Section):
-    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names the run folder
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    defense: DefenseConfig = Field(default_factory=DefenseConfig)
-    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
-    attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")])
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder")
+    seed: int = Field(0, description="seeds the ledger, the initial model, client shuffling and sampling")
+    data: DataConfig = Field(default_factory=DataConfig, description="the data set and how it is split into members and non-members")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model every client trains")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="rounds and local training")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="the server's aggregation strategy")
+    defense: DefenseConfig = Field(default_factory=DefenseConfig, description="secure aggregation and client DP-SGD")
+    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig, description="the threat model: who attacks, how, and whom")
+    attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")],
+                                        description="inference attacks run on the recorded run: names or {name, args}")
     attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
-    observe_rounds: list[int] | None = None
-    observe_every: int | None = Field(None, ge=1)  # observe rounds k, 2k, ... and the last; follows train.rounds
-    backend: BackendConfig = Field(default_factory=BackendConfig)
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
-    faults: FaultsConfig = Field(default_factory=FaultsConfig)
-    record: RecordConfig = Field(default_factory=RecordConfig)
-    audit: AuditConfig = Field(default_factory=AuditConfig)
+    observe_rounds: list[int] | None = Field(None, description="snapshots the multi-round attacks combine; null: all recorded")
+    observe_every: int | None = Field(None, ge=1, description="observe rounds k, 2k, ... and the last (follows train.rounds); null: see observe_rounds")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="Ray resources of the simulation")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="how per-example features are computed")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig, description="injected client faults, drawn from (seed, round, client)")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="how the run folder stores parameters")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="canaries of the one-run privacy audit (Steinke et al. 2023)")
 
     _notes: list[str] = PrivateAttr(default_factory=list)
 
