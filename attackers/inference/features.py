@@ -32,6 +32,19 @@ DEFAULT_BUDGET = 2 << 30  # bytes
 def ghost_cheaper(rows: int, width: int, positions: int) -> bool:
     """Whether a gradient sum_l g_l u_l^T of `positions` outer products of (width,) by (rows,)
     is cheaper kept as its factors (and its norm as Gram products) than materialised.
+
+    Parameters
+    ----------
+    rows, width : int
+        The sizes of u_l (e.g. Cin k k) and g_l (e.g. Cout).
+    positions : int
+        L, the number of outer products (a convolution's output positions).
+
+    Returns
+    -------
+    bool
+        True when the factors, L (rows + width) floats per example, are fewer than the
+        materialised rows * width (Li et al. 2022's ghost-clipping criterion).
     """
     return positions * (rows + width) < rows * width
 
@@ -440,7 +453,19 @@ def unfold(a: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], 
            stride: tuple[int, int]) -> torch.Tensor:
     """torch.nn.functional.unfold as a strided view of the padded input, then one copy.
 
-    Same result (N, C kh kw, L); torch's CPU im2col is 10-30x slower on these shapes.
+    Same result; torch's CPU im2col is 10-30x slower on these shapes.
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        Input, shape (N, C, H, W).
+    kernel, dilation, padding, stride : tuple of (int, int)
+        As the convolution's (zero padding).
+
+    Returns
+    -------
+    torch.Tensor
+        The unfolded input, shape (N, C kh kw, L), L the number of output positions.
     """
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
     windows = nn.functional.pad(a, (pw, pw, ph, ph)).unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
