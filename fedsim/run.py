@@ -171,6 +171,21 @@ class Run:
         """The clients that received the round's training message (the global model of the round
         before): those whose reply the server read, summed under secure aggregation, or that failed
         after receiving it; not those left out by client sampling or that dropped out.
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (>= 1).
+
+        Returns
+        -------
+        list of int
+            Partition ids, sorted.
+
+        Raises
+        ------
+        FedsimError
+            If the round is not recorded.
         """
         info = self._round(round_number)
         return sorted({int(c) for c in info["clients"]} | set(info.get("secure_sum", [])) | set(info.get("failed", [])) - {-1})
