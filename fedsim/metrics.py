@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binomtest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 FPR_TARGETS = (1e-2, 1e-3)
 
@@ -92,10 +92,9 @@ def balanced_accuracy(scores: np.ndarray, members: np.ndarray, threshold: float)
     Returns
     -------
     float
-        The mean of TPR and TNR, in [0, 1]; 0.5 is chance.
+        The mean of TPR and TNR, in [0, 1]; 0.5 is chance (scikit-learn's `balanced_accuracy_score`).
     """
-    predicted = scores >= threshold
-    return float((predicted[members].mean() + (~predicted[~members]).mean()) / 2)
+    return float(balanced_accuracy_score(np.asarray(members, dtype=bool), np.asarray(scores) >= threshold))
 
 
 def best_threshold(scores: np.ndarray, members: np.ndarray) -> float:

@@ -53,3 +53,16 @@ def test_threshold_and_bootstrap():
     low, high = bootstrap_auc_interval(scores, members)
     assert low < leakage(scores, members).auc < high and high - low < 0.1
     assert list(leakage(scores, members).as_row()) == ["auc", "accuracy", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balanced_accuracy_is_sklearns_and_the_mean_of_tpr_and_tnr(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 300))
+    members = rng.random(n) < rng.uniform(0.2, 0.8)
+    members[:2] = [True, False]  # both classes present
+    scores = rng.integers(0, 5, n) + rng.normal(0, 1, n) * members  # ties included
+    threshold = float(rng.choice(scores))
+    predicted = scores >= threshold
+    reference = (predicted[members].mean() + (~predicted[~members]).mean()) / 2  # the definition, by hand
+    assert balanced_accuracy(scores, members, threshold) == reference
