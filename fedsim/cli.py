@@ -32,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(commands)
+    _add_check(commands)
+    _add_attack(commands)
+    _add_report(commands)
+    _add_sweep(commands)
+    _add_reproduce(commands)
+    return parser
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim run` subcommand and its options."""
     run = commands.add_parser("run", help="simulate a federation from a config and record every round")
     run.add_argument("config", nargs="?", help="YAML config (default: the quickstart shipped with fedsim, configs/quickstart.yaml)")
     run.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
@@ -40,17 +51,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
     run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
     run.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
+
+
+def _add_check(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim check` subcommand and its options."""
     check = commands.add_parser("check", help="validate a config and its data files without running; print the resolved config")
     check.add_argument("config", nargs="?", help="YAML config (default: the quickstart shipped with fedsim)")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, as for `fedsim run` (repeatable)")
+
+
+def _add_attack(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim attack` subcommand and its options."""
     attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
     attack.add_argument("--rounds", type=_round_list, help="rounds to attack, e.g. 5,10,20 (default: every observed round)")
     attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim report` subcommand and its options."""
     report = commands.add_parser("report", help="(re)write a complete run's report.html and plots/*.png")
     report.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim sweep` subcommand and its options."""
     sweep = commands.add_parser("sweep", help="run a grid of configs one after another (resumable) and compare them")
     sweep.add_argument("config", help="YAML config every grid point starts from")
     sweep.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2",
@@ -61,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, metavar="K", help="run every grid point with seeds 0..K-1")
     sweep.add_argument("--baseline", metavar="KEY=VALUE",
                        help="write paired.csv: each setting minus the one with KEY=VALUE, seed by seed, with a 95%% paired t interval")
+
+
+def _add_reproduce(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim reproduce` subcommand and its options."""
     reproduce = commands.add_parser("reproduce", help="run every threat model of Nasr et al. 2019 on configs/paper over seeds; write reproduction.md")
     reproduce.add_argument("--scale", choices=("cpu", "full"), default="cpu", help="CPU-sized configs (minutes here) or the paper's full scale")
     reproduce.add_argument("--seeds", type=int, default=3, help="seeds per threat model (default 3)")
@@ -69,7 +100,6 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", type=Path, help="reproduction folder (default: runs/reproduce-<scale>); an existing one is resumed")
     reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override a config key for every run (repeatable)")
-    return parser
 
 
 def _round_list(text: str) -> list[int]:
