@@ -23,6 +23,7 @@ MODULES = ["fedsim.run", "fedsim.metrics"] + sorted(
     f"attackers.inference.{m.name}" for m in pkgutil.iter_modules(attackers.inference.__path__) if not m.name.startswith("_")
 )
 SECTION = re.compile(r"^\s*(Parameters|Returns)\n\s*-{3,}\s*$", re.MULTILINE)
+CLASS_SECTION = re.compile(r"^\s*(Parameters|Attributes)\n\s*-{3,}\s*$", re.MULTILINE)  # a dataclass may list Attributes
 
 
 def _public_api(module_name: str) -> list[tuple[str, object]]:
@@ -72,4 +73,5 @@ def test_public_api_has_a_numpy_parameters_or_returns_section(module, qualname, 
         assert not undocumented, f"{module}.{qualname}: fields without a description: {undocumented}"
         return
     doc = inspect.getdoc(obj) or ""
-    assert SECTION.search(doc), f"{module}.{qualname}: its docstring has no numpy-style Parameters or Returns section"
+    section = CLASS_SECTION if inspect.isclass(obj) else SECTION
+    assert section.search(doc), f"{module}.{qualname}: its docstring has no numpy-style Parameters or Returns (class: Attributes) section"
