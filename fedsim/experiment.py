@@ -24,7 +24,7 @@ from attackers.inference.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config, load_config
 from fedsim.console import RUN_LOG, RunConsole, summary_table
-from fedsim.datasets import DATASETS, pool_for
+from fedsim.datasets import DATASETS, Pool, pool_for
 from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
@@ -259,6 +259,27 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     pool = pool_for(config.data)
     if resumed is not None:
         console.print(f"fedsim: resuming {folder} after round {recorder.manifest['rounds_completed']}")
+    plan, client_app, faults = _apps(recorder, ledger, pool, model, strategy, resumed, console)
+    console.print(
+        f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
+        f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
+    )
+    console.start(ROUNDS_STAGE, config.train.rounds)
+    if recorder.manifest["rounds_completed"] < config.train.rounds:
+        _simulate(recorder, plan, client_app, engine)
+    _check_rounds_completed(recorder, faults)
+    console.print(f"threat model: {describe(config)}")
+    summary = _attack_and_report(recorder, console)
+    recorder.finish("complete")
+    console.print(f"report: {folder / REPORT_HTML}")
+    _point_latest(folder, runs)
+    return summary
+
+
+def _apps(recorder: Recorder, ledger, pool: Pool, model: torch.nn.Module, strategy, resumed: Run | None,
+          console: RunConsole) -> tuple[ServerPlan, ClientApp, FaultPlan]:
+    """The server's plan (strategy, adversary, faults, progress lines), the ClientApp and the fault plan of the run."""
+    config = recorder.config
     test_ids = ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy()
 
     def show(row: dict) -> None:
@@ -276,19 +297,23 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
                       secure_aggregation=config.defense.secure_aggregation, max_failed_rounds=config.faults.failed_round_limit(),
                       adversary_gamma=config.adversary.mode == "gradient-ascent")
     client_app = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])
-    console.print(
-        f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
-        f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
-    )
-    console.start(ROUNDS_STAGE, config.train.rounds)
-    if recorder.manifest["rounds_completed"] < config.train.rounds:
-        try:
-            engine(plan, client_app)
-        except BaseException as exc:
-            plan.error = plan.error or exc
-        if plan.error is not None:  # what stopped the server app (the engine may only log it)
-            _mark_failed(recorder, f"{type(plan.error).__name__}: {plan.error}")
-            raise plan.error
+    return plan, client_app, faults
+
+
+def _simulate(recorder: Recorder, plan: ServerPlan, client_app: ClientApp, engine: Engine) -> None:
+    """Run the remaining rounds on `engine`; mark the run failed and re-raise what stopped the server app."""
+    try:
+        engine(plan, client_app)
+    except BaseException as exc:
+        plan.error = plan.error or exc
+    if plan.error is not None:  # what stopped the server app (the engine may only log it)
+        _mark_failed(recorder, f"{type(plan.error).__name__}: {plan.error}")
+        raise plan.error
+
+
+def _check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
+    """Refuse (and mark failed) a run whose curious participant failed or that stopped early."""
+    config = recorder.config
     attacker_failed = [r for r, info in recorder.manifest["rounds"].items()
                        if config.adversary.victim in info.get("failed", []) and not faults.raises(int(r), config.adversary.victim)]
     if config.adversary.role == "participant" and config.adversary.mode == "gradient-ascent" and attacker_failed:
@@ -300,7 +325,11 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     if recorder.manifest["rounds_completed"] != config.train.rounds:
         _mark_failed(recorder, f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
-    console.print(f"threat model: {describe(config)}")
+
+
+def _attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
+    """Measure leakage on the recorded run and write its metrics and report (before 'complete')."""
+    config, folder = recorder.config, recorder.folder
     try:
         run = Run.open(folder)
         leakage = measure_leakage(run, progress=console)
@@ -309,14 +338,10 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
         recorder.write_metrics({LEAKAGE_CSV: leakage.rows, LEAKAGE_SEEDS_CSV: leakage.seed_rows, ROC_CSV: leakage.roc,
                                 PER_CLASS_CSV: leakage.per_class})
         recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
-        summary = run_summary(run)
+        return run_summary(run)
     except BaseException as exc:
         _mark_failed(recorder, f"attacks or report: {type(exc).__name__}: {exc}")
         raise
-    recorder.finish("complete")
-    console.print(f"report: {folder / REPORT_HTML}")
-    _point_latest(folder, runs)
-    return summary
 
 
 def _mark_failed(recorder: Recorder, error: str) -> None:
