@@ -18,13 +18,15 @@ utility.
 from __future__ import annotations
 
 import base64
-import html
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from attackers.inference.audit import accountant_epsilon
@@ -145,93 +147,39 @@ def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
             f"a gap of {upper - best['epsilon_lower_bound']:.3g} (the upper bound is {upper / best['epsilon_lower_bound']:.3g} times the lower).")
 
 
-def _cell(tag: str, value, source: str, row: int, column: str) -> str:
-    """An element holding one table value, tagged with the file, row and column it comes from."""
-    return (f'<{tag} data-source="{source}" data-row="{row}" data-column="{html.escape(column)}">'
-            f"{html.escape(display(value))}</{tag}>")
+@cache
+def _template() -> Template:
+    """The report template (fedsim/templates/report.html.j2), autoescaped: table values and captions are text."""
+    environment = Environment(loader=PackageLoader("fedsim", "templates"), autoescape=True, undefined=StrictUndefined)
+    environment.filters["display"] = display
+    environment.filters["display_or_blank"] = lambda value: "" if pd.isna(value) else display(value)
+    environment.filters["b64"] = lambda png: base64.b64encode(png).decode("ascii")
+    environment.tests["missing"] = lambda value: value is None or bool(pd.isna(value))
+    environment.globals["tpr_text"] = tpr_text
+    return environment.get_template("report.html.j2")
 
 
-def _words(text: str) -> str:
-    """Prose that may contain digits of its own (FPR 1e-3, 95%), marked as not data."""
-    return f'<span class="words">{html.escape(text)}</span>'
+def _macro(name: str) -> Callable[..., str]:
+    """A macro of the report template; it returns autoescaped Markup."""
+    return getattr(_template().module, name)
 
 
 def summary_html(summary: Summary, section_id: str = "summary") -> str:
     """The summary section; its numbers are tagged cells of leakage.csv and training.csv."""
-    parts = [f'<section id="{section_id}" class="summary"><h2>Summary</h2><p class="words">Threat model: {html.escape(summary.threat_model)}.</p>']
-    worst = summary.headline
-    if worst is None:
-        parts.append("<p>No leakage was measured in this run.</p>")
-    else:
-        index = int(worst.name)
-
-        def cell(column: str) -> str:
-            return _cell("span", worst[column], LEAKAGE_CSV, index, column)
-
-        def tpr(column: str) -> str:
-            value = worst.get(column)
-            return cell(column) if value is not None and not pd.isna(value) else _words(tpr_text(worst, column))
-
-        interval = (f" ({_words('95% interval')} {cell('auc_ci_low')} to {cell('auc_ci_high')})"
-                    if "auc_ci_low" in worst.index else "")
-        parts.append(
-            f'<p class="headline">Leakage at the last observed round: <strong>AUC {cell("auc")}</strong>{interval} at round {cell("round")}, '
-            f"by the {cell('attacker')}'s {cell('attack')} attack on {cell('target')}; balanced accuracy {cell('accuracy')}, "
-            f"TPR {tpr('tpr_at_fpr_1e-2')} at {_words('FPR 1e-2')} and {tpr('tpr_at_fpr_1e-3')} at {_words('FPR 1e-3')} "
-            f"over {cell('n_members')} members and {cell('n_nonmembers')} non-members.</p>"
-        )
-        selected = summary.selected
-        if selected is not None:
-            index = int(selected.name)
-            parts.append(
-                f"<p>Selected maximum over rounds and attacks: AUC {_cell('span', selected['auc_holdout'], LEAKAGE_CSV, index, 'auc_holdout')} "
-                f"on the held-out half of the targets, by the {_cell('span', selected['attack'], LEAKAGE_CSV, index, 'attack')} attack "
-                f"at round {_cell('span', selected['round'], LEAKAGE_CSV, index, 'round')} "
-                f"{_words('(selected by its AUC on the other half,')} "
-                f"{_cell('span', selected['auc_select'], LEAKAGE_CSV, index, 'auc_select')}{_words(')')}.</p>"
-            )
-    final = summary.final_training
-    if final is not None:
-        index = int(final.name)
-        parts.append(
-            f"<p>Utility: test accuracy {_cell('span', final['test_accuracy'], TRAINING_CSV, index, 'test_accuracy')} "
-            f"after round {_cell('span', final['round'], TRAINING_CSV, index, 'round')}.</p>"
-        )
-    if worst is not None:
-        columns = summary.headline_columns()
-        header = "".join(f"<th>{html.escape(label)}</th>" for label in columns.values())
-        body = "".join(
-            "<tr>" + "".join(_cell("td", row[column], LEAKAGE_CSV, int(index), column)
-                             if not (column.startswith("tpr_") and pd.isna(row[column])) else f'<td class="words">{html.escape(tpr_text(row, column))}</td>'
-                             for column in columns) + "</tr>"
-            for index, row in summary.per_attack.iterrows()
-        )
-        parts.append(f'<h3>Each attack at its last observed round</h3><table class="numbers"><tr>{header}</tr>{body}</table>')
-    parts.append("</section>")
-    return "".join(parts)
+    return str(_macro("summary_section")(summary, section_id, LEAKAGE_CSV, TRAINING_CSV))
 
 
 def _figure_html(plot: Plot) -> str:
-    if plot.png is None:
-        return f'<section id="{plot.name}"><h2>{html.escape(plot.title)}</h2><p class="note">{html.escape(plot.caption)}</p></section>'
-    data = base64.b64encode(plot.png).decode("ascii")
-    return (f'<section id="{plot.name}"><h2>{html.escape(plot.title)}</h2><figure>'
-            f'<img src="data:image/png;base64,{data}" alt="{html.escape(plot.title)}">'
-            f"<figcaption>{html.escape(plot.caption)}</figcaption></figure></section>")
+    return str(_macro("figure")(plot))
 
 
 def _table_html(table: pd.DataFrame) -> str:
     """A table with every value as written in its source (pandas' to_html would re-round numbers)."""
-    header = "".join(f"<th>{html.escape(str(column))}</th>" for column in table.columns)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{'' if pd.isna(value) else html.escape(display(value))}</td>" for value in row) + "</tr>"
-        for row in table.astype(object).itertuples(index=False)
-    )
-    return f'<table class="numbers"><tr>{header}</tr>{rows}</table>'
+    return str(_macro("table")(table))
 
 
 def _details_html(title: str, table: pd.DataFrame) -> str:
-    return f"<details><summary>{html.escape(title)}</summary>{_table_html(table)}</details>"
+    return str(_macro("details")(title, table))
 
 
 STYLE = """
@@ -251,9 +199,9 @@ details { margin: 0.5rem 0; }
 
 
 def _page(title: str, meta: str, sections: Iterable[str]) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(meta)}</p>"
-            + "".join(sections) + "</body></html>\n")
+    """The whole page around `sections` (HTML the template's macros made, or fixed markup)."""
+    body = Markup("".join(sections))
+    return str(_macro("page")(title, meta, Markup(STYLE), caller=lambda: body))
 
 
 def _write_plots(folder: Path, figures: list[Plot]) -> list[str]:
@@ -325,30 +273,23 @@ def write_sweep_report(sweep_dir: Path, runs: list[Path], table: pd.DataFrame, p
                 plots.auc_per_round_by_run({name: run.table(LEAKAGE_CSV) for name, run in zip(names, complete)})),
     ]
     _write_plots(sweep_dir, figures)
-    columns = []
-    for name, run in zip(names, complete):
-        summary = run_summary(run)
-        link = html.escape(str(Path(name) / REPORT_HTML))
-        pieces = [f'<div><h3><a href="{link}">{html.escape(name)}</a></h3>', summary_html(summary, f"summary-{name}")]
-        if not summary.leakage.empty:
-            pieces.append(_figure_html(_render(f"{name}-auc", "AUC per round", "95% bootstrap bands.", plots.auc_per_round(summary.leakage))))
-        pieces.append(_figure_html(_render(f"{name}-utility", "Utility per round", "Test accuracy and loss.", plots.utility_per_round(summary.training))))
-        columns.append("".join(pieces) + "</div>")
-    skipped = [run for run in opened if run.status != "complete"]
-    left_out = ", ".join(html.escape(f"{_run_name(sweep_dir, r.folder)} ({r.status})") for r in skipped)
-    note = f"<p>Not complete, left out: {left_out}</p>" if skipped else ""
-    paired_section = [] if paired is None else [
-        "<h2>Paired differences (setting minus baseline, same seed)</h2>",
-        "<p>Mean over seeds of the per-seed difference, with its 95% paired t interval.</p>", _table_html(paired)]
-    sections = [
-        "<h2>Comparison</h2>", _table_html(table), note, *paired_section,
-        "<h2>Last-round AUC per run and attack</h2>", _table_html(points),
-        *map(_figure_html, figures),
-        '<h2>Runs side by side</h2><div class="side-by-side">', *columns, "</div>",
-    ]
+    columns = [_run_column(name, run) for name, run in zip(names, complete)]
+    left_out = [f"{_run_name(sweep_dir, r.folder)} ({r.status})" for r in opened if r.status != "complete"]
+    paired_html = None if paired is None else Markup(_table_html(paired))
+    sections = [_macro("sweep_body")(Markup(_table_html(table)), left_out, paired_html, Markup(_table_html(points)), figures, columns)]
     page = _page(f"fedsim sweep report: {sweep_dir.name}", f"{len(complete)} runs in {sweep_dir}", sections)
     write_atomically(sweep_dir / REPORT_HTML, page.encode("utf-8"))
     return sweep_dir / REPORT_HTML
+
+
+def _run_column(name: str, run: Run) -> Markup:
+    """One run's column of a sweep report: a link to its report, its summary, AUC and utility per round."""
+    summary = run_summary(run)
+    figures = []
+    if not summary.leakage.empty:
+        figures.append(_render(f"{name}-auc", "AUC per round", "95% bootstrap bands.", plots.auc_per_round(summary.leakage)))
+    figures.append(_render(f"{name}-utility", "Utility per round", "Test accuracy and loss.", plots.utility_per_round(summary.training)))
+    return Markup(_macro("run_column")(name, str(Path(name) / REPORT_HTML), Markup(summary_html(summary, f"summary-{name}")), figures))
 
 
 def _run_name(sweep_dir: Path, folder: Path) -> str:
