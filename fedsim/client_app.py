@@ -38,40 +38,9 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
     """
     app = ClientApp(mods=list(mods))
 
-    def local_data(context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
-        torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
-        partition = int(context.node_config[PARTITION_KEY])
-        return partition, *pool_for(config.data).take(client_records[partition])
-
-    def local_model(message: Message) -> torch.nn.Module:
-        model = model_for(config)
-        model.load_state_dict(array_record(message.content).to_torch_state_dict())
-        return model
-
     @app.train(mods=list(train_mods))
     def train(message: Message, context: Context) -> Message:
-        partition, x, y = local_data(context)
-        model = local_model(message)
-        train_config = config_record(message.content)
-        seed = client_seed(config.seed, int(number(train_config["server-round"])), partition)
-        torch.manual_seed(seed)
-        mu = float(number(train_config[PROXIMAL_MU])) if PROXIMAL_MU in train_config else 0.0
-        dp = config.defense.dp_sgd
-        if config.backend.gpus_per_client > 0 and torch.cuda.is_available():  # Ray gave this client a GPU
-            model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
-        result = train_locally(model, x, y, config.train, seed, proximal_mu=mu, dp_sgd=dp)
-        model.to("cpu")
-        metrics: dict[str, MetricRecordValues] = {"num-examples": len(y), "train_loss": result.loss}
-        if dp is not None:
-            steps = result.steps + (int(number(config_record(context.state, DP_STATE)["steps"])) if DP_STATE in context.state else 0)
-            context.state[DP_STATE] = ConfigRecord({"steps": steps})
-            metrics["epsilon"] = epsilon(dp, result.sample_rate, steps)
-        content = RecordDict({
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord(metrics),
-            CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
-        })
-        return Message(content=content, reply_to=message)
+        return _train_reply(config, client_records, message, context)
 
     @app.query()
     def identify(message: Message, context: Context) -> Message:
@@ -81,12 +50,59 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
 
     @app.evaluate()
     def evaluate_local(message: Message, context: Context) -> Message:
-        partition, x, y = local_data(context)
-        result = evaluate(local_model(message), x, y)
-        content = RecordDict({
-            "metrics": MetricRecord({"num-examples": len(y), "loss": result.loss, "accuracy": result.accuracy}),
-            CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
-        })
-        return Message(content=content, reply_to=message)
+        return _evaluate_reply(config, client_records, message, context)
 
     return app
+
+
+def _local_data(config: Config, client_records: Mapping[int, np.ndarray], context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The node's partition id and its records (x, y), with torch's threads set to the client's CPUs."""
+    torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
+    partition = int(context.node_config[PARTITION_KEY])
+    return partition, *pool_for(config.data).take(client_records[partition])
+
+
+def _local_model(config: Config, message: Message) -> torch.nn.Module:
+    """The configured model with the parameters the server sent."""
+    model = model_for(config)
+    model.load_state_dict(array_record(message.content).to_torch_state_dict())
+    return model
+
+
+def _train_reply(config: Config, client_records: Mapping[int, np.ndarray], message: Message, context: Context) -> Message:
+    """Train locally (FedProx's term and DP-SGD as configured, on the GPU Ray gave the client if any);
+    reply with the model, metrics and partition id.
+    """
+    partition, x, y = _local_data(config, client_records, context)
+    model = _local_model(config, message)
+    train_config = config_record(message.content)
+    seed = client_seed(config.seed, int(number(train_config["server-round"])), partition)
+    torch.manual_seed(seed)
+    mu = float(number(train_config[PROXIMAL_MU])) if PROXIMAL_MU in train_config else 0.0
+    dp = config.defense.dp_sgd
+    if config.backend.gpus_per_client > 0 and torch.cuda.is_available():  # Ray gave this client a GPU
+        model, x, y = model.to("cuda"), x.to("cuda"), y.to("cuda")
+    result = train_locally(model, x, y, config.train, seed, proximal_mu=mu, dp_sgd=dp)
+    model.to("cpu")
+    metrics: dict[str, MetricRecordValues] = {"num-examples": len(y), "train_loss": result.loss}
+    if dp is not None:
+        steps = result.steps + (int(number(config_record(context.state, DP_STATE)["steps"])) if DP_STATE in context.state else 0)
+        context.state[DP_STATE] = ConfigRecord({"steps": steps})
+        metrics["epsilon"] = epsilon(dp, result.sample_rate, steps)
+    content = RecordDict({
+        "arrays": ArrayRecord(model.state_dict()),
+        "metrics": MetricRecord(metrics),
+        CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
+    })
+    return Message(content=content, reply_to=message)
+
+
+def _evaluate_reply(config: Config, client_records: Mapping[int, np.ndarray], message: Message, context: Context) -> Message:
+    """Evaluate the server's model on this node's records."""
+    partition, x, y = _local_data(config, client_records, context)
+    result = evaluate(_local_model(config, message), x, y)
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": len(y), "loss": result.loss, "accuracy": result.accuracy}),
+        CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition}),
+    })
+    return Message(content=content, reply_to=message)
