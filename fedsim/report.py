@@ -85,45 +85,74 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
     figures = []
     leakage = summary.leakage
     if not leakage.empty:
-        figures += [
-            _render("auc_per_round", "Leakage per round", "Membership AUC of every attack, each round it was run; bands are 95% bootstrap intervals.",
-                    plots.auc_per_round(leakage)),
-            _render("tpr_per_round", "TPR at low FPR per round",
-                    "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
-                    plots.tpr_per_round(leakage)),
-        ]
         last_round = int(leakage["round"].max())
-        last = leakage[leakage["round"] == last_round]
-        roc = run.table(ROC_CSV)
-        title = "ROC curves of the last round"
-        figures.append(_render("roc", title, f"Round {last_round}: linear axes, and log-log axes for the low-FPR regime.",
-                               plots.roc_curves(roc, int(last["n_nonmembers"].max()), last_round))
-                       if len(roc) else _skipped("roc", title, "metrics/roc.csv has no rows"))
-        signals = record_signals(run)
-        snapshot = f"target records on the attacker's last snapshot (round {int(signals['round'].iloc[0])})" if len(signals) else "target records"
-        for name, title, column, label, caption in (
-            ("loss_per_class", "Loss per class, members vs non-members", "loss", "loss", f"Per-example loss of the {snapshot}."),
-            ("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members", "last_layer_gradient_norm",
-             "last-layer gradient norm",
-             f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2)."),
-        ):
-            figures.append(_render(name, title, caption, plots.class_distributions(signals, column, label)) if len(signals)
-                           else _skipped(name, title, "the attacker observed no snapshot"))
-        per_class = run.table(PER_CLASS_CSV)
-        title = "Attack accuracy per class"
-        figures.append(_render("accuracy_per_class", title,
-                               f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
-                               plots.accuracy_per_class(per_class)) if len(per_class)
-                       else _skipped("accuracy_per_class", title, "no class holds both a member and a non-member target "
-                                     "(metrics/leakage_per_class.csv has no rows); give the run more targets"))
-    if not leakage.empty and "epsilon_lower_bound" in leakage:
-        accountant = accountant_epsilon(run.config, summary.training)
-        figures.append(_render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the attacks prove",
-                               audit_gap(leakage, accountant), plots.privacy_audit(leakage, accountant)))
+        figures += _per_round_plots(leakage)
+        figures.append(_roc_plot(run, leakage, last_round))
+        figures += _signal_plots(run)
+        figures.append(_per_class_plot(run, last_round))
+        if "epsilon_lower_bound" in leakage:
+            figures.append(_audit_plot(run, summary))
     if not summary.training.empty:
         figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
                                plots.utility_per_round(summary.training)))
     return figures
+
+
+def _per_round_plots(leakage: pd.DataFrame) -> list[Plot]:
+    """AUC and TPR at low FPR of every attack per round, with their bands."""
+    return [
+        _render("auc_per_round", "Leakage per round", "Membership AUC of every attack, each round it was run; bands are 95% bootstrap intervals.",
+                plots.auc_per_round(leakage)),
+        _render("tpr_per_round", "TPR at low FPR per round",
+                "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
+                plots.tpr_per_round(leakage)),
+    ]
+
+
+def _roc_plot(run: Run, leakage: pd.DataFrame, last_round: int) -> Plot:
+    """The last round's ROC curves (metrics/roc.csv), linear and log-log; a note when roc.csv has no rows."""
+    last = leakage[leakage["round"] == last_round]
+    roc = run.table(ROC_CSV)
+    title = "ROC curves of the last round"
+    if not len(roc):
+        return _skipped("roc", title, "metrics/roc.csv has no rows")
+    return _render("roc", title, f"Round {last_round}: linear axes, and log-log axes for the low-FPR regime.",
+                   plots.roc_curves(roc, int(last["n_nonmembers"].max()), last_round))
+
+
+def _signal_plots(run: Run) -> list[Plot]:
+    """Loss and last-layer gradient norm per class, members vs non-members, on the attacker's last snapshot."""
+    signals = record_signals(run)
+    snapshot = f"target records on the attacker's last snapshot (round {int(signals['round'].iloc[0])})" if len(signals) else "target records"
+    figures = []
+    for name, title, column, label, caption in (
+        ("loss_per_class", "Loss per class, members vs non-members", "loss", "loss", f"Per-example loss of the {snapshot}."),
+        ("gradient_norm_per_class", "Last-layer gradient norm per class, members vs non-members", "last_layer_gradient_norm",
+         "last-layer gradient norm",
+         f"Norm of the per-example gradient of the last layer's parameters, {snapshot} (Nasr et al., Fig. 2)."),
+    ):
+        figures.append(_render(name, title, caption, plots.class_distributions(signals, column, label)) if len(signals)
+                       else _skipped(name, title, "the attacker observed no snapshot"))
+    return figures
+
+
+def _per_class_plot(run: Run, last_round: int) -> Plot:
+    """Each attack's balanced accuracy per class (metrics/leakage_per_class.csv); a note when it has no rows."""
+    per_class = run.table(PER_CLASS_CSV)
+    title = "Attack accuracy per class"
+    if not len(per_class):
+        return _skipped("accuracy_per_class", title, "no class holds both a member and a non-member target "
+                        "(metrics/leakage_per_class.csv has no rows); give the run more targets")
+    return _render("accuracy_per_class", title,
+                   f"Balanced accuracy of each attack per class, round {last_round} (metrics/leakage_per_class.csv).",
+                   plots.accuracy_per_class(per_class))
+
+
+def _audit_plot(run: Run, summary: Summary) -> Plot:
+    """The accountant's epsilon against the attacks' lower bounds per round, with the gap in words."""
+    accountant = accountant_epsilon(run.config, summary.training)
+    return _render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the attacks prove",
+                   audit_gap(summary.leakage, accountant), plots.privacy_audit(summary.leakage, accountant))
 
 
 def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
