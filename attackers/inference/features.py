@@ -351,7 +351,9 @@ def _normalisation_gradient(module: nn.modules.batchnorm._BatchNorm, a: torch.Te
     (x - running mean) / sqrt(running var + eps): dL/dw_c = sum over positions of g x_hat, dL/db_c = sum of g.
     """
     shape = (1, -1) + (1,) * (a.dim() - 2)
-    normalised = (a - module.running_mean.reshape(shape)) / torch.sqrt(module.running_var.reshape(shape) + module.eps)
+    mean, var = module.running_mean, module.running_var
+    assert mean is not None and var is not None  # _affine_normalisation: it tracks running statistics
+    normalised = (a - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + module.eps)
     return LayerGradient(dense=(g * normalised).flatten(2).sum(2) if a.dim() > 2 else g * normalised,
                          bias=g.flatten(2).sum(2) if a.dim() > 2 else g)
 
