@@ -43,6 +43,7 @@ class SentReturnedAttack(MembershipInferenceAttack):
     multi_round = True
     deterministic = True
     Params = SentReturnedParams
+    params: SentReturnedParams
 
     def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         super().__init__(params, seed)

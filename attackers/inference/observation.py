@@ -82,7 +82,21 @@ class Observation:
                            self.load_sent)
 
     def sent_features(self, ids: np.ndarray, round_number: int) -> Features | None:
-        """Features of records on what was sent before the round's snapshot was trained (None when unknown)."""
+        """Features of records on the model sent before the round's snapshot was trained.
+
+        Parameters
+        ----------
+        ids : numpy.ndarray
+            Record ids, shape `(n_records,)`.
+        round_number : int
+            The round whose sent model is read.
+
+        Returns
+        -------
+        Features or None
+            Per-record loss (nats) and last-layer gradients on the sent model (cached); None when
+            this view does not know what was sent.
+        """
         if self.load_sent is None:
             return None
         key = ("sent-features", round_number, tuple(np.asarray(ids).tolist()))

@@ -93,7 +93,23 @@ def _balanced(ids: np.ndarray, members: np.ndarray, labels: np.ndarray, seed: in
 
 
 def sent_model(run: Run, round_number: int, client: int):
-    """What the server sent `client` in a round: its recorded broadcast, else the previous aggregate."""
+    """What the server sent `client` in a round: its recorded broadcast, else the previous aggregate.
+
+    Parameters
+    ----------
+    run : Run
+        The recorded run.
+    round_number : int
+        The round (1-based) whose sent model is wanted.
+    client : int
+        The client's partition id.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model in eval mode (built without drawing from torch's global generator when read
+        from a broadcast file).
+    """
     if (run.folder / client_file(round_number, client, "broadcast")).exists():
         with torch.random.fork_rng(devices=[]):
             model = model_for(run.config)
