@@ -98,7 +98,7 @@ class PartitionOrderedGrid:
 
 def client_error(reply: Message) -> str:
     """The message of a failed reply's error, as the engine passed it (one line)."""
-    reason = reply.error.reason if reply.error is not None else ""
+    reason = (reply.error.reason or "") if reply.error is not None else ""
     text = reason.split("Message:", 1)[1] if "Message:" in reason else reason  # "<class ...>:<'... Message: text'>"
     return " ".join(text.strip().removesuffix("'>").split()) or f"error code {reply.error.code if reply.error else '?'}"
 

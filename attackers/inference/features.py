@@ -19,7 +19,7 @@ within a memory budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -305,9 +305,25 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
 
 
 def resolve_modules(model: nn.Module, names: str | Sequence[str] | None) -> list[str]:
-    """Modules whose outputs (activations) are read: None (none), 'all' or 'last' (of the
-    parametrised layers but the output layer, whose output the attack reads as probabilities),
-    or explicit module names (any submodule).
+    """Modules whose outputs (activations) are read.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model the activations are read from.
+    names : str, sequence of str or None
+        None (none), 'all' or 'last' (of the parametrised layers but the output layer, whose
+        output the attack reads as probabilities), or explicit module names (any submodule).
+
+    Returns
+    -------
+    list of str
+        The module names ('all' and 'last' as `parametrised_layers` orders them).
+
+    Raises
+    ------
+    ValueError
+        If an explicit name is not a submodule of `model`.
     """
     if not names:
         return []

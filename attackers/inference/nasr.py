@@ -255,7 +255,7 @@ class NasrAttack(MembershipInferenceAttack):
 
     def _model(self, inputs: list[_Inputs], out: int = 1) -> NasrModel:
         """A fresh attack model shaped for `inputs` (draws its initialisation from torch's global generator)."""
-        shapes = [(a.shape[1], g.shape[1]) if rows is None else tuple(rows.shape[1:]) for a, g, rows in inputs[0].gradients]
+        shapes = [_shape(a, g, rows) for a, g, rows in inputs[0].gradients]
         signals = len(self.scales[0][0][0])
         classes = (inputs[0].scalars.shape[1] - signals) // 2
         return NasrModel(len(inputs), classes, signals, shapes, self.params.filters, [a.shape[1] for a in inputs[0].activations], out)
