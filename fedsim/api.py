@@ -3,7 +3,7 @@
 `simulate` runs an experiment and returns the recorded run; `measure` attacks a recorded run and
 returns its leakage rows. Bad input raises `fedsim.errors.FedsimError` with the same one-line
 message the command prints. Progress shows as bars in a terminal or notebook and as plain lines
-elsewhere; `quiet=True` silences it (the run's run.log still gets every line).
+elsewhere (bars printed once, never redrawn); `quiet=True` silences it (the run's run.log still gets every line).
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ class RunConsole:
             self.stdout.width = 200
         self.progress = Progress(
             TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.screen, disable=quiet or not (self.screen.is_terminal or self.screen.is_jupyter),
-        )  # no terminal (a pipe, a log, a script's captured stderr): the progress lines alone
+            console=self.screen, disable=quiet,
+        )  # without a terminal rich does not redraw: the progress lines, then each bar's final state once
         self._tasks: dict[str, TaskID] = {}
         self._log_handle: IO[str] | None = None
         self._log: Console | None = None

@@ -161,7 +161,8 @@ def test_report_images_are_embedded_pngs_equal_to_the_listed_plots(runs):
     manifest = json.loads((folder / MANIFEST).read_text())
     plots = sorted((folder / "plots").glob("*.png"))
     names = {p.stem for p in plots}
-    assert {"auc_per_round", "tpr_per_round", "roc", "loss_per_class", "gradient_norm_per_class", "accuracy_per_class", "utility_per_round"} == names
+    assert {"auc_per_round", "tpr_per_round", "roc", "loss_per_class", "gradient_norm_per_class", "accuracy_per_class", "utility_per_round",
+            "privacy_audit"} == names
     embedded = []
     for src in page.images:
         assert src.startswith("data:image/png;base64,"), src[:40]
