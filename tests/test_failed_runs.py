@@ -124,7 +124,7 @@ def test_every_client_failing_stops_the_run_with_one_line(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_the_participants_non_finite_ascent_stops_at_the_first_round(tmp_path, capsys):
-    code, err, out = _run(tmp_path, capsys, "adversary.role=participant", "adversary.mode=gradient-ascent", "adversary.gamma=1e30",
+    code, err, out = _run(tmp_path, capsys, "adversary.role=participant", "adversary.mode=gradient-ascent", "adversary.gamma=3e38",
                           "adversary.victim=1")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err

@@ -71,7 +71,9 @@ def test_a_seeded_sweep_with_a_baseline_writes_paired_csv(tmp_path, capsys):
     folder = tmp_path / "sweep"
     table = pd.read_csv(folder / PAIRED_CSV)
     assert list(table.columns) == PAIRED_COLUMNS
-    assert set(table["metric"]) == {"auc", "tpr_at_fpr_1e-2", "test_accuracy"}
+    # TPR at FPR 1e-2 is not measurable with fewer than 100 non-member targets: no paired row for it then
+    measurable = pd.read_csv(folder / "adversary.mode=passive__seed=0" / "metrics" / "leakage.csv")["min_fpr"].max() <= 1e-2
+    assert set(table["metric"]) == {"auc", "test_accuracy"} | ({"tpr_at_fpr_1e-2"} if measurable else set())
     auc = table[(table["metric"] == "auc") & (table["attack"] == "loss")].iloc[0]
     assert auc["setting"] == "adversary.mode=gradient-ascent" and auc["baseline"] == "adversary.mode=passive"
     assert auc["n_seeds"] == 2
