@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+from jinja2 import DictLoader, Environment, StrictUndefined, Template
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
@@ -34,6 +34,7 @@ from attackers.inference.threat_models import attacker_view, describe
 from fedsim import plots
 from fedsim.errors import FedsimError
 from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
+from fedsim.report_template import REPORT_HTML as TEMPLATE
 from fedsim.run import Run
 from fedsim.summary import Summary, display, tpr_text
 
@@ -178,8 +179,8 @@ def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
 
 @cache
 def _template() -> Template:
-    """The report template (fedsim/templates/report.html.j2), autoescaped: table values and captions are text."""
-    environment = Environment(loader=PackageLoader("fedsim", "templates"), autoescape=True, undefined=StrictUndefined)
+    """The report template (fedsim.report_template), autoescaped: table values and captions are text."""
+    environment = Environment(loader=DictLoader({"report.html.j2": TEMPLATE}), autoescape=True, undefined=StrictUndefined)
     environment.filters["display"] = display
     environment.filters["display_or_blank"] = lambda value: "" if pd.isna(value) else display(value)
     environment.filters["b64"] = lambda png: base64.b64encode(png).decode("ascii")

@@ -1,4 +1,10 @@
-{#- fedsim's report.html: the page, a run's summary, figures and tables (autoescaped; see fedsim/report.py). -#}
+"""The report's HTML template (jinja2, autoescaped by fedsim.report).
+
+Kept as a Python module rather than a .j2 file so that it travels wherever fedsim's code does:
+a Flower app bundle (`flwr run`) carries .py, .toml, .md, .yaml and .json files only.
+"""
+
+REPORT_HTML = r'''{#- fedsim's report.html: the page, a run's summary, figures and tables (autoescaped; see fedsim/report.py). -#}
 {% macro cell(tag, value, source, row, column) -%}
 <{{ tag }} data-source="{{ source }}" data-row="{{ row }}" data-column="{{ column }}">{{ value | display }}</{{ tag }}>
 {%- endmacro %}
@@ -76,3 +82,4 @@
 {%- for plot in figures %}{{ figure(plot) }}{% endfor -%}
 <h2>Runs side by side</h2><div class="side-by-side">{% for column in columns %}{{ column }}{% endfor %}</div>
 {%- endmacro %}
+'''
