@@ -302,7 +302,8 @@ def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: 
         "",
     ]
     for config_name in dict.fromkeys(run.config_name for run in planned):
-        example = next(run for run in planned if run.config_name == config_name)
+        mine_planned = [run for run in planned if run.config_name == config_name]
+        example = next((run for run in mine_planned if run.threat.name != "stand-alone"), mine_planned[0])  # the federated setting
         described = paper_config_path(config_name)
         header = [line[2:] for line in described.read_text().splitlines() if line.startswith("# ")] if described.is_file() else []
         c = example.config
