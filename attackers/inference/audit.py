@@ -91,7 +91,19 @@ def _counts(scores: np.ndarray, members: np.ndarray, thresholds: np.ndarray) -> 
 
 @dataclass(frozen=True)
 class EpsilonBound:
-    """An audit's result: the 95% lower bound, the point estimate at the same threshold, and what it rests on."""
+    """An audit's result: the 95% lower bound, the point estimate at the same threshold, and what it rests on.
+
+    Attributes
+    ----------
+    lower_bound : float
+        The 95% lower bound on epsilon (0 when nothing is proven).
+    point : float
+        The point estimate at the same threshold.
+    threshold : float
+        The score threshold chosen on the selection half of the targets.
+    n_members, n_nonmembers : int
+        Targets of the measuring half.
+    """
 
     lower_bound: float
     point: float
@@ -239,12 +251,38 @@ def canary_audit(scores: np.ndarray, included: np.ndarray, guesses: int, delta: 
 
 
 def split_seed(seed: int, round_number: int, attack: str) -> int:
-    """The seed of an audit's split: the run's seed, the round and the attack (each row its own split)."""
+    """The seed of an audit's split: the run's seed, the round and the attack (each row its own split).
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    round_number : int
+        The attacked round.
+    attack : str
+        The attack's registry name.
+
+    Returns
+    -------
+    int
+        A seed for numpy's SeedSequence-derived generator of the split.
+    """
     return int(np.random.SeedSequence([seed, round_number, zlib.crc32(attack.encode())]).generate_state(1)[0])
 
 
 def audit_delta(config: Config) -> float:
-    """The delta the audit tests against: DP-SGD's, else the server-side DP wrapper's, else 1e-5."""
+    """The delta the audit tests against: DP-SGD's, else the server-side DP wrapper's, else 1e-5.
+
+    Parameters
+    ----------
+    config : Config
+        The run's configuration.
+
+    Returns
+    -------
+    float
+        delta of the (epsilon, delta) guarantee under test.
+    """
     if config.defense.dp_sgd is not None:
         return config.defense.dp_sgd.delta
     return DEFAULT_DELTA

@@ -233,6 +233,13 @@ class LabelOnlyAttack(MembershipInferenceAttack):
     It measures how much the label alone says about membership. With targets whose non-members
     match the members' labels (`fedsim.membership.match_labels`) its AUC is 0.5; above that, a
     label shortcut is inflating every other attack's numbers. Deterministic.
+
+    Parameters
+    ----------
+    params : AttackParams, dict or None
+        No parameters.
+    seed : int or SeedSequence
+        Unused (the attack is deterministic).
     """
 
     name = "label_only"

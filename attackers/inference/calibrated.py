@@ -72,21 +72,60 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
 
 
 def hinge(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Logit margin z_y - max_{j != y} z_j, shape (..., N) for logits (..., N, classes)."""
+    """Logit margin z_y - max_{j != y} z_j, shape (..., N) for logits (..., N, classes).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Logits, shape (..., n_records, n_classes).
+    labels : torch.Tensor
+        True labels, int64, shape (n_records,).
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per record, shape (..., n_records).
+    """
     mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
     true = logits.masked_select(mask).view(logits.shape[:-1])
     return (true - logits.masked_fill(mask, -torch.inf).amax(-1)).numpy()
 
 
 def scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """log(p_y / (1 - p_y)) = z_y - logsumexp_{j != y} z_j, computed stably (Carlini et al. 2022)."""
+    """log(p_y / (1 - p_y)) = z_y - logsumexp_{j != y} z_j, computed stably (Carlini et al. 2022).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Logits, shape (..., n_records, n_classes).
+    labels : torch.Tensor
+        True labels, int64, shape (n_records,).
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per record, shape (..., n_records).
+    """
     mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
     true = logits.masked_select(mask).view(logits.shape[:-1])
     return (true - logits.masked_fill(mask, -torch.inf).logsumexp(-1)).numpy()
 
 
 def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Softmax probability of the true label, shape (..., N)."""
+    """Softmax probability of the true label, shape (..., N).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Logits, shape (..., n_records, n_classes).
+    labels : torch.Tensor
+        True labels, int64, shape (n_records,).
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per record, shape (..., n_records).
+    """
     probabilities = torch.softmax(logits, -1)
     mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
     return probabilities.masked_select(mask).view(logits.shape[:-1]).numpy()
@@ -190,7 +229,15 @@ class FedMIAParams(AttackParams):
 
 
 class FedMIAAttack(_CalibratedAttack):
-    """FedMIA (Zhu et al. 2024): one-tailed test of the hinge loss against the other clients' models, log-averaged over rounds."""
+    """FedMIA (Zhu et al. 2024): one-tailed test of the hinge loss against the other clients' models, log-averaged over rounds.
+
+    Parameters
+    ----------
+    params : AttackParams, dict or None
+        The attack's declared parameters (see its Params model).
+    seed : int or SeedSequence
+        Unused: the attack is deterministic.
+    """
 
     name = "fedmia"
     Params = FedMIAParams
@@ -205,7 +252,15 @@ class FedMIAAttack(_CalibratedAttack):
 
 
 class LiRAAttack(_CalibratedAttack):
-    """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds."""
+    """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds.
+
+    Parameters
+    ----------
+    params : AttackParams, dict or None
+        The attack's declared parameters (see its Params model).
+    seed : int or SeedSequence
+        Unused: the attack is deterministic.
+    """
 
     name = "lira"
 
@@ -226,7 +281,15 @@ class RMIAParams(AttackParams):
 
 
 class RMIAAttack(_CalibratedAttack):
-    """RMIA offline (Zarifzadeh et al. 2024); population = the attacker's known non-members; mean over rounds."""
+    """RMIA offline (Zarifzadeh et al. 2024); population = the attacker's known non-members; mean over rounds.
+
+    Parameters
+    ----------
+    params : AttackParams, dict or None
+        The attack's declared parameters (see its Params model).
+    seed : int or SeedSequence
+        Unused: the attack is deterministic.
+    """
 
     name = "rmia"
     Params = RMIAParams

@@ -84,9 +84,29 @@ class Progress(Protocol):
         Show a stage with its steps; move it one step, printing a line.
     """
 
-    def start(self, stage: str, total: int) -> None: ...
+    def start(self, stage: str, total: int) -> None:
+        """Show (or restart) a stage with `total` steps.
 
-    def advance(self, stage: str, message: str | None = None) -> None: ...
+        Parameters
+        ----------
+        stage : str
+            The stage's name (a bar's label).
+        total : int
+            Its number of steps.
+        """
+        ...
+
+    def advance(self, stage: str, message: str | None = None) -> None:
+        """Move a stage one step and print `message` as a line.
+
+        Parameters
+        ----------
+        stage : str
+            The stage's name.
+        message : str, optional
+            A progress line.
+        """
+        ...
 
 
 class _Silent:

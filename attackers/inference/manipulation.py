@@ -37,6 +37,13 @@ class SentReturnedAttack(MembershipInferenceAttack):
     """Per observed round: log-loss and log gradient norm on the sent and the returned model, and
     their changes (sent minus returned), combined by a logistic regression (sklearn, lbfgs:
     deterministic) fitted on the attacker's known records.
+
+    Parameters
+    ----------
+    params : SentReturnedParams, dict or None
+        The logistic regression's iteration budget.
+    seed : int or SeedSequence
+        Unused: lbfgs is deterministic.
     """
 
     name = "sent_returned"
@@ -53,6 +60,18 @@ class SentReturnedAttack(MembershipInferenceAttack):
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         """Features, shape (n_records, 6 * n_rounds): per round the sent and returned log-loss
         (nats) and log gradient norm (L2 over all parameters), and both changes.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds, with what was sent in each.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            The features, shape (n_records, 6 * n_rounds).
         """
         columns = []
         for round_number in observation.rounds:
@@ -65,10 +84,38 @@ class SentReturnedAttack(MembershipInferenceAttack):
         return torch.stack(columns, 1).numpy()
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> SentReturnedAttack:
-        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self."""
+        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Known record ids, shape (n_records,).
+        members : numpy.ndarray
+            Their membership, bool, shape (n_records,).
+
+        Returns
+        -------
+        SentReturnedAttack
+            self.
+        """
         self.model.fit(self.signals(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability in [0, 1], shape (n_records,)."""
+        """Member probability in [0, 1], shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Target record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Member probability in [0, 1], shape (n_records,).
+        """
         return self.model.predict_proba(self.signals(observation, ids))[:, 1]

@@ -225,7 +225,13 @@ class NasrAttack(MembershipInferenceAttack):
 
     @property
     def activations(self) -> str | Sequence[str] | None:
-        """The modules whose outputs the attack reads (None: none)."""
+        """The modules whose outputs the attack reads (None: none).
+
+        Returns
+        -------
+        str, list of str or None
+            'last', 'all', module names, or None (no activations).
+        """
         return getattr(self.params, "activations", None)
 
     def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
