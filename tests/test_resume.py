@@ -15,7 +15,6 @@ import pytest
 
 from conftest import SMALL
 from fedsim import Run
-from fedsim.cli import main
 from fedsim.faults import FaultPlan
 from fedsim.recorder import is_report_file
 
@@ -91,7 +90,9 @@ def test_a_run_killed_mid_run_resumes_to_the_same_bytes(reference, tmp_path):
     killed = Run.open(folder)
     assert killed.status == "running" and 2 <= killed.manifest["rounds_completed"] < 6, "the kill did not land mid-run"
 
-    assert main(["run", "--resume", str(folder)]) == 0
+    # resumed in a fresh process too, as a user would after a crash (see the reference fixture on process history)
+    assert subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(folder), "--quiet"], cwd=tmp_path,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     resumed = Run.open(folder)
     assert resumed.status == "complete" and resumed.rounds == list(range(7))
     assert _records(resumed) == _records(reference)
