@@ -71,6 +71,12 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
     return observation._cache[key]
 
 
+def _true_and_others(values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The true label's entry, shape (..., N), and `values` (..., N, classes) with it set to -inf."""
+    mask = torch.nn.functional.one_hot(labels, values.shape[-1]).bool().expand_as(values)
+    return values.masked_select(mask).view(values.shape[:-1]), values.masked_fill(mask, -torch.inf)
+
+
 def hinge(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Logit margin z_y - max_{j != y} z_j, shape (..., N) for logits (..., N, classes).
 
@@ -86,9 +92,8 @@ def hinge(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     numpy.ndarray
         One value per record, shape (..., n_records).
     """
-    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
-    true = logits.masked_select(mask).view(logits.shape[:-1])
-    return (true - logits.masked_fill(mask, -torch.inf).amax(-1)).numpy()
+    true, others = _true_and_others(logits, labels)
+    return (true - others.amax(-1)).numpy()
 
 
 def scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -106,9 +111,8 @@ def scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     numpy.ndarray
         One value per record, shape (..., n_records).
     """
-    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
-    true = logits.masked_select(mask).view(logits.shape[:-1])
-    return (true - logits.masked_fill(mask, -torch.inf).logsumexp(-1)).numpy()
+    true, others = _true_and_others(logits, labels)
+    return (true - others.logsumexp(-1)).numpy()
 
 
 def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -126,9 +130,7 @@ def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     numpy.ndarray
         One value per record, shape (..., n_records).
     """
-    probabilities = torch.softmax(logits, -1)
-    mask = torch.nn.functional.one_hot(labels, logits.shape[-1]).bool().expand_as(logits)
-    return probabilities.masked_select(mask).view(logits.shape[:-1]).numpy()
+    return _true_and_others(torch.softmax(logits, -1), labels)[0].numpy()
 
 
 def fedmia_round(observed: np.ndarray, references: np.ndarray, per_record_variance: bool = True) -> np.ndarray:
