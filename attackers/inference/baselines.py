@@ -259,13 +259,96 @@ class LabelOnlyAttack(MembershipInferenceAttack):
         return np.where(labels < len(self.frequency), self.frequency[np.minimum(labels, len(self.frequency) - 1)], 0.0)
 
 
-class TrajectoryParams(AttackParams):
-    """Parameters of the trajectory attack."""
+class LogisticParams(AttackParams):
+    """Parameters of an attack that combines per-record signals with a logistic regression."""
 
     max_iter: int = Field(1000, ge=1, description="iterations of the logistic regression's lbfgs solver")
 
 
-class TrajectoryAttack(MembershipInferenceAttack):
+class LogisticSignalsAttack(MembershipInferenceAttack):
+    """Per-record signals combined by a logistic regression (sklearn, lbfgs: deterministic)
+    fitted on the attacker's known records; the score is its member probability.
+
+    Subclasses implement `signals`.
+
+    Parameters
+    ----------
+    params : LogisticParams or dict, optional
+        The attack's parameters (its `Params`).
+    seed : int or numpy.random.SeedSequence
+        Unused: lbfgs is deterministic.
+    """
+
+    multi_round = True
+    deterministic = True
+    Params = LogisticParams
+    params: LogisticParams
+
+    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
+        super().__init__(params, seed)
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=self.params.max_iter))
+        self.threshold = 0.5
+
+    def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """The per-record signals the regression reads.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Signals, shape (n_records, n_signals).
+        """
+        raise NotImplementedError
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> LogisticSignalsAttack:
+        """Fit the logistic regression on the known records.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Known record ids, shape (n_records,).
+        members : numpy.ndarray
+            Their membership, bool, shape (n_records,).
+
+        Returns
+        -------
+        LogisticSignalsAttack
+            self.
+        """
+        self.model.fit(self.signals(observation, ids), members)
+        return self
+
+    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Member probability in [0, 1], shape (n_records,).
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds.
+        ids : numpy.ndarray
+            Target record ids, shape (n_records,).
+
+        Returns
+        -------
+        numpy.ndarray
+            Member probability in [0, 1], shape (n_records,).
+        """
+        return self.model.predict_proba(self.signals(observation, ids))[:, 1]
+
+
+class TrajectoryParams(LogisticParams):
+    """Parameters of the trajectory attack."""
+
+
+class TrajectoryAttack(LogisticSignalsAttack):
     """Loss trajectories across the observed rounds (in the spirit of FedMIA, Zhu et al. 2024, and
     loss-trajectory MIAs, Liu et al., CCS 2022).
 
@@ -283,48 +366,11 @@ class TrajectoryAttack(MembershipInferenceAttack):
     """
 
     name = "trajectory"
-    multi_round = True
-    deterministic = True
     Params = TrajectoryParams
     params: TrajectoryParams
 
-    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
-        super().__init__(params, seed)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=self.params.max_iter))
-        self.threshold = 0.5
-
-    def _signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        columns = []
-        for round_number in observation.rounds:
-            loss = observation.features(ids, round_number).loss
-            columns.append(-torch.log(loss + 1e-12))
-            reference_loss = observation.reference_losses(ids, round_number)
-            if reference_loss is not None:
-                columns.append(torch.log(reference_loss + 1e-12).mean(0) - torch.log(loss + 1e-12))
-        return torch.stack(columns, 1).numpy()
-
-    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> TrajectoryAttack:
-        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-        members : numpy.ndarray
-            Membership of the known records, bool, shape (n_records,).
-
-        Returns
-        -------
-        TrajectoryAttack
-            Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
-        """
-        self.model.fit(self._signals(observation, ids), members)
-        return self
-
-    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability in [0, 1], shape (n_records,).
+    def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
+        """Log-loss per observed round and, for the server, its calibration against the references.
 
         Parameters
         ----------
@@ -336,6 +382,13 @@ class TrajectoryAttack(MembershipInferenceAttack):
         Returns
         -------
         numpy.ndarray
-            Member probability in [0, 1], shape (n_records,).
+            Signals, shape (n_records, n_rounds) or (n_records, 2 * n_rounds) for the server.
         """
-        return self.model.predict_proba(self._signals(observation, ids))[:, 1]
+        columns = []
+        for round_number in observation.rounds:
+            loss = observation.features(ids, round_number).loss
+            columns.append(-torch.log(loss + 1e-12))
+            reference_loss = observation.reference_losses(ids, round_number)
+            if reference_loss is not None:
+                columns.append(torch.log(reference_loss + 1e-12).mean(0) - torch.log(loss + 1e-12))
+        return torch.stack(columns, 1).numpy()

@@ -18,22 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.baselines import LogisticParams, LogisticSignalsAttack
 from attackers.inference.observation import Observation
 
 
-class SentReturnedParams(AttackParams):
+class SentReturnedParams(LogisticParams):
     """Parameters of the sent-vs-returned attack."""
 
-    max_iter: int = Field(1000, ge=1, description="iterations of the logistic regression's lbfgs solver")
 
-
-class SentReturnedAttack(MembershipInferenceAttack):
+class SentReturnedAttack(LogisticSignalsAttack):
     """Per observed round: log-loss and log gradient norm on the sent and the returned model, and
     their changes (sent minus returned), combined by a logistic regression (sklearn, lbfgs:
     deterministic) fitted on the attacker's known records.
@@ -47,15 +41,9 @@ class SentReturnedAttack(MembershipInferenceAttack):
     """
 
     name = "sent_returned"
-    multi_round = True
-    deterministic = True
     Params = SentReturnedParams
     params: SentReturnedParams
 
-    def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
-        super().__init__(params, seed)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=self.params.max_iter))
-        self.threshold = 0.5
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         """Features, shape (n_records, 6 * n_rounds): per round the sent and returned log-loss
@@ -82,40 +70,3 @@ class SentReturnedAttack(MembershipInferenceAttack):
             norm_sent, norm_back = torch.log(sent.gradient_norm + 1e-12), torch.log(returned.gradient_norm + 1e-12)
             columns += [loss_sent, loss_back, loss_sent - loss_back, norm_sent, norm_back, norm_sent - norm_back]
         return torch.stack(columns, 1).numpy()
-
-    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> SentReturnedAttack:
-        """Fit the logistic regression on the known records (ids, members: shape (n_records,)); returns self.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Known record ids, shape (n_records,).
-        members : numpy.ndarray
-            Their membership, bool, shape (n_records,).
-
-        Returns
-        -------
-        SentReturnedAttack
-            self.
-        """
-        self.model.fit(self.signals(observation, ids), members)
-        return self
-
-    def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability in [0, 1], shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Target record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Member probability in [0, 1], shape (n_records,).
-        """
-        return self.model.predict_proba(self.signals(observation, ids))[:, 1]
