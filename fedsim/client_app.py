@@ -7,7 +7,7 @@ whichever simulation worker runs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,12 +20,33 @@ from fedsim.datasets import pool_for
 from fedsim.dp_sgd import epsilon
 from fedsim.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU, array_record, config_record, number
 from fedsim.models import model_for
-from fedsim.training import evaluate, train_locally
+from fedsim.training import evaluate, torch_threads, train_locally
 
 
 def client_seed(seed: int, server_round: int, partition: int) -> int:
     """A distinct, reproducible seed per (run seed, round, client)."""
     return int(np.random.SeedSequence([seed, server_round, partition]).generate_state(1)[0])
+
+
+def threads_mod(count: float) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
+    """A ClientApp mod (outermost) that runs the client's handlers and mods on `count` torch threads.
+
+    Parameters
+    ----------
+    count : float
+        `backend.cpus_per_client`, the CPUs Ray gives each client.
+
+    Returns
+    -------
+    callable
+        The mod; the process's own thread setting is restored after each message.
+    """
+
+    def fixed_threads(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        with torch_threads(count):
+            return call_next(message, context)
+
+    return fixed_threads
 
 
 def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mods: Sequence = (), train_mods: Sequence = ()) -> ClientApp:
@@ -36,7 +57,7 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
     The client applies FedProx's proximal term when the server sends one, reports its training
     loss (QFedAvg weighs by it) and, under DP-SGD, its epsilon so far.
     """
-    app = ClientApp(mods=list(mods))
+    app = ClientApp(mods=[threads_mod(config.backend.cpus_per_client), *mods])
 
     @app.train(mods=list(train_mods))
     def train(message: Message, context: Context) -> Message:
@@ -56,8 +77,7 @@ def make_client_app(config: Config, client_records: Mapping[int, np.ndarray], mo
 
 
 def _local_data(config: Config, client_records: Mapping[int, np.ndarray], context: Context) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """The node's partition id and its records (x, y), with torch's threads set to the client's CPUs."""
-    torch.set_num_threads(max(1, int(config.backend.cpus_per_client)))
+    """The node's partition id and its records (x, y)."""
     partition = int(context.node_config[PARTITION_KEY])
     return partition, *pool_for(config.data).take(client_records[partition])
 

@@ -295,7 +295,7 @@ def _apps(recorder: Recorder, ledger, pool: Pool, model: torch.nn.Module, strate
                       show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
                       adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed,
                       secure_aggregation=config.defense.secure_aggregation, max_failed_rounds=config.faults.failed_round_limit(),
-                      adversary_gamma=config.adversary.mode == "gradient-ascent")
+                      adversary_gamma=config.adversary.mode == "gradient-ascent", threads=config.backend.cpus_per_client)
     client_app = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])
     return plan, client_app, faults
 

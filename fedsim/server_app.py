@@ -28,7 +28,7 @@ from fedsim.faults import DropoutGrid, FaultPlan
 from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, array_record, config_record, int_list, metric_record, number, partition_of
 from fedsim.recorder import Recorder
 from fedsim.run import Run
-from fedsim.training import evaluate
+from fedsim.training import evaluate, torch_threads
 from strategies.secure_aggregation import SecureAggregation
 from strategies.wrapper import StrategyWrapper
 
@@ -259,6 +259,7 @@ class ServerPlan:
     secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
     max_failed_rounds: int | None = None  # rounds without any client update tolerated (None: no limit)
     adversary_gamma: bool = False  # an active adversary's gradient ascent (adversary.gamma) also moves the models
+    threads: float = 1  # torch threads for the server's own computations (backend.cpus_per_client), fixed so records do not depend on the process
 
 
 def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int = 1) -> list[Strategy]:
@@ -311,6 +312,12 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
     RuntimeError
         Fewer than `plan.num_clients` nodes connected within 10 minutes.
     """
+    with torch_threads(plan.threads):  # the curious server's ascent and the evaluation: same bytes in any process
+        _serve(plan, grid)
+
+
+def _serve(plan: ServerPlan, grid: Grid) -> None:
+    """The body of `serve`, on the planned thread count."""
     partitions = discover_partitions(grid, plan.num_clients)
     first_round = 1 if plan.resumed is None else plan.resumed.manifest["rounds_completed"] + 1
     stack = wrapper_stack(plan, partitions, first_round)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +11,28 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.config import DPSGDConfig, TrainConfig
+
+
+@contextmanager
+def torch_threads(count: float) -> Iterator[None]:
+    """Run torch's CPU operations on `count` threads, then restore the caller's setting.
+
+    Parallel reductions (a gradient summed over a batch) round differently with another thread
+    count, so everything fedsim records is computed with a count the config fixes
+    (`backend.cpus_per_client`), never with whatever the process happened to hold: otherwise a
+    run's bytes would depend on what the process ran before it.
+
+    Parameters
+    ----------
+    count : float
+        Threads (at least 1; a fraction is rounded down).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
