@@ -15,9 +15,9 @@ import pandas as pd
 
 from attackers.inference.leakage import measure_leakage
 from attackers.inference.registry import check_attacks
-from fedsim.config import Config, config_from_tree
+from fedsim.config import Config, config_from_tree, load_config
 from fedsim.console import RunConsole
-from fedsim.experiment import check_config, load_checked_config, run_experiment
+from fedsim.experiment import run_experiment
 from fedsim.run import Run
 
 
@@ -50,9 +50,9 @@ def simulate(config: Config | str | Path | None = None, overrides: Sequence[str]
         Bad input, one line (what, where, how to fix); nothing is left marked complete.
     """
     if isinstance(config, Config):
-        resolved = check_config(config_from_tree(config.model_dump(mode="json"), list(overrides), "the config given"))
+        resolved = config_from_tree(config.model_dump(mode="json"), list(overrides), "the config given")
     else:
-        resolved = load_checked_config(config, list(overrides))
+        resolved = load_config(config, list(overrides))  # run_experiment checks the names, once
     folder = run_experiment(resolved, Path(out) if out is not None else None, RunConsole(quiet=quiet), force=force)
     return Run.open(folder)
 

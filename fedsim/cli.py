@@ -116,12 +116,13 @@ def _notes(config) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     """Validate a config as `fedsim run` would (names, data files, ledger sizes, model, strategy)."""
-    from fedsim.experiment import load_checked_config, prepare
+    from fedsim.config import load_config
+    from fedsim.experiment import prepare
 
-    config = load_checked_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
     _notes(config)
     notes: list[str] = []
-    prepare(config, notes)
+    prepare(config, notes)  # names, data files, ledger sizes, model, strategy: what `fedsim run` checks
     for note in notes:
         print(f"fedsim: note: {note}", file=sys.stderr)
     print(config.to_yaml(), end="")
@@ -130,8 +131,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedsim.config import load_config
     from fedsim.console import RunConsole
-    from fedsim.experiment import load_checked_config, resume_experiment, run_experiment
+    from fedsim.experiment import resume_experiment, run_experiment
 
     console = RunConsole(quiet=args.quiet)
     if args.resume:
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
             raise FedsimError("--resume: a resumed run keeps its own config and folder; drop CONFIG, --set, --out and --force")
         folder = resume_experiment(args.resume, console)
     else:
-        config = load_checked_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides)  # run_experiment checks it before any folder exists
         _notes(config)
         folder = run_experiment(config, args.out, console, force=args.force)
     print(folder)
