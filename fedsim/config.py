@@ -110,6 +110,8 @@ class BackendConfig(Section):
     cpus_per_client: float = Field(1, gt=0, description="CPUs Ray reserves per simulated client (also its torch threads)")
     gpus_per_client: float = Field(0, ge=0, description="GPUs (fractions allowed) Ray reserves per simulated client")
     ray_address: str | None = Field(None, description="address of a running Ray cluster; null: start a local one")
+    engine: Literal["ray", "in-process"] = Field("ray", description="ray: Flower's Ray simulation; in-process: the clients run one "
+                                                 "after another in fedsim's own process (quick small runs, debugging; same records)")
 
 
 class RecordConfig(Section):

@@ -28,6 +28,7 @@ from fedsim.datasets import DATASETS, Pool, pool_for
 from fedsim.dp_sgd import check_model
 from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
+from fedsim.inprocess import run_in_process
 from fedsim.layout import LEAKAGE_SEEDS_CSV
 from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
 from fedsim.messages import PARTITION_KEY
@@ -36,7 +37,7 @@ from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Re
 from fedsim.report import run_summary, write_report
 from fedsim.run import Run
 from fedsim.server_app import ServerPlan, make_server_app
-from fedsim.simulation import quiet_engine_logs, simulate
+from fedsim.simulation import engine_log, quiet_engine_logs, simulate
 from fedsim.summary import Summary
 from strategies.registry import STATELESS, build_strategy, check_strategy, is_stateless, train_mods
 
@@ -160,10 +161,17 @@ def check_devices(config: Config) -> None:
 
 
 def simulate_engine(config: Config) -> Engine:
-    """The default engine: Flower's Ray simulation with one virtual SuperNode per client."""
+    """The configured engine (`backend.engine`): Flower's Ray simulation with one virtual SuperNode
+    per client, or the same apps run in this process (`fedsim.inprocess`).
+    """
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
-        simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, plan.recorder.folder / RUN_LOG)
+        log_file = plan.recorder.folder / RUN_LOG
+        if config.backend.engine == "in-process":
+            with engine_log(log_file):
+                run_in_process(make_server_app(plan), client_app, config.data.num_clients)
+        else:
+            simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, log_file)
 
     return run
 

@@ -20,11 +20,16 @@ def shared_data(relative: str = "") -> Path:
 
 
 SMALL = ["data.records_per_client=60", "data.nonmembers=80", "data.test_records=100",
-         "adversary.target_records=40", "train.rounds=2", "model.args={hidden: [32]}", "attacks=[loss]"]
+         "adversary.target_records=40", "train.rounds=2", "model.args={hidden: [32]}", "attacks=[loss]", "backend.engine=in-process"]
+RAY = "backend.engine=ray"  # the override a test about Flower's Ray simulation itself adds
 
 
 def small_config(*overrides: str) -> Config:
-    """The built-in quickstart (whatever the working folder holds) made small, with `key=value` overrides."""
+    """The built-in quickstart (whatever the working folder holds) made small, with `key=value` overrides.
+
+    Small runs use the in-process engine (records equal to the Ray engine's, tests/test_inprocess.py):
+    a Ray simulation costs seconds per run to start. Tests of the Ray engine itself pass `RAY`.
+    """
     return load_config(None, [*SMALL, *overrides], default_file=False)
 
 

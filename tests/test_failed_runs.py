@@ -3,7 +3,7 @@
 Unit tests (no Ray) of the parts: step sizes must be finite and positive, a round without any
 update stops the run beyond `faults.max_failed_rounds` naming the first client error, a client's
 fatal error stops it at once, diverged training names the knob to lower. Two small integration
-tests run the real thing: every client failing (Opacus' PRV accountant raising), and the curious
+tests run the real thing: every client failing (injected client errors), and the curious
 participant's non-finite ascent.
 """
 
@@ -102,7 +102,8 @@ def test_diverged_training_names_the_knob_to_lower():
 
 
 TINY = ["data.num_clients=2", "data.records_per_client=40", "data.nonmembers=40", "data.test_records=60",
-        "adversary.target_records=10", "train.rounds=2", "model.args={hidden: [8]}", "attacks=[loss]"]
+        "adversary.target_records=10", "train.rounds=2", "model.args={hidden: [8]}", "attacks=[loss]",
+        "backend.engine=in-process"]
 
 
 def _run(tmp_path, capsys, *settings):
@@ -113,10 +114,13 @@ def _run(tmp_path, capsys, *settings):
 
 @pytest.mark.integration
 def test_every_client_failing_stops_the_run_with_one_line(tmp_path, capsys):
-    code, err, out = _run(tmp_path, capsys, "defense.dp_sgd={noise_multiplier: 0.02, accountant: prv}")
+    # Every client raises in round 1 (the injected error's draws for this seed). The issue's case, Opacus' PRV accountant
+    # at noise 0.02, takes the same path but fills the machine's memory first (Ray's memory monitor kills the clients).
+    code, err, out = _run(tmp_path, capsys, "faults.client_error_rate=0.99", "faults.max_failed_rounds=0")
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fedsim: error: round 1: no client update arrived (2 client(s) failed; the first, client")
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: round 1: no client update arrived (2 client(s) failed; the first, client 0: "
+                                                   "injected failure of client 0 in round 1")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["rounds_completed"] == 0
     assert "Traceback" in (out / "run.log").read_text()

@@ -13,7 +13,7 @@ from fedsim.paired import PAIRED_COLUMNS, paired_interval, paired_table
 from fedsim.sweep import PAIRED_CSV, pairs_of, parse_baseline, parse_grid
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
-         "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]"]
+         "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]
 
 
 def test_the_paired_interval_is_scipys_paired_t_interval():

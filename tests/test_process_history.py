@@ -2,7 +2,8 @@
 
 Parallel reductions round differently with another thread count; an earlier in-process test (or
 a notebook) that changed torch's threads used to change the curious server's gradient-ascent
-broadcast. The server and the clients now compute on `backend.cpus_per_client` threads.
+broadcast. The server and the clients now compute on `backend.cpus_per_client` threads. Checked on the
+in-process engine, where the clients share the process too.
 """
 
 import hashlib

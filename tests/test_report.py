@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["data.records_per_client=60", "data.nonmembers=80", "data.test_records=100", "adversary.target_records=40",
          "train.rounds=3", "data.num_clients=3", "train.local_epochs=3", "model.args={hidden: [32]}",
-         "attacks=[loss, trajectory]"]
+         "attacks=[loss, trajectory]", "backend.engine=in-process"]
 
 
 def fedsim_run(folder: Path, *extra: str) -> subprocess.CompletedProcess:

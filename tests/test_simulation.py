@@ -1,4 +1,4 @@
-"""Integration: the real Flower simulation on the Ray engine, on real data."""
+"""Integration: the real Flower simulation on the Ray engine, on real data; the in-process engine records the same bytes."""
 
 import subprocess
 import sys
@@ -19,13 +19,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory):
-    """The same small digits config, run twice with the same seed."""
+    """The same small digits config, run twice with the same seed: on Ray, then on the in-process engine."""
     base = tmp_path_factory.mktemp("digits")
-    config = small_config("train.rounds=3", "data.num_clients=3", "attacks=[loss, trajectory, nasr]")
-    return [run_experiment(config, base / f"run-{i}") for i in range(2)]
+    settings = ("train.rounds=3", "data.num_clients=3", "attacks=[loss, trajectory, nasr]")
+    return [run_experiment(small_config(*settings, f"backend.engine={engine}"), base / f"run-{engine}") for engine in ("ray", "in-process")]
 
 
-def test_same_seed_gives_identical_recorded_bytes(digits_runs):
+def test_same_seed_gives_identical_recorded_bytes_on_ray_and_in_process(digits_runs):
     first, second = (Run.open(folder) for folder in digits_runs)
     assert first.status == second.status == "complete" and first.rounds == [0, 1, 2, 3]
     for round_number in first.rounds:
@@ -78,7 +78,7 @@ def test_run_folder_follows_the_contract(digits_runs):
         ("location", ["train.lr=0.1", "data.records_per_client=300", "train.local_epochs=3", "model.args={hidden: [128]}"]),
     ],
 )
-def test_real_data_sets_learn_in_a_real_simulation(tmp_path, dataset, overrides):
+def test_real_data_sets_learn_in_a_federated_run(tmp_path, dataset, overrides):
     root = shared_data("MNIST").parent if dataset == "mnist" else shared_data("location")
     config = small_config(f"data.dataset={dataset}", f"data.root={root}", "data.test_records=500", "train.rounds=3", *overrides)
     run = Run.open(run_experiment(config, tmp_path / dataset))

@@ -12,7 +12,7 @@ from fedsim.errors import FedsimError
 from fedsim.sweep import COMPARISON_CSV, PLOT, parse_grid
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
-         "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]"]
+         "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]
 
 
 def test_grid_is_the_cartesian_product_and_keeps_bracketed_values_whole():
