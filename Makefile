@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/recorder.py
 	$(BIN)/python benchmarks/attack_training.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/suite.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 FPR_TARGETS = (1e-2, 1e-3)
@@ -155,11 +155,48 @@ def leakage(scores: np.ndarray, members: np.ndarray, threshold: float | None = N
     )
 
 
+def bootstrap_aucs(scores: np.ndarray, members: np.ndarray, samples: int = 200, seed: int = 0) -> np.ndarray:
+    """AUCs of a stratified bootstrap of the targets: members and non-members resampled separately.
+
+    Each resample draws the members' indices, then the non-members' (numpy's default_rng(seed),
+    `choice` with replacement); every score vector is scored on the same resamples. The AUC of a
+    resample is the Mann-Whitney U statistic over (members x non-members) pairs divided by their
+    number (scipy.stats.mannwhitneyu, ties counting 1/2), which is sklearn's `roc_auc_score` of
+    the resample, computed for all resamples at once.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Membership scores, shape (n_records,) or (n_vectors, n_records) (e.g. one per attack
+        seed); higher means member.
+    members : numpy.ndarray
+        Ground truth, bool, shape (n_records,); both classes present.
+    samples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    numpy.ndarray
+        AUC per score vector and resample, shape (samples,) or (n_vectors, samples).
+    """
+    rng = np.random.default_rng(seed)
+    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
+    inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
+    drawn_in, drawn_out = np.empty((samples, len(inside)), dtype=np.intp), np.empty((samples, len(outside)), dtype=np.intp)
+    for sample in range(samples):
+        drawn_in[sample] = inside[rng.choice(len(inside), len(inside))]
+        drawn_out[sample] = outside[rng.choice(len(outside), len(outside))]
+    u = mannwhitneyu(scores[..., drawn_in], scores[..., drawn_out], axis=-1, method="asymptotic", use_continuity=False).statistic
+    return np.asarray(u, dtype=np.float64) / (len(inside) * len(outside))
+
+
 def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int = 200, seed: int = 0) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the AUC (Efron and Tibshirani 1993).
 
-    Members and non-members are resampled separately (a stratified bootstrap), so every
-    resample has both classes in the original numbers.
+    Members and non-members are resampled separately (a stratified bootstrap, `bootstrap_aucs`),
+    so every resample has both classes in the original numbers.
 
     Parameters
     ----------
@@ -177,15 +214,7 @@ def bootstrap_auc_interval(scores: np.ndarray, members: np.ndarray, samples: int
     low, high : float
         The 2.5th and 97.5th percentiles of the resampled AUCs.
     """
-    rng = np.random.default_rng(seed)
-    scores, members = np.asarray(scores), np.asarray(members, dtype=bool)
-    inside, outside = scores[members], scores[~members]
-    aucs = []
-    for _ in range(samples):
-        a = rng.choice(inside, len(inside))
-        b = rng.choice(outside, len(outside))
-        aucs.append(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
-    low, high = np.percentile(aucs, [2.5, 97.5])
+    low, high = np.percentile(bootstrap_aucs(scores, members, samples, seed), [2.5, 97.5])
     return float(low), float(high)
 
 

@@ -66,3 +66,22 @@ def test_balanced_accuracy_is_sklearns_and_the_mean_of_tpr_and_tnr(seed):
     predicted = scores >= threshold
     reference = (predicted[members].mean() + (~predicted[~members]).mean()) / 2  # the definition, by hand
     assert balanced_accuracy(scores, members, threshold) == reference
+
+
+def test_bootstrap_aucs_equal_sklearns_auc_of_each_resample_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from fedsim.metrics import bootstrap_aucs
+
+    rng = np.random.default_rng(3)
+    members = rng.random(60) < 0.4
+    scores = rng.integers(0, 5, (2, 60)).astype(float)  # small integers: many ties
+    aucs = bootstrap_aucs(scores, members, samples=30, seed=9)
+    draws = np.random.default_rng(9)  # the resamples, drawn here as the docstring says: members' indices, then non-members'
+    inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
+    for sample in range(30):
+        chosen = np.r_[inside[draws.choice(len(inside), len(inside))], outside[draws.choice(len(outside), len(outside))]]
+        truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+        for row in range(2):
+            assert aucs[row, sample] == pytest.approx(roc_auc_score(truth, scores[row, chosen]), abs=1e-12)
+    assert bootstrap_aucs(scores[0], members, samples=30, seed=9) == pytest.approx(aucs[0], abs=0)

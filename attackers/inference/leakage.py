@@ -31,7 +31,7 @@ from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
 from fedsim.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_SEEDS_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
 from fedsim.membership import CANARY
-from fedsim.metrics import FPR_TARGETS, clopper_pearson_interval, leakage
+from fedsim.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
 from fedsim.run import Run
 
 AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound"]
@@ -194,16 +194,8 @@ def bootstrap_mean_auc_interval(scores: Sequence[np.ndarray], members: np.ndarra
     tuple of float
         (2.5th, 97.5th) percentiles of the resampled seed-mean AUC.
     """
-    rng = np.random.default_rng(seed)
-    members = np.asarray(members, dtype=bool)
-    inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
     matrix = np.stack([np.asarray(s, dtype=np.float64) for s in scores])
-    truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
-    aucs = []
-    for _ in range(samples):
-        chosen = np.r_[inside[rng.choice(len(inside), len(inside))], outside[rng.choice(len(outside), len(outside))]]
-        aucs.append(np.mean([roc_auc_score(truth, row[chosen]) for row in matrix]))
-    low, high = np.percentile(aucs, [2.5, 97.5])
+    low, high = np.percentile(bootstrap_aucs(matrix, members, samples, seed).mean(axis=0), [2.5, 97.5])
     return float(low), float(high)
 
 
