@@ -7,8 +7,9 @@ warning level so the user sees fedsim's progress, not the engine's chatter.
 A local run starts Ray itself, lean (benchmarks/startup.py times the phases): no runtime
 environment (Flower's init passes one with PYTHONPATH, which makes Ray route every worker's
 start through its runtime-env agent and forgo pre-starting workers; here the workers inherit
-PYTHONPATH from the driver's environment instead) and no usage-stats collection. Ray stays up
-for the next simulation of the same process (a sweep, a test session).
+PYTHONPATH from the driver's environment instead) and no usage-stats collection. Flower's Ray
+backend shuts Ray down at the end of every simulation (RayBackend.terminate), so each run of a
+sweep starts it again; the `in-process` engine (fedsim.inprocess) starts no Ray at all.
 """
 
 from __future__ import annotations
