@@ -6,6 +6,9 @@ Each repeat runs twice, alternating: as fedsim starts Ray (fedsim.simulation.sta
 and with Ray started by Flower's own init (a runtime environment carrying PYTHONPATH), the
 reference.
 
+The same quickstart on the in-process engine (`backend.engine: in-process`, no Ray) gives a
+third BENCH line: what Ray's start-up, actors and shutdown cost a user over a run without them.
+
 Runs the built-in quickstart (what `make demo` runs) in a fresh process, `repeats` times, and
 times it from outside (the user's wait, interpreter start and imports included). Inside, the
 engine's phases are timed by wrapping Flower's Ray backend: ray.init, the actor pool's build,
@@ -87,8 +90,14 @@ def main() -> None:
         child(*args.child, args.flower_init)
         return
     results: dict[str, tuple[list[float], list[dict]]] = {"fedsim": ([], []), "flower-init": ([], [])}
+    in_process: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
+            begun = time.perf_counter()  # the same run on the in-process engine: no Ray at all
+            subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--out", str(Path(scratch) / f"in-process-{repeat}"), "--quiet",
+                            "--set", "backend.engine=in-process"], check=True, cwd=scratch, stdout=subprocess.DEVNULL)
+            in_process.append(time.perf_counter() - begun)
+            print(f"run in-process {repeat}: wall_s={in_process[-1]:.1f}", flush=True)
             for variant, (walls, phases) in results.items():
                 out, report = Path(scratch) / f"{variant}-{repeat}", Path(scratch) / f"{variant}-{repeat}.json"
                 begun = time.perf_counter()
@@ -104,6 +113,9 @@ def main() -> None:
         print(f"BENCH demo{suffix} ref=30s ratio={wall / 30:.2f} demo_s={wall:.1f} runs={','.join(f'{w:.1f}' for w in walls)}", flush=True)
         print(f"BENCH ray-startup-shutdown{suffix} ref=8s ratio={median['startup_and_shutdown'] / 8:.2f} "
               + " ".join(f"{k}_s={v:.2f}" for k, v in median.items()), flush=True)
+    demo = statistics.median(results["fedsim"][0])
+    print(f"BENCH demo-in-process ref=demo-on-ray ratio={statistics.median(in_process) / demo:.2f} "
+          f"in_process_s={statistics.median(in_process):.1f} ray_s={demo:.1f} runs={','.join(f'{w:.1f}' for w in in_process)}", flush=True)
 
 
 def _phases(result: dict) -> dict[str, float]:

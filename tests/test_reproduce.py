@@ -59,7 +59,7 @@ def test_unknown_config_or_scale_is_one_line(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def small_reproduction(tmp_path_factory):
-    """Digits at a small CPU scale: three threat models, three seeds, observed rounds 1-3."""
+    """Digits at a small CPU scale: three threat models, three seeds, 3 rounds, snapshots 1 and 3 observed."""
     out = tmp_path_factory.mktemp("reproduce")
     threats = [THREAT_MODEL_NAMES[n] for n in ("global passive", "global isolation", "local passive")]
 
@@ -67,7 +67,8 @@ def small_reproduction(tmp_path_factory):
         # few records, many local epochs: the local models overfit, as the quickstart's do
         return small_config("train.rounds=3", "train.local_epochs=10", "train.lr=0.1", "data.records_per_client=80",
                             "model.args={hidden: [128]}", "data.nonmembers=200", "adversary.target_records=80",
-                            "attacks=[loss, nasr_blackbox, {name: nasr, args: {epochs: 30}}]", "attack_seeds=1", *overrides)
+                            "attacks=[loss, nasr_blackbox, {name: nasr, args: {epochs: 30}}]", "attack_seeds=1", "observe_rounds=[1, 3]",
+                            *overrides)
 
     planned = plan(["digits_small"], 3, out, threat_models=threats, loader=load)
     from fedsim.console import RunConsole
