@@ -80,7 +80,9 @@ class StrategyConfig(Section):
 
 class AdversaryConfig(Section):
     role: Literal["server", "participant", "none"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
-    mode: Literal["passive", "gradient-ascent"] = Field("passive", description="passive (observes only) or gradient-ascent on the target records (active)")
+    mode: Literal["passive", "gradient-ascent", "crafted-model"] = Field(
+        "passive", description="passive (observes only), gradient-ascent on the target records (active), or crafted-model "
+        "(server only: the victim is sent a model whose first-layer neurons each fire on one target; Pichler et al. 2022)")
     isolate: bool = Field(False, description="server only: the victim gets a model of its own, never averaged with the others")
     victim: int = Field(0, ge=0, description="the client the server targets; the participant's own client id")
     target_records: int = Field(200, ge=0, description="evaluation targets: half members (victim's, or other clients' for a participant), half non-members")
@@ -214,6 +216,11 @@ class Config(Section):
             )
         if self.adversary.isolate and self.adversary.role != "server":
             raise ValueError("adversary.isolate needs adversary.role: server")
+        if self.adversary.mode == "crafted-model" and self.adversary.role != "server":
+            raise ValueError(f"adversary.mode crafted-model is a dishonest server's attack, but adversary.role is {self.adversary.role}; "
+                             "set adversary.role: server")
+        if self.adversary.mode == "crafted-model" and self.adversary.isolate:
+            raise ValueError("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
         if self.defense.dp_sgd is not None and self.strategy_args("proximal_mu"):
             raise ValueError("fedprox's proximal term cannot be combined with defense.dp_sgd (Opacus would drop its gradient); "
                              "set proximal_mu: 0 or remove dp_sgd")

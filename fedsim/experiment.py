@@ -18,8 +18,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import Strategy
 
 from attackers.active.adversary import participant_mods, server_wrapper
+from attackers.active.crafted_model import check_crafted
 from attackers.inference.leakage import measure_leakage
-from attackers.inference.registry import check_attacks
+from attackers.inference.registry import attack_name, check_attacks
 from attackers.inference.threat_models import describe
 from fedsim.client_app import make_client_app
 from fedsim.config import Config, load_config
@@ -76,6 +77,8 @@ def check_config(config: Config) -> Config:
     MODELS.get_or_fail(config.model.name)
     check_strategy(config)
     check_attacks(config.attacks, references=config.adversary.role == "server" and not config.defense.secure_aggregation)
+    if config.adversary.mode != "crafted-model" and any(attack_name(a) == "crafted" for a in config.attacks):
+        raise FedsimError("attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model or remove it")
     return config
 
 
@@ -124,6 +127,8 @@ def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFram
     strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
     if config.defense.dp_sgd is not None:
         check_model(model, config.model.name)
+    if config.adversary.mode == "crafted-model":
+        check_crafted(model, int(ledger["target"].sum()), config)
     return ledger, model, strategy
 
 

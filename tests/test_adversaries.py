@@ -1,10 +1,12 @@
 """Integration: the adversaries inside the real Flower/Ray loop do exactly what they claim."""
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from attackers.active.adversary import ascended_ids, target_ids
+from attackers.active.crafted_model import centre, crafted_state
 from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
 from fedsim import Run
@@ -96,3 +98,34 @@ def test_a_passive_adversary_changes_nothing(tmp_path_factory):
         for round_number in range(ROUNDS + 1):
             assert (passive.folder / global_file(round_number)).read_bytes() == (honest.folder / global_file(round_number)).read_bytes()
         assert not list(passive.folder.glob("rounds/*/broadcast"))
+
+
+def test_the_crafted_model_goes_to_the_victim_only_and_its_traps_separate_members(tmp_path_factory):
+    """One run (3 clients, 3 rounds, digits, about 20 s): crafted in rounds 2 and 3 only."""
+    run = run_with(tmp_path_factory, "crafted", "model.args={hidden: [64], activation: relu}", "adversary.mode=crafted-model",
+                   "adversary.victim=1", "adversary.active_rounds=[2, 3]", "attacks=[crafted]")
+    ledger = run.membership
+    x, _ = run.records(target_ids(ledger))
+    c = centre(run.records(ascended_ids(ledger, run.config))[0])
+    assert sorted(p.relative_to(run.folder).as_posix() for p in run.folder.glob("rounds/*/broadcast/*")) == [
+        client_file(2, 1, "broadcast"), client_file(3, 1, "broadcast")]  # the victim only, in the active rounds only
+    for round_number in (1, 2, 3):
+        if round_number > 1:  # what the victim got: the traps on the aggregate it would have got
+            expected = crafted_state(run.model(0), run.state(round_number - 1), x, c)
+            sent = run.state(round_number, client=1, kind="broadcast")
+            assert all(torch.equal(sent[k], expected[k]) for k in expected)
+        for honest in (0, 2):  # honest clients trained from the aggregate itself: their replies are their own training on it
+            model = run.model(round_number - 1)
+            own = ledger.loc[ledger["client"] == honest, "record_id"].to_numpy()
+            seed = client_seed(run.config.seed, round_number, honest)
+            torch.manual_seed(seed)
+            train_locally(model, *run.records(own), run.config.train, seed)
+            for name, tensor in run.state(round_number, client=honest).items():
+                torch.testing.assert_close(tensor, model.state_dict()[name], rtol=1e-5, atol=1e-6)
+        averaged = [0, 1, 2] if round_number == 1 else [0, 2]  # the trap's reply stays out of the aggregate
+        expected_global = weighted_average(run, round_number, averaged)
+        for name, tensor in run.state(round_number).items():
+            torch.testing.assert_close(tensor.double(), expected_global[name], rtol=0, atol=1e-6)
+    leakage = pd.read_csv(run.folder / "metrics" / "leakage.csv")
+    last = leakage[(leakage["attack"] == "crafted") & (leakage["round"] == ROUNDS)].iloc[0]
+    assert last["auc"] >= 0.95 and last["n_members"] >= 10 and last["n_nonmembers"] >= 10

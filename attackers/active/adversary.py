@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from flwr.serverapp.strategy import Strategy
 
+from attackers.active.crafted_model import centre
 from attackers.active.curious_participant import Mod, make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from fedsim.config import Config
@@ -33,13 +34,21 @@ def ascended_ids(ledger: pd.DataFrame, config: Config) -> np.ndarray:
 
 
 def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, dict[int, int]], Strategy] | None:
-    """Wraps the strategy in a CuriousServer when the server is the adversary."""
+    """Wraps the strategy in a CuriousServer when the server is the adversary.
+
+    The crafted-model server traps the targets (in ledger order) and centres its neurons at the
+    midpoint of the records it holds (targets and known records).
+    """
     if config.adversary.role != "server":
         return None
     ids = ascended_ids(ledger, config)
 
     def wrap(strategy: Strategy, partitions: dict[int, int]) -> Strategy:
-        return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool_for(config.data).take(ids))
+        pool = pool_for(config.data)
+        if config.adversary.mode == "crafted-model":
+            return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool.take(target_ids(ledger)),
+                                 centre=centre(pool.take(ids)[0]))
+        return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool.take(ids))
 
     return wrap
 

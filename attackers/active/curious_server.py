@@ -4,7 +4,10 @@ Passive, it changes nothing (the recorder already keeps every client's parameter
 - gradient ascent: in the rounds it acts in, the victim is sent W + gamma * dL(targets)/dW
   instead of the aggregate W;
 - isolation: the victim gets a model chain of its own (its own previous local model, with the
-  ascent step when that is on), and its reply never enters the aggregate.
+  ascent step when that is on), and its reply never enters the aggregate;
+- crafted model (`attackers.active.crafted_model`): the victim is sent a model whose first-layer
+  neurons each fire on one target record only, and its reply, useless as a model, is left out of
+  the aggregate in those rounds (under secure aggregation it cannot be).
 The victim is found by partition id: `partitions` maps Flower's random node ids to them.
 """
 
@@ -18,8 +21,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from attackers.active.crafted_model import chunk, crafted_state, crafted_width
 from attackers.active.gradient_ascent import ascent_step
 from fedsim.config import AdversaryConfig
+from fedsim.layout import client_file
 from fedsim.messages import array_record, partition_of
 from fedsim.run import Run
 from strategies.wrapper import StrategyWrapper
@@ -33,13 +38,17 @@ class CuriousServer(StrategyWrapper):
         partitions: Mapping[int, int],
         make_model: Callable[[], nn.Module],
         targets: tuple[torch.Tensor, torch.Tensor],
+        centre: torch.Tensor | None = None,
     ):
         super().__init__(inner)
         self.adversary = adversary
         self.partitions = partitions
         self.make_model = make_model
-        self.targets = targets
+        self.targets = targets  # gradient ascent: the ascended records; crafted model: the targets, in the order covered
+        self.centre = centre  # crafted model: the per-feature midpoint its neurons are centred at
         self.victim_chain: ArrayRecord | None = None  # the isolated victim's latest model
+        self.crafted_sent = 0  # crafted models sent to the victim so far: the next one traps chunk crafted_sent
+        self.crafted_round: int | None = None  # the round whose victim was sent a crafted model, while it runs
 
     def restore(self, run: Run, last_round: int) -> None:
         """The isolated victim's chain continues from its latest recorded reply."""
@@ -47,16 +56,25 @@ class CuriousServer(StrategyWrapper):
         if self.adversary.isolate:
             replied = [r for r in range(1, last_round + 1) if self.adversary.victim in run.clients(r)]
             self.victim_chain = ArrayRecord(run.state(replied[-1], self.adversary.victim)) if replied else None
+        if self.adversary.mode == "crafted-model":
+            self.crafted_sent = sum((run.folder / client_file(r, self.adversary.victim, "broadcast")).exists() for r in range(1, last_round + 1))
 
     def acts_in(self, server_round: int) -> bool:
         rounds = self.adversary.active_rounds
-        return self.adversary.mode == "gradient-ascent" and (rounds is None or server_round in rounds)
+        return self.adversary.mode in ("gradient-ascent", "crafted-model") and (rounds is None or server_round in rounds)
 
     def _for_victim(self, server_round: int, aggregate: ArrayRecord) -> ArrayRecord:
         """What the victim is sent this round."""
         start = self.victim_chain if self.adversary.isolate and self.victim_chain is not None else aggregate
         if not self.acts_in(server_round):
             return start
+        if self.adversary.mode == "crafted-model":
+            assert self.centre is not None, "a crafted-model server is built with its centre"
+            model = self.make_model()
+            ids = chunk(torch.arange(len(self.targets[1])).numpy(), crafted_width(model), self.crafted_sent)
+            self.crafted_sent += 1
+            self.crafted_round = server_round
+            return ArrayRecord(crafted_state(model, start.to_torch_state_dict(), self.targets[0][ids], self.centre))
         state = ascent_step(self.make_model(), start.to_torch_state_dict(), *self.targets, self.adversary.gamma,
                             where=f" of round {server_round}", step_norm=self.adversary.step_norm)
         return ArrayRecord(state)
@@ -77,6 +95,9 @@ class CuriousServer(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        if self.crafted_round == server_round:  # the victim trained a trap, not the model: its reply stays out
+            self.crafted_round = None
+            replies = [r for r in replies if r.has_error() or partition_of(r) != self.adversary.victim]
         if self.adversary.isolate:
             victim = [r for r in replies if not r.has_error() and partition_of(r) == self.adversary.victim]
             if victim:

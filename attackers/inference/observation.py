@@ -61,6 +61,11 @@ class Observation:
     # what the observer held before each observed snapshot was trained: the server's broadcast to the
     # victim (the aggregate when nothing else was sent), the participant's own upload
     load_sent: Callable[[int], nn.Module] | None = None
+    # rounds whose sent model the attacker manipulated (a broadcast other than the aggregate was recorded)
+    manipulated: frozenset[int] = frozenset()
+    # what the observed snapshot of a manipulated round would be had nobody trained (None: the sent model);
+    # under secure aggregation the sent models' example-weighted mean
+    load_baseline: Callable[[int], nn.Module] | None = None
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
         """The snapshots observed by round `last_round`.
@@ -79,7 +84,7 @@ class Observation:
         """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
         return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache,
-                           self.load_sent)
+                           self.load_sent, self.manipulated, self.load_baseline)
 
     def sent_features(self, ids: np.ndarray, round_number: int) -> Features | None:
         """Features of records on the model sent before the round's snapshot was trained.

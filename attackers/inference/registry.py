@@ -22,6 +22,7 @@ from attackers.inference.baselines import (
     TrajectoryAttack,
 )
 from attackers.inference.calibrated import FedMIAAttack, LiRAAttack, RMIAAttack
+from attackers.inference.crafted import CraftedAttack
 from attackers.inference.manipulation import SentReturnedAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
@@ -31,7 +32,7 @@ from fedsim.registry import Registry
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
              LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack,
-             SentReturnedAttack):
+             SentReturnedAttack, CraftedAttack):
     ATTACKS.add(_cls.name, _cls)
 
 

@@ -81,7 +81,8 @@ def describe(config) -> str:
         seen = "sees only the aggregate (secure aggregation), so it attacks the global models"
     else:
         seen = f"observes client {adversary.victim}'s local models"
-    actions = [a for a, on in (("isolates the victim", adversary.isolate), ("sends it a gradient-ascent step", adversary.mode == "gradient-ascent")) if on]
+    actions = [a for a, on in (("isolates the victim", adversary.isolate), ("sends it a gradient-ascent step", adversary.mode == "gradient-ascent"),
+                               ("sends it a crafted model (one first-layer neuron per target)", adversary.mode == "crafted-model")) if on]
     return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
 
 
@@ -118,6 +119,41 @@ def sent_model(run: Run, round_number: int, client: int):
     return run.model(round_number - 1)
 
 
+def _broadcast_rounds(run: Run, rounds: list[int], client: int) -> frozenset[int]:
+    """The rounds among `rounds` in which `client` was sent something other than the aggregate."""
+    return frozenset(r for r in rounds if (run.folder / client_file(r, client, "broadcast")).exists())
+
+
+def sent_mean(run: Run, round_number: int, client: int):
+    """What a secure aggregate of a round would be had no client trained: the mean of what was sent.
+
+    `client` was sent its broadcast, every other contributor the previous aggregate; they are
+    weighted equally (FedAvg weighs by examples; equal when clients hold `records_per_client`
+    records each: the server learns only the total under secure aggregation).
+
+    Parameters
+    ----------
+    run : Run
+        The recorded run.
+    round_number : int
+        The round (1-based).
+    client : int
+        The client that was sent the broadcast.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model in eval mode.
+    """
+    contributors = max(1, len(run.received(round_number)))
+    sent = sent_model(run, round_number, client).state_dict()
+    previous = run.model(round_number - 1).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(run.config)
+    model.load_state_dict({k: (sent[k] + (contributors - 1) * previous[k]) / contributors for k in sent})
+    return model.eval()
+
+
 def attacker_view(run: Run) -> AttackerView | None:
     """The configured adversary's view of the run.
 
@@ -152,8 +188,15 @@ def attacker_view(run: Run) -> AttackerView | None:
             return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
 
         observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references,
-                                  device=device, load_sent=lambda r: sent_model(run, r, victim))
+                                  device=device, load_sent=lambda r: sent_model(run, r, victim),
+                                  manipulated=_broadcast_rounds(run, rounds, victim))
         target = f"client-{victim:03d}"
+    elif adversary.role == "server" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
+        crafted = _broadcast_rounds(run, trained, victim)
+        observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device,
+                                  load_sent=lambda r: sent_model(run, r, victim), manipulated=crafted,
+                                  load_baseline=lambda r: sent_mean(run, r, victim))
+        target = "global"
     elif adversary.role == "server":  # under secure aggregation: the aggregates it computes
         observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device)
         target = "global"
