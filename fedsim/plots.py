@@ -229,7 +229,7 @@ def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(WIDE, TALL))
     axes = figure.subplots()
     best = leakage.sort_values("epsilon_lower_bound", ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
-    finite = [v for v in [*best["epsilon_lb_point"], *accountant.get("epsilon", [])] if np.isfinite(v)]
+    finite = [v for v in [*best["epsilon_lb_point"], *best["epsilon_lower_bound"], *accountant.get("epsilon", [])] if np.isfinite(v)]
     top = max([1.0, *finite]) * 1.15
     if not accountant.empty:
         shown = np.where(np.isfinite(accountant["epsilon"].astype(float)), accountant["epsilon"].astype(float), top)

@@ -166,3 +166,16 @@ def test_targets_beyond_what_the_rounds_can_cover_are_refused():
     check_crafted(model, 128, config)  # two rounds of 64 neurons
     with pytest.raises(FedsimError, match="129 targets need 3 crafted rounds with a first layer of 64 neurons, but the server acts in 2"):
         check_crafted(model, 129, config)
+
+
+def test_the_audit_plot_takes_a_perfect_attack_whose_point_estimate_is_infinite():
+    """A perfect separation (the crafted traps) has epsilon point estimate inf and a finite lower bound above 1:
+    the plot's axis must reach the bound (it drew a negative error bar and raised before)."""
+    import pandas as pd
+
+    from fedsim.plots import privacy_audit
+
+    leakage = pd.DataFrame({"round": [1, 2], "attack": ["crafted"] * 2, "epsilon_lower_bound": [4.65, 4.88],
+                            "epsilon_lb_point": [float("inf")] * 2})
+    axes = privacy_audit(leakage, pd.DataFrame()).axes[0]
+    assert axes.get_ylim()[1] >= 4.88
