@@ -179,3 +179,11 @@ def test_the_audit_plot_takes_a_perfect_attack_whose_point_estimate_is_infinite(
                             "epsilon_lb_point": [float("inf")] * 2})
     axes = privacy_audit(leakage, pd.DataFrame()).axes[0]
     assert axes.get_ylim()[1] >= 4.88
+
+
+def test_the_crafted_attack_without_a_crafted_model_server_is_one_line():
+    from fedsim.experiment import check_config
+
+    with pytest.raises(FedsimError, match="attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model"):
+        check_config(small_config("attacks=[loss, crafted]"))
+    check_config(small_config(*RELU, "attacks=[loss, crafted]"))
