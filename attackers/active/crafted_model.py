@@ -69,8 +69,9 @@ def first_linear_relu(model: nn.Module, model_name: str = "the model") -> list[t
     """
     fix = "use model: {name: fcn, args: {activation: relu}}"
     if not isinstance(model, nn.Sequential) or not all(isinstance(m, _ALLOWED) for m in model):
+        other = type(model).__name__ if not isinstance(model, nn.Sequential) else next(type(m).__name__ for m in model if not isinstance(m, _ALLOWED))
         raise FedsimError(f"adversary.mode crafted-model needs a fully connected ReLU network (Linear and ReLU layers only); "
-                          f"{model_name} is not one; {fix}")
+                          f"{model_name} has a {other} layer; {fix}")
     modules = list(model.named_children())
     layers = []
     for index, (name, module) in enumerate(modules):
