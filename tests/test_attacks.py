@@ -1,33 +1,18 @@
 """Inference attacks on a model trained here (no simulation): they find real members, and
 find nothing when 'members' and non-members come from the same unused pool."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from attackers.inference.observation import Observation
 from attackers.inference.registry import ATTACKS, make_attack
-from conftest import shared_data
+from conftest import shared_data, synthetic_location
 from fedsim.config import TrainConfig
 from fedsim.datasets import load_pool
 from fedsim.metrics import leakage
 from fedsim.models import build_model
 from fedsim.training import train_locally
-
-
-def synthetic_location(folder: Path, rows: int = 2000, seed: int = 0) -> Path:
-    """A file in Location's format (label "1".."30", then 446 binary features): each class a sparse
-    binary prototype, each record its class's prototype with 30% of the bits flipped. Written here,
-    so the real-member check runs on any clone (the real Location data is under ../shared/data)."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((30, 446)) < 0.1
-    labels = rng.integers(0, 30, rows)
-    features = prototypes[labels] ^ (rng.random((rows, 446)) < 0.3)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bangkok").write_text("".join(f'"{y + 1}",' + ",".join(map(str, x.astype(int))) + "\n" for y, x in zip(labels, features)))
-    return folder
 
 
 @pytest.fixture(scope="module", params=["synthetic-location", "location"])
