@@ -5,6 +5,7 @@ report of the two side by side."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from PIL import Image
 from fedsim import Run
 from fedsim.cli import main
 from fedsim.metrics import wilson_interval
-from fedsim.recorder import MANIFEST, sha256_of
+from fedsim.recorder import MANIFEST, is_report_file, sha256_of
 from fedsim.report import write_sweep_report
 from fedsim.summary import Summary, tpr_text
 
@@ -155,6 +156,45 @@ def test_every_number_in_the_report_summary_equals_the_metrics_tables(runs):
     assert {attrs["data-row"] for attrs, _ in page.cells if attrs["data-source"] == "metrics/training.csv"} == {str(len(tables["metrics/training.csv"]) - 1)}
 
 
+def _text(markup: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+@pytest.mark.parametrize("name", ["plain", "quiet"])
+def test_report_headline_and_per_attack_rows_are_the_rows_picked_here_from_leakage_csv(runs, name):
+    """Picked here, without fedsim.summary: for each attack its row at its highest round, highest AUC
+    first; the headline is the first of them, with its TPRs at FPR 1e-2 and 1e-3 as written in the
+    file, or "n/a (needs >= 1/FPR non-members)" where the row has fewer non-members than that."""
+    folder = folder_of(runs[name])
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    leakage = pd.read_csv(folder / "metrics/leakage.csv")
+    assert sorted(set(leakage["round"])) == [1, 2, 3]
+    picked = [max(rows.index, key=lambda i: leakage.at[i, "round"]) for _, rows in leakage.groupby("attack")]
+    picked.sort(key=lambda i: -leakage.at[i, "auc"])
+    table = re.search(r"<h3>Each attack at its last observed round</h3>(.*?)</table>", page, re.S).group(1)
+    body_rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]
+    assert [sorted(set(re.findall(r'data-row="(\d+)"', row))) for row in body_rows] == [[str(i)] for i in picked]
+    for row_html, index in zip(body_rows, picked):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row_html, re.S)
+        assert cells[0] == str(leakage.at[index, "round"]) and cells[2] == leakage.at[index, "attack"]
+        assert float(cells[4]) == leakage.at[index, "auc"]
+
+    headline = _text(re.search(r'<p class="headline">(.*?)</p>', page, re.S).group(1))
+    top = leakage.loc[picked[0]]
+    assert f"AUC {float(top['auc'])!r}" in headline and f"at round {top['round']}," in headline and f"'s {top['attack']} attack" in headline
+
+    def expected(column: str, fpr: float) -> str:
+        value = top[column]
+        if top["n_nonmembers"] * fpr < 1:  # fewer than 1/FPR non-members: not measurable
+            assert pd.isna(value)
+            return f"n/a (needs >= {round(1 / fpr)} non-members)"
+        return repr(float(value))
+
+    low_fpr = f"TPR {expected('tpr_at_fpr_1e-2', 1e-2)} at FPR 1e-2 and {expected('tpr_at_fpr_1e-3', 1e-3)} at FPR 1e-3"
+    assert low_fpr in headline, headline
+    assert f"over {top['n_members']} members and {top['n_nonmembers']} non-members" in headline
+
+
 def test_report_images_are_embedded_pngs_equal_to_the_listed_plots(runs):
     folder = folder_of(runs["plain"])
     page = parse(folder / "report.html")
@@ -211,14 +251,24 @@ def test_report_opens_in_headless_chromium_without_broken_images(runs, tmp_path)
 
 def test_fedsim_report_rewrites_the_report_and_relists_it(runs, tmp_path, capsys):
     folder = shutil.copytree(folder_of(runs["plain"]), tmp_path / "copy")
+    before = json.loads((folder / MANIFEST).read_text())
+    stale = "2000-01-01T00:00:00+00:00"
+    (folder / MANIFEST).write_text(json.dumps(before | {"updated": stale}))
     (folder / "report.html").unlink()
     shutil.rmtree(folder / "plots")
     assert main(["report", str(folder)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder / "report.html")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    assert manifest["status"] == "complete"
-    for relative in ["report.html", *(f"plots/{p.name}" for p in (folder / "plots").glob("*.png"))]:
-        assert manifest["files"][relative] == sha256_of(folder / relative)
+    after = json.loads((folder / MANIFEST).read_text())
+    assert after["updated"] != stale and after["updated"] >= before["updated"]
+    assert {k: v for k, v in after.items() if k not in ("updated", "files")} == {k: v for k, v in before.items() if k not in ("updated", "files")}
+    # the records' and metrics' entries unchanged; the report files relisted, each with its file's sha256
+    kept = {k: v for k, v in before["files"].items() if not is_report_file(k)}
+    assert kept and {k: v for k, v in after["files"].items() if not is_report_file(k)} == kept
+    assert any(k.startswith("metrics/") for k in kept) and any(k.startswith("rounds/") for k in kept)
+    written = ["report.html", *(f"plots/{p.name}" for p in (folder / "plots").glob("*.png"))]
+    assert sorted(k for k in after["files"] if is_report_file(k)) == sorted(written)
+    for relative in written:
+        assert after["files"][relative] == sha256_of(folder / relative)
     run = Run.open(folder)
     assert run.model(3, client=0) is not None  # the records still verify against the manifest
 

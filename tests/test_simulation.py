@@ -3,15 +3,18 @@
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from conftest import shared_data, small_config
 from fedsim import Run
 from fedsim.cli import main
 from fedsim.experiment import run_experiment
 from fedsim.layout import LEAKAGE_SEEDS_COLUMNS
+from fedsim.membership import UTILITY_TEST
 from fedsim.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
 
 pytestmark = pytest.mark.integration
@@ -19,9 +22,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory):
-    """The same small digits config, run twice with the same seed: on Ray, then on the in-process engine."""
+    """The same small digits config, run twice with the same seed: on Ray, then on the in-process engine
+    (3 local epochs: the global model learns)."""
     base = tmp_path_factory.mktemp("digits")
-    settings = ("train.rounds=3", "data.num_clients=3", "attacks=[loss, trajectory, nasr]")
+    settings = ("train.rounds=3", "data.num_clients=3", "train.local_epochs=3", "attacks=[loss, trajectory, nasr]")
     return [run_experiment(small_config(*settings, f"backend.engine={engine}"), base / f"run-{engine}") for engine in ("ray", "in-process")]
 
 
@@ -60,15 +64,70 @@ def test_fedsim_attack_reproduces_the_leakage_rows_of_the_run(digits_runs, tmp_p
 
 def test_run_folder_follows_the_contract(digits_runs):
     folder = digits_runs[0]
-    training = pd.read_csv(folder / "metrics/training.csv")
-    assert training["round"].tolist() == [0, 1, 2, 3] and training["test_accuracy"].between(0, 1).all()
     assert list(pd.read_csv(folder / "metrics/leakage.csv").columns)[: len(LEAKAGE_COLUMNS)] == LEAKAGE_COLUMNS
-    assert (folder / "metrics/roc.csv").is_file() and (folder / "metrics/leakage_per_class.csv").is_file()
     seeds = pd.read_csv(folder / "metrics/leakage_seeds.csv")
     assert list(seeds.columns) == LEAKAGE_SEEDS_COLUMNS and set(seeds.loc[seeds["attack"] == "nasr", "seed"]) == {0, 1, 2}
     membership = pd.read_parquet(folder / "membership.parquet")
     assert list(membership.columns) == ["record_id", "client", "member", "role", "target"]
     assert (folder / "config.yaml").is_file() and (folder / "rounds/0003/clients/client-002.safetensors").is_file()
+
+
+def test_training_rows_are_the_recorded_global_models_on_the_utility_test_records(digits_runs):
+    """Each training.csv row recomputed here: the round's recorded global model on the ledger's utility
+    test records. Digits learns (the variant of the real-data test below that runs on any clone)."""
+    run = Run.open(digits_runs[0])
+    training = pd.read_csv(run.folder / "metrics/training.csv")
+    assert training["round"].tolist() == [0, 1, 2, 3]
+    ledger = run.membership
+    x, y = run.records(ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy())
+    assert len(y) == 100
+    for row in training.itertuples():
+        with torch.no_grad():
+            logits = run.model(row.round)(x)
+        assert row.test_accuracy == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-6), row
+        assert row.test_loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), abs=1e-5), row
+    assert training["test_accuracy"].iloc[-1] > 2 / run.pool.num_classes, training
+    assert training["test_accuracy"].iloc[-1] > training["test_accuracy"].iloc[0]
+
+
+def test_leakage_tables_hold_together_and_the_loss_rows_equal_a_recomputation(digits_runs):
+    """Every round's interval holds its AUC; roc.csv runs from (0, 0) to (1, 1) for every attack; the
+    per-class counts are the targets' counts by class and sum to the row's totals; the loss attack's
+    ROC and per-class AUCs equal scikit-learn's on minus the victim's last recorded model's loss."""
+    run = Run.open(digits_runs[0])
+    leakage, roc, per_class = (run.table(f"metrics/{name}.csv") for name in ("leakage", "roc", "leakage_per_class"))
+    assert sorted(set(leakage["round"])) == [1, 2, 3]
+    assert (leakage["auc_ci_low"] <= leakage["auc"]).all() and (leakage["auc"] <= leakage["auc_ci_high"]).all()
+    assert (leakage["auc_ci_low"] < leakage["auc_ci_high"]).all()
+
+    targets = run.membership[run.membership["target"]]
+    ids, members = targets["record_id"].to_numpy(), targets["member"].to_numpy(bool)
+    x, y = run.records(ids)
+    with torch.no_grad():
+        scores = -torch.nn.functional.cross_entropy(run.model(3, client=0)(x), y, reduction="none").double().numpy()
+    labels = y.numpy()
+    counts = pd.crosstab(labels, members)
+    both = counts[(counts[True] > 0) & (counts[False] > 0)]
+    assert set(roc["attack"]) == set(per_class["attack"]) == {"loss", "trajectory", "nasr"}
+    for attack in ("loss", "trajectory", "nasr"):
+        curve = roc[roc["attack"] == attack]
+        assert curve[["fpr", "tpr"]].iloc[0].tolist() == [0, 0] and curve[["fpr", "tpr"]].iloc[-1].tolist() == [1, 1]
+        assert curve["fpr"].is_monotonic_increasing and curve["tpr"].is_monotonic_increasing
+        last = leakage[(leakage["attack"] == attack) & (leakage["round"] == 3)].iloc[0]
+        classes = per_class[per_class["attack"] == attack].set_index("class")
+        assert classes["n_members"].to_dict() == both[True].to_dict()
+        assert classes["n_nonmembers"].to_dict() == both[False].to_dict()
+        assert counts[True].sum() == last["n_members"] == members.sum()
+        assert counts[False].sum() == last["n_nonmembers"] == (~members).sum()
+    fpr, tpr, _ = roc_curve(members, scores, drop_intermediate=False)
+    curve = roc[roc["attack"] == "loss"]
+    np.testing.assert_allclose(curve["fpr"], fpr, atol=1e-6)
+    np.testing.assert_allclose(curve["tpr"], tpr, atol=1e-6)
+    for label, row in per_class[per_class["attack"] == "loss"].set_index("class").iterrows():
+        mask = labels == label
+        assert row["auc"] == pytest.approx(roc_auc_score(members[mask], scores[mask]), abs=1e-6), label
+    loss_row = leakage[(leakage["attack"] == "loss") & (leakage["round"] == 3)].iloc[0]
+    assert loss_row["auc"] == pytest.approx(roc_auc_score(members, scores), abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from fedsim.errors import FedsimError
 from fedsim.sweep import COMPARISON_CSV, PLOT, parse_grid
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
-         "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]
+         "train.rounds=2", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]
 
 
 def test_grid_is_the_cartesian_product_and_keeps_bracketed_values_whole():
@@ -51,8 +51,18 @@ def test_a_real_sweep_writes_the_comparison_and_resumes(tmp_path, capsys):
     folder = tmp_path / "sweep"
     table = pd.read_csv(folder / COMPARISON_CSV)
     assert table["strategy.name"].tolist() == ["fedavg", "fedmedian"]
-    assert table["test_accuracy"].between(0, 1).all() and table["loss_auc"].between(0, 1).all()
-    assert {"loss_auc_max_selected", "loss_tpr_at_fpr_1e-3"} <= set(table.columns)
+    assert list(table.columns) == ["run", "strategy.name", "test_accuracy", "loss_auc", "loss_auc_max_selected", "loss_tpr_at_fpr_1e-3"]
+    for _, row in table.iterrows():
+        # each row, picked here from its own run's CSVs: the last round's utility and leakage, and the
+        # maximum over rounds chosen on the selection half (the earliest round on a tie), read on the holdout half
+        assert row["run"] == f"strategy.name={row['strategy.name']}"
+        training, leakage = (pd.read_csv(folder / row["run"] / f"metrics/{name}.csv") for name in ("training", "leakage"))
+        assert training["round"].tolist() == [0, 1, 2] and sorted(leakage["round"]) == [1, 2]
+        last = leakage[leakage["round"] == 2].iloc[0]
+        best = leakage[leakage["auc_select"] == leakage["auc_select"].max()].sort_values("round").iloc[0]
+        assert row["test_accuracy"] == training.loc[training["round"] == 2, "test_accuracy"].item()
+        assert row["loss_auc"] == last["auc"] and row["loss_auc_max_selected"] == best["auc_holdout"]
+        assert pd.isna(row["loss_tpr_at_fpr_1e-3"]) and pd.isna(last["tpr_at_fpr_1e-3"])  # 10 non-member targets: not measurable
     assert (folder / PLOT).stat().st_size > 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder)
 
