@@ -118,6 +118,13 @@ def test_run_shows_progress_bars_on_stderr_and_the_summary_table_on_stdout(runs)
     assert f"final test accuracy {float(final['test_accuracy'])!r} (round 3)" in table
 
 
+def test_digits_learns_in_a_federated_run(runs):
+    """The variant of tests/test_simulation.py's real-data learning test that runs on any clone: the
+    quickstart's learning rate, 3 rounds of 3 local epochs, final test accuracy above twice chance."""
+    training = pd.read_csv(folder_of(runs["plain"]) / "metrics/training.csv")
+    assert training["round"].tolist() == [0, 1, 2, 3] and training["test_accuracy"].iloc[-1] > 2 / 10, training
+
+
 def test_run_log_holds_the_console_lines_without_bars_or_colour(runs):
     folder = folder_of(runs["plain"])
     log = (folder / "run.log").read_text()

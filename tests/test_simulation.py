@@ -22,8 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory):
-    """The same small digits config, run twice with the same seed: on Ray, then on the in-process engine
-    (3 local epochs: the global model learns)."""
+    """The same small digits config (3 local epochs), run twice with the same seed: on Ray, then on the in-process engine."""
     base = tmp_path_factory.mktemp("digits")
     settings = ("train.rounds=3", "data.num_clients=3", "train.local_epochs=3", "attacks=[loss, trajectory, nasr]")
     return [run_experiment(small_config(*settings, f"backend.engine={engine}"), base / f"run-{engine}") for engine in ("ray", "in-process")]
@@ -34,9 +33,12 @@ def test_same_seed_gives_identical_recorded_bytes_on_ray_and_in_process(digits_r
     assert first.status == second.status == "complete" and first.rounds == [0, 1, 2, 3]
     for round_number in first.rounds:
         assert (first.folder / global_file(round_number)).read_bytes() == (second.folder / global_file(round_number)).read_bytes()
-    records = [{k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/") and not is_report_file(k)}
+    records = [{k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/") and not is_report_file(k) and k != "config.yaml"}
                for run in (first, second)]
     assert records[0] == records[1]  # the same sha256 for every record (metrics, and the report from them, carry wall times)
+    configs = [(run.folder / "config.yaml").read_text().replace(f"engine: {engine}\n", "engine: ENGINE\n")
+               for run, engine in ((first, "ray"), (second, "in-process"))]
+    assert configs[0] == configs[1]  # the configs differ only in backend.engine
 
 
 def test_global_model_is_the_example_weighted_average_of_recorded_clients(digits_runs):
@@ -74,7 +76,7 @@ def test_run_folder_follows_the_contract(digits_runs):
 
 def test_training_rows_are_the_recorded_global_models_on_the_utility_test_records(digits_runs):
     """Each training.csv row recomputed here: the round's recorded global model on the ledger's utility
-    test records. Digits learns (the variant of the real-data test below that runs on any clone)."""
+    test records; the model learns."""
     run = Run.open(digits_runs[0])
     training = pd.read_csv(run.folder / "metrics/training.csv")
     assert training["round"].tolist() == [0, 1, 2, 3]
@@ -86,8 +88,10 @@ def test_training_rows_are_the_recorded_global_models_on_the_utility_test_record
             logits = run.model(row.round)(x)
         assert row.test_accuracy == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-6), row
         assert row.test_loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), abs=1e-5), row
-    assert training["test_accuracy"].iloc[-1] > 2 / run.pool.num_classes, training
-    assert training["test_accuracy"].iloc[-1] > training["test_accuracy"].iloc[0]
+    # the global model learns (tests/test_report.py checks a run with the quickstart's learning rate
+    # against twice chance: the digits variant of the real-data test below)
+    assert training["test_loss"].iloc[-1] < training["test_loss"].iloc[0], training
+    assert training["test_accuracy"].iloc[-1] > training["test_accuracy"].iloc[0], training
 
 
 def test_leakage_tables_hold_together_and_the_loss_rows_equal_a_recomputation(digits_runs):
