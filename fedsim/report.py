@@ -157,24 +157,39 @@ def _audit_plot(run: Run, summary: Summary) -> Plot:
 
 
 def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
-    """The gap between the accountant's epsilon and the best attack's lower bound, in words (last round)."""
+    """The gap between the accountant's epsilon and the best attack's lower bound, in words (last round).
+
+    The best attack is selected by its bound on one half of the targets (`epsilon_lb_select`) and
+    reported by its bound on the other half (`epsilon_lb_holdout`), the halves of `auc_select` and
+    `auc_holdout` (`attackers.inference.leakage.target_halves`); a leakage.csv written before these
+    columns existed falls back to the bound on every target, and says so.
+    """
     last = int(leakage["round"].max())
-    rows = leakage[leakage["round"] == last].sort_values("epsilon_lower_bound", ascending=False, kind="stable")
-    best = rows.iloc[0]
-    proven = (f"the best attack ({best['attack']}) proves epsilon >= {best['epsilon_lower_bound']:.3g} at 95% confidence "
-              f"(point estimate {best['epsilon_lb_point']:.3g})")
-    if best["epsilon_lower_bound"] <= 0:
-        proven = "no attack proves any epsilon above 0 at 95% confidence"
+    rows = leakage[leakage["round"] == last]
+    halves = "epsilon_lb_select" in rows.columns and rows["epsilon_lb_select"].notna().any()
+    if halves:
+        best = rows.sort_values("epsilon_lb_select", ascending=False, kind="stable").iloc[0]
+        bound = float(best["epsilon_lb_holdout"])
+        proven = (f"the best attack ({best['attack']}, selected by its bound on one half of the targets, "
+                  f"{best['epsilon_lb_select']:.3g}) proves epsilon >= {bound:.3g} at 95% confidence on the other half")
+    else:
+        best = rows.sort_values("epsilon_lower_bound", ascending=False, kind="stable").iloc[0]
+        bound = float(best["epsilon_lower_bound"])
+        proven = (f"the best attack ({best['attack']}, chosen on every target: this leakage.csv has no halves) proves "
+                  f"epsilon >= {bound:.3g} at 95% confidence (point estimate {best['epsilon_lb_point']:.3g})")
+    if bound <= 0:
+        proven = ("no attack proves any epsilon above 0 at 95% confidence"
+                  + (f" (the attack selected on one half of the targets, {best['attack']}, on the other half)" if halves else ""))
     known = accountant[accountant["round"] == last]
     if known.empty:
         return f"Round {last}: {proven}; no defence accounts for privacy in this run, so there is no upper bound to compare."
     upper = float(known["epsilon"].iloc[0])
     if not np.isfinite(upper):
         return f"Round {last}: {proven}; the accountant gives no finite epsilon (noise 0), so the gap is unbounded."
-    if best["epsilon_lower_bound"] <= 0:
+    if bound <= 0:
         return f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the gap is the whole of it."
     return (f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the true epsilon lies between, "
-            f"a gap of {upper - best['epsilon_lower_bound']:.3g} (the upper bound is {upper / best['epsilon_lower_bound']:.3g} times the lower).")
+            f"a gap of {upper - bound:.3g} (the upper bound is {upper / bound:.3g} times the lower).")
 
 
 @cache

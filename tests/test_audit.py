@@ -13,12 +13,15 @@ from scipy import stats
 from attackers.inference.audit import (
     canary_audit,
     clopper_pearson,
+    epsilon_bound_on_halves,
     epsilon_lower_bound,
     one_run_epsilon,
     one_run_p_value,
     server_dp_epsilon,
 )
 from attackers.inference.calibrated import fedmia_round, hinge, lira_round, rmia_round, scaled_confidence
+from attackers.inference.leakage import target_halves
+from fedsim.report import audit_gap
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 200), (1, 1000)])
@@ -186,3 +189,43 @@ def test_canaries_join_the_victims_data_with_probability_half_and_leave_the_rest
     assert (canaries.loc[canaries["member"], "client"] == 0).all() and canaries.loc[~canaries["member"], "client"].isna().all()
     assert not canaries["target"].any()
     assert 70 < canaries["member"].sum() < 130  # Binomial(200, 1/2)
+
+
+def test_bound_on_halves_chooses_on_the_selection_half_and_measures_on_the_other():
+    rng = np.random.default_rng(3)
+    members = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    scores = np.r_[rng.normal(2, 1, 300), rng.normal(0, 1, 300)]
+    selection = target_halves(members, seed=5)
+    chosen, bound = epsilon_bound_on_halves(scores, members, selection)
+    # the seeded split of epsilon_lower_bound is one such split: same numbers on the same halves
+    rng7 = np.random.default_rng(7)
+    choose = np.zeros(600, bool)
+    for side in (members, ~members):
+        where = np.flatnonzero(side)
+        choose[rng7.permutation(where)[: len(where) // 2]] = True
+    assert epsilon_bound_on_halves(scores, members, choose)[1] == epsilon_lower_bound(scores, members, seed=7)
+    # the threshold and the selection value depend on the selection half only
+    moved = scores.copy()
+    moved[~selection] = rng.permutation(moved[~selection])
+    again_chosen, again = epsilon_bound_on_halves(moved, members, selection)
+    assert (again_chosen, again.threshold) == (chosen, bound.threshold) and again.lower_bound != bound.lower_bound
+    assert chosen > 0 and 0 < bound.lower_bound <= bound.point
+
+
+def test_the_audit_paragraph_selects_the_best_attack_on_one_half_and_reports_the_other():
+    leakage = pd.DataFrame({
+        "round": [2, 2, 2],
+        "attack": ["loss", "nasr", "lira"],
+        "epsilon_lower_bound": [0.9, 0.5, 0.7],  # on every target loss looks best: not what selects
+        "epsilon_lb_point": [1.0, 0.6, 0.8],
+        "epsilon_lb_select": [0.4, 0.8, 0.6],
+        "epsilon_lb_holdout": [0.35, 0.31, 0.5],
+    })
+    accountant = pd.DataFrame({"round": [2], "epsilon": [4.0]})
+    text = audit_gap(leakage, accountant)
+    assert "the best attack (nasr, selected by its bound on one half of the targets, 0.8)" in text
+    assert "proves epsilon >= 0.31 at 95% confidence on the other half" in text and f"a gap of {4.0 - 0.31:.3g}" in text
+    old = audit_gap(leakage.drop(columns=["epsilon_lb_select", "epsilon_lb_holdout"]), accountant)
+    assert "(loss, chosen on every target: this leakage.csv has no halves) proves epsilon >= 0.9" in old
+    nothing = audit_gap(leakage.assign(epsilon_lb_holdout=0.0), accountant)
+    assert "no attack proves any epsilon above 0" in nothing and "nasr" in nothing and "the gap is the whole of it" in nothing

@@ -60,7 +60,8 @@ def clopper_pearson(successes: np.ndarray | int, trials: np.ndarray | int, confi
     return low, high
 
 
-def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, delta: float, bounded: bool) -> np.ndarray:
+def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, delta: float, bounded: bool,
+              confidence: float = CONFIDENCE) -> np.ndarray:
     """max(ln((TPR - delta)/FPR), ln((TNR - delta)/FNR)) per threshold, floored at 0.
 
     With `bounded`, TPR and TNR are their 95% Clopper-Pearson lower bounds and FPR, FNR their upper
@@ -68,10 +69,10 @@ def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, de
     """
     fn, tn = positives - tp, negatives - fp
     if bounded:
-        tpr, _ = clopper_pearson(tp, positives)
-        tnr, _ = clopper_pearson(tn, negatives)
-        _, fpr = clopper_pearson(fp, negatives)
-        _, fnr = clopper_pearson(fn, positives)
+        tpr, _ = clopper_pearson(tp, positives, confidence)
+        tnr, _ = clopper_pearson(tn, negatives, confidence)
+        _, fpr = clopper_pearson(fp, negatives, confidence)
+        _, fnr = clopper_pearson(fn, positives, confidence)
     else:
         tpr, tnr, fpr, fnr = tp / positives, tn / negatives, fp / negatives, fn / positives
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -138,29 +139,67 @@ def epsilon_lower_bound(scores: np.ndarray, members: np.ndarray, delta: float = 
         estimates (inf where a denominator is 0). The threshold maximises the lower bound on the
         first half.
     """
-    scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(members, dtype=bool)
     rng = np.random.default_rng(seed)
-    choose = np.zeros(len(scores), dtype=bool)
+    choose = np.zeros(len(members), dtype=bool)
     for side in (members, ~members):
         where = np.flatnonzero(side)
         choose[rng.permutation(where)[: len(where) // 2]] = True
+    return _bound_on_split(scores, members, choose, delta, confidence)[1]
+
+
+def epsilon_bound_on_halves(scores: np.ndarray, members: np.ndarray, selection: np.ndarray, delta: float = DEFAULT_DELTA,
+                            confidence: float = CONFIDENCE) -> tuple[float, EpsilonBound]:
+    """Epsilon an attack proves on given halves of the targets: chosen on `selection`, measured on the rest.
+
+    With the halves of `attackers.inference.leakage.target_halves` (those of `auc_select` and
+    `auc_holdout`), a best attack can be chosen by the first value and reported by the second:
+    neither the threshold nor the choice of attack then saw the records that measure the bound.
+
+    Parameters
+    ----------
+    scores : (n_records,) array
+        Attack scores, higher means member.
+    members : (n_records,) bool array
+        Ground truth.
+    selection : (n_records,) bool array
+        True for the half that chooses the threshold (and the attack).
+    delta : float
+        The defence's delta (1e-5 when it names none).
+    confidence : float
+        Of the Clopper-Pearson bounds.
+
+    Returns
+    -------
+    (float, EpsilonBound)
+        The 95% lower bound reached on the selection half at the threshold chosen there (for
+        choosing only: it is optimistic), and the bound at that threshold on the other half
+        (as `epsilon_lower_bound`'s, Jagielski et al. 2020).
+    """
+    return _bound_on_split(scores, members, np.asarray(selection, dtype=bool), delta, confidence)
+
+
+def _bound_on_split(scores: np.ndarray, members: np.ndarray, choose: np.ndarray, delta: float,
+                    confidence: float) -> tuple[float, EpsilonBound]:
+    """(bound on the choosing half at its best threshold, the bound at that threshold on the rest)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.asarray(members, dtype=bool)
     measure = ~choose
     a_scores, a_members = scores[choose], members[choose]
     b_scores, b_members = scores[measure], members[measure]
     positives_a, negatives_a = int(a_members.sum()), int((~a_members).sum())
     positives_b, negatives_b = int(b_members.sum()), int((~b_members).sum())
     if min(positives_a, negatives_a, positives_b, negatives_b) == 0:
-        return EpsilonBound(0.0, 0.0, math.inf, positives_b, negatives_b)
+        return 0.0, EpsilonBound(0.0, 0.0, math.inf, positives_b, negatives_b)
     candidates = np.unique(np.r_[a_scores, np.inf])
     tp, fp = _counts(a_scores, a_members, candidates)
-    chosen_bounds = _epsilons(tp, fp, positives_a, negatives_a, delta, bounded=True)
+    chosen_bounds = _epsilons(tp, fp, positives_a, negatives_a, delta, bounded=True, confidence=confidence)
     best = int(np.argmax(chosen_bounds))  # ties: the lowest such threshold
     threshold = float(candidates[best])
     tp_b, fp_b = _counts(b_scores, b_members, np.array([threshold]))
-    lower = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=True)[0])
-    point = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=False)[0])
-    return EpsilonBound(lower, max(point, lower), threshold, positives_b, negatives_b)
+    lower = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=True, confidence=confidence)[0])
+    point = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=False, confidence=confidence)[0])
+    return float(chosen_bounds[best]), EpsilonBound(lower, max(point, lower), threshold, positives_b, negatives_b)
 
 
 def one_run_p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:

@@ -11,7 +11,9 @@ is left empty: not measurable, Carlini et al., S&P 2022), and the AUC on two fix
 the targets, so that a maximum over rounds or attacks can be selected on one half and reported
 on the other. The epsilon each attack's scores prove (`attackers.inference.audit`: the 95% lower
 bound and its point estimate; with canaries, the one-run bound of the canaries) is that of attack
-seed 0. metrics/leakage_seeds.csv holds the per-seed rows. The last round also gets ROC points
+seed 0; `epsilon_lb_select` and `epsilon_lb_holdout` are the bound with its threshold chosen on the
+selection half of the targets, there and on the holdout half, so that a best attack is chosen by the
+one and reported by the other. metrics/leakage_seeds.csv holds the per-seed rows. The last round also gets ROC points
 and per-class leakage (of attack seed 0).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from attackers.inference.audit import audit_delta, canary_audit, epsilon_lower_bound, split_seed
+from attackers.inference.audit import audit_delta, canary_audit, epsilon_bound_on_halves, epsilon_lower_bound, split_seed
 from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
@@ -34,7 +36,7 @@ from fedsim.membership import CANARY
 from fedsim.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
 from fedsim.run import Run
 
-AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound"]
+AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound", "epsilon_lb_select", "epsilon_lb_holdout"]
 EXTRA_COLUMNS = LEAKAGE_EXTRA_COLUMNS[:2] + AUDIT_COLUMNS + LEAKAGE_EXTRA_COLUMNS[2:]
 FEATURES_STAGE = "feature extraction"
 ATTACKS_STAGE = "attack training"
@@ -326,6 +328,9 @@ def measure_leakage(
         row = key | _aggregate(per_seed, scores, members, deterministic, seed)
         bound = epsilon_lower_bound(scores[0], members, delta, seed=split_seed(seed, round_number, name))
         row |= {"epsilon_lower_bound": bound.lower_bound, "epsilon_lb_point": bound.point, "canary_epsilon_lower_bound": canary_bound}
+        # the same bound on the halves of auc_select/auc_holdout: a best attack is chosen by the first, reported by the second
+        row["epsilon_lb_select"], holdout = epsilon_bound_on_halves(scores[0], members, selection, delta)
+        row["epsilon_lb_holdout"] = holdout.lower_bound
         rows.append(row)
         progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} {_progress_text(row)}")
         if round_number == last_round:

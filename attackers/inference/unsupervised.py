@@ -1,70 +1,96 @@
-"""The unsupervised white-box attack of Nasr et al.: an encoder-decoder, then two clusters.
+"""The unsupervised white-box attack of Nasr, Shokri and Houmansadr (S&P 2019, section IV-D, "unsupervised").
 
-The encoder reads the per-snapshot signals of the supervised attack; the decoder must
-reconstruct each record's loss, correctness, uncertainty (prediction entropy) and gradient
-norm. The encodings of the records under attack are split by spectral clustering into two
-clusters; the cluster with the smaller mean gradient norm is "member". The score is how much
-closer a record's encoding is to the member cluster's centre than to the other's. No
-membership labels are used anywhere: `fit` ignores them.
+Without membership labels an attacker can still train an encoder-decoder: the encoder is the
+supervised attack's model (`attackers.inference.nasr.NasrModel`: per observed snapshot the
+output probabilities, the loss, the one-hot label, the chosen layers' gradients and, when
+configured, hidden-layer outputs, through the same component networks) ending in one value per
+record; the decoder must rebuild from that value the signals the paper names as carrying
+membership: loss, correctness, prediction uncertainty (entropy) and gradient norm. The single
+value is then the membership score.
+
+Deviations from the paper, and why:
+
+- The decoder rebuilds the signals of the last observed snapshot (the model under attack), while
+  the encoder reads every snapshot. Earlier snapshots' losses mostly say how hard a record is,
+  and a one-value code that must rebuild them all ranks records by hardness, not membership.
+- The paper splits the encodings into two clusters by spectral clustering and leaves which
+  cluster is "member" to the attacker. Here the score is the value itself (so it ranks every
+  record), oriented without labels: it is made to grow as the loss falls (Spearman correlation
+  on the attacker's known records, whose membership it does not read), since members have
+  lower loss than non-members (Yeom et al., CSF 2018; Nasr et al., section V, Fig. 5). Spectral
+  clustering (sklearn) of the known records' values gives only the decision threshold (the
+  boundary between the two clusters).
+- The encoder-decoder is trained on the attacker's known records only (their features, never
+  their membership); the paper trains on the records it attacks. Scoring a record therefore
+  does not depend on which other records are scored.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from pydantic import Field
+from scipy.stats import spearmanr
 from sklearn.cluster import SpectralClustering
 from torch import nn
 
-from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.base import AttackParams
+from attackers.inference.nasr import NasrAttack, NasrParams, _Inputs
 from attackers.inference.observation import Observation
 
-
-class UnsupervisedParams(AttackParams):
-    """Parameters of the unsupervised attack."""
-
-    epochs: int = Field(200, ge=1, description="full-batch Adam steps of the encoder-decoder")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    code: int = Field(8, ge=1, description="width of the encoding that is clustered")
+DECODER_HIDDEN = 64
 
 
-class UnsupervisedNasrAttack(MembershipInferenceAttack):
+class UnsupervisedParams(NasrParams):
+    """Parameters of the unsupervised attack: the encoder's inputs and training as the supervised attack's."""
+
+    epochs: int = Field(30, ge=1, description="most training epochs of the encoder-decoder over the attacker's known records")
+    patience: int = Field(5, ge=1, description="epochs without a lower validation reconstruction error before stopping early")
+
+
+class UnsupervisedNasrAttack(NasrAttack):
     """Unsupervised white-box attack (Nasr, Shokri and Houmansadr, S&P 2019, section IV-D).
 
-    Fitting trains the encoder-decoder on the known records without their labels; scoring
-    clusters the targets' encodings (sklearn's SpectralClustering, seeded from the attack).
-    Initialisation draws from the attack's own seed.
+    `fit` trains the encoder-decoder on the known records' features (their membership is not
+    read): Adam on mini-batches, early stopping on the reconstruction error of a validation
+    split of them. Initialisation, dropout, the split and the batch order draw from the
+    attack's own seed, so the same seed gives the same scores whatever ran before.
 
     Parameters
     ----------
     params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
+        The attack's parameters (`UnsupervisedParams`).
     seed : int or numpy.random.SeedSequence
         Where its randomness comes from (`base.attack_seed_sequence`).
+
+    Attributes
+    ----------
+    decoder : torch.nn.Module or None
+        The decoder: one value -> the standardised loss, correctness, entropy and gradient norm.
+    sign : float
+        +1 or -1: orients the encoder's value to grow as the loss falls.
+    reconstruction_error : float
+        Mean squared error of the decoder on the validation split (standardised units).
     """
 
     name = "nasr_unsupervised"
     multi_round = True
     deterministic = False
-    Params = UnsupervisedParams
-    params: UnsupervisedParams
+    Params: ClassVar[type[AttackParams]] = UnsupervisedParams
 
     def __init__(self, params: AttackParams | dict | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         super().__init__(params, seed)
-        self.encoder: nn.Module | None = None
-        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.decoder: nn.Module | None = None
+        self.target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sign = 1.0
         self.threshold = 0.0
+        self.reconstruction_error = float("nan")
 
-    def _signals(self, observation: Observation, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 4 * snapshots) log loss, correctness, entropy, log gradient norm; and the last gradient norm."""
-        columns = []
-        for round_number in observation.rounds:
-            f = observation.features(ids, round_number)
-            columns += [f.loss.clamp_min(1e-12).log(), f.correct, f.entropy, f.gradient_norm.clamp_min(1e-12).log()]
-        return torch.stack(columns, 1), columns[-1]
-
-    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
-        """Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self.
+    @staticmethod
+    def decoder_targets(observation: Observation, ids: np.ndarray) -> torch.Tensor:
+        """What the decoder rebuilds: the last snapshot's log loss, correctness, entropy and log gradient norm.
 
         Parameters
         ----------
@@ -72,32 +98,104 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
             The snapshots the attacker holds.
         ids : numpy.ndarray
             Record ids, shape (n_records,).
-        members : numpy.ndarray
-            Membership of the known records, bool, shape (n_records,).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (n_records, 4): log loss (nats), correctness (0 or 1), entropy (nats), log gradient L2 norm.
+        """
+        f = observation.features(ids, observation.rounds[-1])
+        return torch.stack([f.loss.clamp_min(1e-12).log(), f.correct.float(), f.entropy, f.gradient_norm.clamp_min(1e-12).log()], 1)
+
+    def _encode(self, inputs: list[_Inputs]) -> torch.Tensor:
+        """The encoder's one value per record, shape (n_records,)."""
+        assert self.model is not None
+        return self.model(inputs)
+
+    def _reconstruction_loss(self, inputs: list[_Inputs], targets: torch.Tensor) -> torch.Tensor:
+        assert self.decoder is not None
+        return nn.functional.mse_loss(self.decoder(self._encode(inputs)[:, None]), targets)
+
+    def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
+        """Train the encoder-decoder on the known records, orient its value and set the threshold.
+
+        Parameters
+        ----------
+        observation : Observation
+            The snapshots the attacker holds; the encoder reads every one.
+        ids : numpy.ndarray
+            Known record ids, shape (n_records,).
+        members : numpy.ndarray, optional
+            Ignored: the attack is unsupervised.
 
         Returns
         -------
         UnsupervisedNasrAttack
-            Train the encoder-decoder on the known records' signals (ids: shape (n_records,); members unused); returns self.
+            self, with the weights of the epoch with the lowest validation reconstruction error.
         """
         p = self.params
-        signals, _ = self._signals(observation, ids)
-        self.stats = signals.mean(0), signals.std(0).clamp_min(1e-6)
-        inputs = (signals - self.stats[0]) / self.stats[1]
-        width = inputs.shape[1]
-        with self.own_torch_random():
-            self.encoder = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, p.code))
-            decoder = nn.Sequential(nn.ReLU(), nn.Linear(p.code, 64), nn.ReLU(), nn.Linear(64, width))
-        optimizer = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=p.lr)
-        for _ in range(p.epochs):
-            optimizer.zero_grad()
-            nn.functional.mse_loss(decoder(self.encoder(inputs)), inputs).backward()
-            optimizer.step()
+        inputs = self._inputs(observation, ids, fit=True)  # reads the run before any random draw
+        raw = self.decoder_targets(observation, ids)
+        self.target_scale = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        targets = (raw - self.target_scale[0]) / self.target_scale[1]
+        generator = self.torch_generator()
+        with self.own_torch_random():  # initialisation and dropout
+            self.model = self._model(inputs)
+            self.decoder = nn.Sequential(nn.Linear(1, DECODER_HIDDEN), nn.ReLU(), nn.Linear(DECODER_HIDDEN, targets.shape[1]))
+            order = torch.randperm(len(ids), generator=generator)
+            cut = max(1, int(len(order) * p.validation))
+            val_index, train_index = order[:cut], order[cut:]
+            optimizer = torch.optim.Adam([*self.model.parameters(), *self.decoder.parameters()], lr=p.lr)
+            best, best_state, waited = float("inf"), None, 0
+            self.epochs_trained = 0
+            for _ in range(p.epochs):
+                self.epochs_trained += 1
+                self.model.train()
+                for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(p.batch_size):
+                    optimizer.zero_grad()
+                    self._reconstruction_loss([s.take(batch) for s in inputs], targets[batch]).backward()
+                    optimizer.step()
+                self.model.eval()
+                with torch.no_grad():
+                    val_loss = self._reconstruction_loss([s.take(val_index) for s in inputs], targets[val_index]).item()
+                if val_loss < best - 1e-4:
+                    best, waited = val_loss, 0
+                    best_state = [{k: v.clone() for k, v in m.state_dict().items()} for m in (self.model, self.decoder)]
+                else:
+                    waited += 1
+                    if waited >= p.patience:
+                        break
+        if best_state is not None:  # else (no epoch improved on a finite error) keep the last state
+            self.model.load_state_dict(best_state[0])
+            self.decoder.load_state_dict(best_state[1])
+        self.reconstruction_error = best
+        self.model.eval()
+        with torch.no_grad():
+            values = self._encode(inputs).double().numpy()
+        self.sign = self._orientation(values, raw[:, 0].double().numpy())
+        self.threshold = self._cluster_boundary(self.sign * values)
         return self
+
+    @staticmethod
+    def _orientation(values: np.ndarray, log_loss: np.ndarray) -> float:
+        """+1 or -1 so that sign * value falls as the loss rises (Spearman correlation; +1 when undefined)."""
+        rho = spearmanr(values, log_loss).statistic if np.ptp(values) > 0 and np.ptp(log_loss) > 0 else 0.0
+        return -1.0 if np.isfinite(rho) and rho > 0 else 1.0
+
+    def _cluster_boundary(self, scores: np.ndarray) -> float:
+        """The threshold between the two spectral clusters of the known records' scores (their midpoint gap)."""
+        if len(scores) < 4 or np.ptp(scores) == 0:
+            return float(np.median(scores))
+        spread = float(np.std(scores))
+        clusters = SpectralClustering(2, affinity="rbf", gamma=1.0 / (2 * spread**2), random_state=self.seed).fit_predict(scores[:, None])
+        if len(np.unique(clusters)) < 2:
+            return float(np.median(scores))
+        high = int(np.argmax([scores[clusters == c].mean() for c in (0, 1)]))
+        return float((scores[clusters != high].max() + scores[clusters == high].min()) / 2)
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,).
+        """The encoder's value, oriented to grow as the loss falls; higher means member, shape (n_records,).
 
         Parameters
         ----------
@@ -109,16 +207,9 @@ class UnsupervisedNasrAttack(MembershipInferenceAttack):
         Returns
         -------
         numpy.ndarray
-            How much closer each encoding is to the member cluster's centre, L2 in code space, shape (n_records,).
+            sign * encoder value, float, shape (n_records,); a record is called a member above `threshold`.
         """
-        signals, log_gradient_norm = self._signals(observation, ids)
-        if self.encoder is None or self.stats is None:
+        if self.model is None:
             raise RuntimeError("fit the attack before scoring")
-        codes = self.encoder((signals - self.stats[0]) / self.stats[1]).numpy()
-        clusters = SpectralClustering(2, affinity="nearest_neighbors", n_neighbors=min(10, len(ids) - 1),
-                                      random_state=self.seed).fit_predict(codes)
-        norms = log_gradient_norm.numpy()
-        member = int(np.argmin([norms[clusters == c].mean() if (clusters == c).any() else np.inf for c in (0, 1)]))
-        centres = [codes[clusters == c].mean(0) if (clusters == c).any() else codes.mean(0) for c in (0, 1)]
-        distance = [np.linalg.norm(codes - centre, axis=1) for centre in centres]
-        return distance[1 - member] - distance[member]
+        self.model.eval()
+        return self.sign * self._encode(self._inputs(observation, ids, fit=False)).double().numpy()
