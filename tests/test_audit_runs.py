@@ -35,6 +35,7 @@ def test_dp_sgd_run_lower_bounds_stay_below_the_accountant_and_a_control_proves_
     for _, row in leakage.iterrows():  # validity: every round's proven epsilon <= the accountant's
         assert 0 <= row["epsilon_lower_bound"] <= accountant[row["round"]]
         assert 0 <= row["canary_epsilon_lower_bound"] <= accountant[row["round"]]
+        assert 0 <= row["epsilon_lb_holdout"] <= accountant[row["round"]]  # the bound the audit paragraph reports
         assert row["epsilon_lb_point"] >= row["epsilon_lower_bound"]
 
     ledger = run.membership
