@@ -221,6 +221,14 @@ class Config(Section):
                              "set adversary.role: server")
         if self.adversary.mode == "crafted-model" and self.adversary.isolate:
             raise ValueError("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
+        if self.adversary.mode == "crafted-model" and self.record.dtype != "float32":
+            raise ValueError("adversary.mode crafted-model: a trap fires on its record by a margin below float16's rounding, so recorded "
+                             "float16 traps cannot be read back; set record.dtype: float32")
+        if self.adversary.mode == "crafted-model" and self.defense.secure_aggregation and (
+                self.data.partition != "iid" or self.data.records_per_client is None or self.strategy.name != "fedavg"):
+            raise ValueError("adversary.mode crafted-model under defense.secure_aggregation reads the aggregate against the equal-weight "
+                             "mean of what was sent, exact only for strategy fedavg over equal clients; use strategy.name: fedavg, "
+                             "data.partition: iid and a fixed data.records_per_client")
         if self.defense.dp_sgd is not None and self.strategy_args("proximal_mu"):
             raise ValueError("fedprox's proximal term cannot be combined with defense.dp_sgd (Opacus would drop its gradient); "
                              "set proximal_mu: 0 or remove dp_sgd")

@@ -229,3 +229,17 @@ def test_the_audit_paragraph_selects_the_best_attack_on_one_half_and_reports_the
     assert "(loss, chosen on every target: this leakage.csv has no halves) proves epsilon >= 0.9" in old
     nothing = audit_gap(leakage.assign(epsilon_lb_holdout=0.0), accountant)
     assert "no attack proves any epsilon above 0" in nothing and "nasr" in nothing and "the gap is the whole of it" in nothing
+
+
+def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_other():
+    import pandas as pd
+
+    from fedsim.plots import privacy_audit
+
+    # round 1: loss has the highest bound on all targets, but nasr is chosen on the selection half
+    leakage = pd.DataFrame({"round": [1, 1], "attack": ["loss", "nasr"], "epsilon_lower_bound": [2.0, 1.0], "epsilon_lb_point": [2.5, 1.5],
+                            "epsilon_lb_select": [0.5, 1.2], "epsilon_lb_holdout": [1.9, 0.7]})
+    axes = privacy_audit(leakage, pd.DataFrame()).axes[0]
+    (line,) = [line for line in axes.get_lines() if "selected on half" in str(line.get_label())]
+    assert list(line.get_ydata()) == [0.7]  # nasr's bound on the held-out half, not loss's 2.0 on every target
+    assert [t.get_text() for t in axes.texts] == ["nasr"]

@@ -143,6 +143,9 @@ def test_the_victims_training_moves_the_traps_of_its_members_and_no_other(trap_r
 @pytest.mark.parametrize("overrides, message", [
     (["adversary.role=participant"], "crafted-model is a dishonest server's attack, but adversary.role is participant"),
     (["adversary.isolate=true"], "set adversary.isolate: false"),
+    (["record.dtype=float16"], "set record.dtype: float32"),  # a trap's margin is below float16's rounding
+    (["defense.secure_aggregation=true", "data.partition=dirichlet"], "exact only for strategy fedavg over equal clients"),
+    (["defense.secure_aggregation=true", "strategy.name=fedadam"], "exact only for strategy fedavg over equal clients"),
 ])
 def test_crafted_model_settings_that_cannot_work_are_one_line(overrides, message):
     with pytest.raises(FedsimError, match=message) as error:

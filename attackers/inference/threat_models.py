@@ -145,7 +145,7 @@ def sent_mean(run: Run, round_number: int, client: int):
     torch.nn.Module
         The model in eval mode.
     """
-    contributors = max(1, len(run.received(round_number)))
+    contributors = max(1, len(run.manifest["rounds"][str(round_number)].get("secure_sum", [])))  # the replies summed, not the failed
     sent = sent_model(run, round_number, client).state_dict()
     previous = run.model(round_number - 1).state_dict()
     with torch.random.fork_rng(devices=[]):
@@ -192,7 +192,8 @@ def attacker_view(run: Run) -> AttackerView | None:
                                   manipulated=_broadcast_rounds(run, rounds, victim))
         target = f"client-{victim:03d}"
     elif adversary.role == "server" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
-        crafted = _broadcast_rounds(run, trained, victim)
+        summed = [r for r in trained if victim in run.manifest["rounds"][str(r)].get("secure_sum", [])]  # its trap's reply is in the sum
+        crafted = _broadcast_rounds(run, summed, victim)
         observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device,
                                   load_sent=lambda r: sent_model(run, r, victim), manipulated=crafted,
                                   load_baseline=lambda r: sent_mean(run, r, victim))
