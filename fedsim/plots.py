@@ -231,39 +231,23 @@ def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame) -> Figure:
     """
     figure = Figure(figsize=(WIDE, TALL))
     axes = figure.subplots()
-    if {"epsilon_lb_select", "epsilon_lb_holdout"} <= set(leakage.columns):
-        return _audit_on_halves(figure, axes, leakage, accountant)
-    best = leakage.sort_values("epsilon_lower_bound", ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
-    finite = [v for v in [*best["epsilon_lb_point"], *best["epsilon_lower_bound"], *accountant.get("epsilon", [])] if np.isfinite(v)]
+    on_halves = {"epsilon_lb_select", "epsilon_lb_holdout"} <= set(leakage.columns)
+    chooser, bound = ("epsilon_lb_select", "epsilon_lb_holdout") if on_halves else ("epsilon_lower_bound", "epsilon_lower_bound")
+    best = leakage.sort_values(chooser, ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
+    lower = best[bound].astype(float).to_numpy()
+    points = [] if on_halves else list(best["epsilon_lb_point"])
+    finite = [v for v in [*points, *lower, *accountant.get("epsilon", [])] if np.isfinite(v)]
     top = max([1.0, *finite]) * 1.15
     if not accountant.empty:
         shown = np.where(np.isfinite(accountant["epsilon"].astype(float)), accountant["epsilon"].astype(float), top)
         axes.plot(accountant["round"], shown, marker="s", markersize=4, color="black",
                   label=f"accountant epsilon ({accountant['accountant'].iloc[0]}; inf drawn at the top)")
-    point = np.minimum(best["epsilon_lb_point"].astype(float).to_numpy(), top)
-    lower = best["epsilon_lower_bound"].astype(float).to_numpy()
-    axes.errorbar(best["round"], lower, yerr=[np.zeros_like(lower), point - lower], fmt="o", color="tab:red", capsize=3,
-                  label="best attack: 95% lower bound (bar up to the point estimate)")
-    for round_number, value, attack in zip(best["round"], lower, best["attack"]):
-        axes.annotate(attack, (round_number, value), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
-    _rounds_axis(axes)
-    axes.set(ylabel="epsilon", ylim=(0, top), title="Privacy audit: accountant (upper) vs attacks (lower bound)")
-    axes.legend(fontsize="small")
-    axes.grid(alpha=0.3)
-    return figure
-
-
-def _audit_on_halves(figure: Figure, axes: Axes, leakage: pd.DataFrame, accountant: pd.DataFrame) -> Figure:
-    """`privacy_audit` for a leakage.csv with the split columns: chosen on one half, measured on the other."""
-    best = leakage.sort_values("epsilon_lb_select", ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
-    lower = best["epsilon_lb_holdout"].astype(float).to_numpy()
-    finite = [v for v in [*lower, *accountant.get("epsilon", [])] if np.isfinite(v)]
-    top = max([1.0, *finite]) * 1.15
-    if not accountant.empty:
-        shown = np.where(np.isfinite(accountant["epsilon"].astype(float)), accountant["epsilon"].astype(float), top)
-        axes.plot(accountant["round"], shown, marker="s", markersize=4, color="black",
-                  label=f"accountant epsilon ({accountant['accountant'].iloc[0]}; inf drawn at the top)")
-    axes.plot(best["round"], lower, "o", color="tab:red", label="best attack (selected on half the targets): 95% lower bound on the other half")
+    if on_halves:
+        axes.plot(best["round"], lower, "o", color="tab:red", label="best attack (selected on half the targets): 95% lower bound on the other half")
+    else:
+        point = np.minimum(np.asarray(points, dtype=float), top)
+        axes.errorbar(best["round"], lower, yerr=[np.zeros_like(lower), point - lower], fmt="o", color="tab:red", capsize=3,
+                      label="best attack: 95% lower bound (bar up to the point estimate)")
     for round_number, value, attack in zip(best["round"], lower, best["attack"]):
         axes.annotate(attack, (round_number, value), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     _rounds_axis(axes)
