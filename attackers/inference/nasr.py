@@ -20,7 +20,7 @@ lower a record's loss is on the target's model than on those (a per-record calib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -176,6 +176,58 @@ class NasrTrainingParams(AttackParams):
     validation: float = Field(0.2, gt=0, lt=1, description="share of the known records held out for early stopping")
 
 
+def fit_with_early_stopping(modules: list[nn.Module], n_records: int, params: NasrTrainingParams, generator: torch.Generator,
+                            loss_of: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int]:
+    """Adam on `modules` with early stopping on a held-out share of the records; they end with the best epoch's weights.
+
+    Parameters
+    ----------
+    modules : list of torch.nn.Module
+        What is trained (their parameters, in order, go to one Adam optimiser).
+    n_records : int
+        Records available; `params.validation` of them (at least one) are held out.
+    params : NasrTrainingParams
+        epochs, batch_size, lr, patience, validation.
+    generator : torch.Generator
+        The attack's own generator: the split and each epoch's batch order.
+    loss_of : callable
+        Mean loss of the records at the given indices, shape (n,) -> scalar tensor.
+
+    Returns
+    -------
+    tuple of (float, int)
+        The lowest validation loss (inf when none was finite) and the epochs trained.
+    """
+    order = torch.randperm(n_records, generator=generator)
+    cut = max(1, int(len(order) * params.validation))
+    val_index, train_index = order[:cut], order[cut:]
+    optimizer = torch.optim.Adam([q for module in modules for q in module.parameters()], lr=params.lr)
+    best, best_state, waited, epochs = float("inf"), None, 0, 0
+    for _ in range(params.epochs):
+        epochs += 1
+        for module in modules:
+            module.train()
+        for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(params.batch_size):
+            optimizer.zero_grad()
+            loss_of(batch).backward()
+            optimizer.step()
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
+            val_loss = loss_of(val_index).item()
+        if val_loss < best - 1e-4:
+            best, waited = val_loss, 0
+            best_state = [{k: v.clone() for k, v in module.state_dict().items()} for module in modules]
+        else:
+            waited += 1
+            if waited >= params.patience:
+                break
+    if best_state is not None:  # else (no epoch improved on a finite loss) keep the last state
+        for module, state in zip(modules, best_state):
+            module.load_state_dict(state)
+    return best, epochs
+
+
 class NasrParams(NasrTrainingParams):
     """Parameters of the white-box attack."""
 
@@ -288,33 +340,10 @@ class NasrAttack(MembershipInferenceAttack):
         generator = self.torch_generator()
         labels = torch.tensor(np.asarray(members), dtype=torch.float32)
         with self.own_torch_random():  # initialisation and dropout
-            self.model = self._model(inputs)
-            order = torch.randperm(len(labels), generator=generator)
-            cut = max(1, int(len(order) * p.validation))
-            val_index, train_index = order[:cut], order[cut:]
-            optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr)
+            self.model = model = self._model(inputs)
             loss_fn = nn.BCEWithLogitsLoss()
-            best, best_state, waited = float("inf"), None, 0
-            self.epochs_trained = 0
-            for _ in range(p.epochs):
-                self.epochs_trained += 1
-                self.model.train()
-                for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(p.batch_size):
-                    optimizer.zero_grad()
-                    loss_fn(self.model([s.take(batch) for s in inputs]), labels[batch]).backward()
-                    optimizer.step()
-                self.model.eval()
-                with torch.no_grad():
-                    val_loss = loss_fn(self.model([s.take(val_index) for s in inputs]), labels[val_index]).item()
-                if val_loss < best - 1e-4:
-                    best, waited = val_loss, 0
-                    best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-                else:
-                    waited += 1
-                    if waited >= p.patience:
-                        break
-        if best_state is not None:  # else (no epoch improved on a finite loss) keep the last state
-            self.model.load_state_dict(best_state)
+            _, self.epochs_trained = fit_with_early_stopping(
+                [model], len(labels), p, generator, lambda index: loss_fn(model([s.take(index) for s in inputs]), labels[index]))
         return self
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from sklearn.cluster import SpectralClustering
 from torch import nn
 
 from attackers.inference.base import AttackParams
-from attackers.inference.nasr import NasrAttack, NasrParams, _Inputs
+from attackers.inference.nasr import NasrAttack, NasrParams, _Inputs, fit_with_early_stopping
 from attackers.inference.observation import Observation
 
 DECODER_HIDDEN = 64
@@ -142,32 +142,9 @@ class UnsupervisedNasrAttack(NasrAttack):
         with self.own_torch_random():  # initialisation and dropout
             self.model = self._model(inputs)
             self.decoder = nn.Sequential(nn.Linear(1, DECODER_HIDDEN), nn.ReLU(), nn.Linear(DECODER_HIDDEN, targets.shape[1]))
-            order = torch.randperm(len(ids), generator=generator)
-            cut = max(1, int(len(order) * p.validation))
-            val_index, train_index = order[:cut], order[cut:]
-            optimizer = torch.optim.Adam([*self.model.parameters(), *self.decoder.parameters()], lr=p.lr)
-            best, best_state, waited = float("inf"), None, 0
-            self.epochs_trained = 0
-            for _ in range(p.epochs):
-                self.epochs_trained += 1
-                self.model.train()
-                for batch in train_index[torch.randperm(len(train_index), generator=generator)].split(p.batch_size):
-                    optimizer.zero_grad()
-                    self._reconstruction_loss([s.take(batch) for s in inputs], targets[batch]).backward()
-                    optimizer.step()
-                self.model.eval()
-                with torch.no_grad():
-                    val_loss = self._reconstruction_loss([s.take(val_index) for s in inputs], targets[val_index]).item()
-                if val_loss < best - 1e-4:
-                    best, waited = val_loss, 0
-                    best_state = [{k: v.clone() for k, v in m.state_dict().items()} for m in (self.model, self.decoder)]
-                else:
-                    waited += 1
-                    if waited >= p.patience:
-                        break
-        if best_state is not None:  # else (no epoch improved on a finite error) keep the last state
-            self.model.load_state_dict(best_state[0])
-            self.decoder.load_state_dict(best_state[1])
+            best, self.epochs_trained = fit_with_early_stopping(
+                [self.model, self.decoder], len(ids), p, generator,
+                lambda index: self._reconstruction_loss([s.take(index) for s in inputs], targets[index]))
         self.reconstruction_error = best
         self.model.eval()
         with torch.no_grad():
