@@ -1,18 +1,22 @@
-"""The six threat-model settings of DESIGN.md section 1 on one config, side by side.
+"""The six threat-model settings of DESIGN.md section 1 on one config, side by side, over seeds.
 
-    python benchmarks/threat_models.py configs/location.yaml [--out runs/threats] [--set k=v ...]
+    python benchmarks/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
 
-Runs `fedsim run` once per setting (a real Flower/Ray simulation each) and prints, per
-setting and attack, the leakage of the last round and the best round.
+Runs `fedsim run` once per setting and seed (seeds 0..K-1; a complete run folder is kept and
+not run again) and prints, per setting and attack, the last round's AUC (fixed in advance) as
+the mean over seeds +- its standard deviation over seeds, nasr's TPR at FPR 1e-3 where it is
+measurable (>= 1000 non-member targets, else "n/a"), and the global model's test accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SETTINGS = {
@@ -25,31 +29,78 @@ SETTINGS = {
 }
 
 
+def _complete(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("status") == "complete"
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def run_setting(config: str, folder: Path, assignments: list[str]) -> None:
+    """Run one setting and seed with `fedsim run`, unless its folder already holds a complete run."""
+    if _complete(folder):
+        return
+    command = [sys.executable, "-m", "fedsim.cli", "run", config, "--out", str(folder), "--quiet"]
+    for assignment in assignments:
+        command += ["--set", assignment]
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def last_rounds(folder: Path, setting: str, seed: int) -> list[dict]:
+    """Per attack, the last observed round's AUC and nasr TPR at FPR 1e-3 (NaN where not measurable)."""
+    leakage = pd.read_csv(folder / "metrics" / "leakage.csv")
+    accuracy = pd.read_csv(folder / "metrics" / "training.csv")["test_accuracy"].iloc[-1]
+    rows = []
+    for attack, group in leakage.groupby("attack", sort=False):
+        last = group[group["round"] == group["round"].max()].iloc[0]
+        rows.append({"setting": setting, "seed": seed, "attack": attack, "auc": last["auc"],
+                     "tpr@1e-3": last["tpr_at_fpr_1e-3"], "n_nonmembers": last["n_nonmembers"], "test_acc": accuracy})
+    return rows
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    return f"{values.mean():.3f} +- {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The README's table: rows settings, columns attacks' AUC (mean +- sd over seeds), nasr TPR@1e-3, test accuracy."""
+    attacks = list(dict.fromkeys(table["attack"]))
+    seeds = table["seed"].nunique()
+    lines = ["| setting | " + " | ".join(attacks) + " | nasr TPR@1e-3 | test acc. |", "| --- " * (len(attacks) + 3) + "|"]
+    for setting in dict.fromkeys(table["setting"]):
+        mine = table[table["setting"] == setting]
+        cells = [_mean_sd(mine.loc[mine["attack"] == attack, "auc"]) for attack in attacks]
+        nasr = mine[mine["attack"] == "nasr"]
+        measurable = not nasr.empty and bool((nasr["n_nonmembers"] >= 1000).all())
+        tpr = _mean_sd(nasr["tpr@1e-3"]) if measurable else f"n/a ({int(nasr['n_nonmembers'].min()) if not nasr.empty else 0} non-members)"
+        accuracy = mine.groupby("seed")["test_acc"].first()
+        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {tpr} | {_mean_sd(accuracy)} |")
+    return "\n".join(lines) + f"\n\n(last round, mean +- standard deviation over {seeds} seeds)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per setting (default 3)")
     parser.add_argument("--out", type=Path, default=Path("runs/threat-models"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     rows = []
-    for setting, keys in SETTINGS.items():
-        folder = args.out / setting.replace(" + ", "-").replace(" ", "-")
-        if not (folder / "metrics" / "leakage.csv").exists() or '"complete"' not in (folder / "manifest.json").read_text():
-            command = [sys.executable, "-m", "fedsim.cli", "run", args.config, "--out", str(folder)]
-            for assignment in [*keys, *args.overrides]:
-                command += ["--set", assignment]
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        leakage = pd.read_csv(folder / "metrics" / "leakage.csv")
-        accuracy = pd.read_csv(folder / "metrics" / "training.csv")["test_accuracy"].iloc[-1]
-        for attack, group in leakage.groupby("attack", sort=False):
-            last = group.iloc[-1]
-            rows.append({"setting": setting, "attack": attack, "auc_last": last["auc"], "auc_best": group["auc"].max(),
-                         "tpr@1e-3_last": last["tpr_at_fpr_1e-3"], "accuracy_last": last["accuracy"], "test_acc": accuracy})
+    for seed in range(args.seeds):
+        for setting, keys in SETTINGS.items():
+            folder = args.out / setting.replace(" + ", "-").replace(" ", "-") / f"seed-{seed}"
+            run_setting(args.config, folder, [*keys, *args.overrides, f"seed={seed}"])
+            rows.extend(last_rounds(folder, setting, seed))
     table = pd.DataFrame(rows)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    table.to_csv(args.out / "threat_models.csv", index=False)
+    print(markdown(table))
     print()
-    print(table.pivot(index="setting", columns="attack", values="auc_last").loc[list(SETTINGS)].to_string(float_format=lambda v: f"{v:.3f}"))
+    pivot = table.pivot_table(index="setting", columns="attack", values="auc", aggfunc=np.mean)
+    print(pivot.loc[list(SETTINGS)].to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,24 @@ def test_participant_is_credited_only_with_the_global_models_it_received(tmp_pat
     for r in observation.rounds:
         assert same(observation.model(r), states[r - 1])
     assert not any(same(observation.model(r), states[4]) for r in observation.rounds)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_gradient_ascent_server_knows_what_it_ascended_from_in_the_rounds_it_acted(tmp_path, isolate):
+    """Before its step the server held the previous aggregate, or under isolation the victim's last reply
+    (the aggregate before any reply); in a round it did not act in, nothing was ascended."""
+    run, globals_, clients = recorded_run(tmp_path, "adversary.victim=1", "adversary.mode=gradient-ascent",
+                                          f"adversary.isolate={str(isolate).lower()}", "train.rounds=2")
+    observation = attacker_view(run).observation
+    assert same(observation.load_before(1), globals_[0])
+    assert same(observation.load_before(2), clients[1][1] if isolate else globals_[1])
+    passive, *_ = recorded_run(tmp_path / "passive", "adversary.victim=1", f"adversary.isolate={str(isolate).lower()}")
+    assert attacker_view(passive).observation.load_before(2) is None
+
+
+def test_a_server_acting_in_some_rounds_only_ascended_in_those(tmp_path):
+    run, globals_, _ = recorded_run(tmp_path, "adversary.victim=1", "adversary.mode=gradient-ascent", "adversary.active_rounds=[2]",
+                                    "train.rounds=2")
+    observation = attacker_view(run).observation
+    assert observation.load_before(1) is None
+    assert same(observation.load_before(2), globals_[1])

@@ -9,7 +9,10 @@ non-member's (Nasr et al., S&P 2019, section on the active attack: after a gradi
 on a target, SGD on a member sharply reduces its loss again). The attack reads, per observed
 round, the loss and gradient norm on the sent model and on the returned one and their changes,
 and combines them with a logistic regression fitted on the known records (which the attacker
-ascended like the targets). Without a manipulation it is a passive "change of loss" attack, so
+ascended like the targets). In a round it ascended, the attacker also knows the model it held before
+the step (the server's aggregate, or the isolated victim's previous reply): the loss there
+separates what the step did to each record (which varies a lot between records and says nothing
+about membership) from what the victim's training undid. Without a manipulation it is a passive "change of loss" attack, so
 active and passive runs can be compared on the same attack. Where the threat model records no
 sent model (the server under secure aggregation), the changes are 0 and it reads the levels only.
 """
@@ -46,8 +49,10 @@ class SentReturnedAttack(LogisticSignalsAttack):
 
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Features, shape (n_records, 6 * n_rounds): per round the sent and returned log-loss
-        (nats) and log gradient norm (L2 over all parameters), and both changes.
+        """Features: per round the sent and returned log-loss (nats) and log gradient norm (L2 over
+        all parameters), and both changes; in a round the attacker ascended, also the log-loss on
+        the model it held before the step, the step's change (sent minus before) and the change
+        training left (before minus returned).
 
         Parameters
         ----------
@@ -59,7 +64,7 @@ class SentReturnedAttack(LogisticSignalsAttack):
         Returns
         -------
         numpy.ndarray
-            The features, shape (n_records, 6 * n_rounds).
+            The features, shape (n_records, 6 * n_rounds + 3 * n_ascended_rounds).
         """
         columns = []
         for round_number in observation.rounds:
@@ -69,4 +74,8 @@ class SentReturnedAttack(LogisticSignalsAttack):
             loss_sent, loss_back = torch.log(sent.loss + 1e-12), torch.log(returned.loss + 1e-12)
             norm_sent, norm_back = torch.log(sent.gradient_norm + 1e-12), torch.log(returned.gradient_norm + 1e-12)
             columns += [loss_sent, loss_back, loss_sent - loss_back, norm_sent, norm_back, norm_sent - norm_back]
+            before = observation.before_features(ids, round_number)
+            if before is not None:  # an ascended round: what the step did to each record, and how much training undid
+                loss_before = torch.log(before.loss + 1e-12)
+                columns += [loss_before, loss_sent - loss_before, loss_before - loss_back]
         return torch.stack(columns, 1).numpy()

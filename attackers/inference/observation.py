@@ -66,6 +66,9 @@ class Observation:
     # what the observed snapshot of a manipulated round would be had nobody trained (None: the sent model);
     # under secure aggregation the sent models' example-weighted mean
     load_baseline: Callable[[int], nn.Module] | None = None
+    # what the attacker held before it manipulated a round's sent model (the server's aggregate, or the
+    # isolated victim's previous reply, before the ascent step); None for a round it did not ascend
+    load_before: Callable[[int], nn.Module | None] | None = None
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
         """The snapshots observed by round `last_round`.
@@ -84,7 +87,34 @@ class Observation:
         """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
         return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache,
-                           self.load_sent, self.manipulated, self.load_baseline)
+                           self.load_sent, self.manipulated, self.load_baseline, self.load_before)
+
+    def before_features(self, ids: np.ndarray, round_number: int) -> Features | None:
+        """Features of records on the model the attacker held before its ascent step of the round.
+
+        Parameters
+        ----------
+        ids : numpy.ndarray
+            Record ids, shape `(n_records,)`.
+        round_number : int
+            The round whose pre-ascent model is read.
+
+        Returns
+        -------
+        Features or None
+            Per-record loss (nats) and last-layer gradients on the pre-ascent model (cached); None
+            when the attacker did not ascend in that round (or this view does not know).
+        """
+        if self.load_before is None:
+            return None
+        key = ("before-features", round_number, tuple(np.asarray(ids).tolist()))
+        if key not in self._cache:
+            model = self.load_before(round_number)
+            if model is None:
+                return None
+            x, y = self.load_records(ids)
+            self._cache[key] = extract(model, x, y, "last", self.memory_budget)
+        return self._cache[key]
 
     def sent_features(self, ids: np.ndarray, round_number: int) -> Features | None:
         """Features of records on the model sent before the round's snapshot was trained.

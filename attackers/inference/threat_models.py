@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from attackers.inference.observation import Observation
 from fedsim.layout import client_file
@@ -119,6 +120,36 @@ def sent_model(run: Run, round_number: int, client: int):
     return run.model(round_number - 1)
 
 
+def before_ascent(run: Run, round_number: int, client: int) -> nn.Module | None:
+    """What a gradient-ascent server held before its step of a round: the model it ascended from.
+
+    That is the previous aggregate, or under isolation the victim's latest reply before the round
+    (the aggregate before its first reply), as `attackers.active.curious_server` starts its step.
+
+    Parameters
+    ----------
+    run : Run
+        The recorded run.
+    round_number : int
+        The round (1-based).
+    client : int
+        The victim's partition id.
+
+    Returns
+    -------
+    torch.nn.Module or None
+        The model in eval mode; None when the server did not ascend in that round.
+    """
+    adversary = run.config.adversary
+    if adversary.mode != "gradient-ascent" or (adversary.active_rounds is not None and round_number not in adversary.active_rounds):
+        return None
+    if adversary.isolate:
+        replied = [r for r in run.rounds if 1 <= r < round_number and client in run.clients(r)]
+        if replied:
+            return run.model(replied[-1], client)
+    return run.model(round_number - 1)
+
+
 def _broadcast_rounds(run: Run, rounds: list[int], client: int) -> frozenset[int]:
     """The rounds among `rounds` in which `client` was sent something other than the aggregate."""
     return frozenset(r for r in rounds if (run.folder / client_file(r, client, "broadcast")).exists())
@@ -189,7 +220,8 @@ def attacker_view(run: Run) -> AttackerView | None:
 
         observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references,
                                   device=device, load_sent=lambda r: sent_model(run, r, victim),
-                                  manipulated=_broadcast_rounds(run, rounds, victim))
+                                  manipulated=_broadcast_rounds(run, rounds, victim),
+                                  load_before=lambda r: before_ascent(run, r, victim))
         target = f"client-{victim:03d}"
     elif adversary.role == "server" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
         summed = [r for r in trained if victim in run.manifest["rounds"][str(r)].get("secure_sum", [])]  # its trap's reply is in the sum
