@@ -105,11 +105,16 @@ class Observation:
             Per-record loss (nats) and last-layer gradients on the pre-ascent model (cached); None
             when the attacker did not ascend in that round (or this view does not know).
         """
-        if self.load_before is None:
+        return self._last_layer_features("before-features", self.load_before, ids, round_number)
+
+    def _last_layer_features(self, kind: str, load: Callable[[int], nn.Module | None] | None, ids: np.ndarray,
+                             round_number: int) -> Features | None:
+        """Last-layer features of `ids` on `load(round_number)`, cached under `kind`; None without a model."""
+        if load is None:
             return None
-        key = ("before-features", round_number, tuple(np.asarray(ids).tolist()))
+        key = (kind, round_number, tuple(np.asarray(ids).tolist()))
         if key not in self._cache:
-            model = self.load_before(round_number)
+            model = load(round_number)
             if model is None:
                 return None
             x, y = self.load_records(ids)
@@ -132,13 +137,7 @@ class Observation:
             Per-record loss (nats) and last-layer gradients on the sent model (cached); None when
             this view does not know what was sent.
         """
-        if self.load_sent is None:
-            return None
-        key = ("sent-features", round_number, tuple(np.asarray(ids).tolist()))
-        if key not in self._cache:
-            x, y = self.load_records(ids)
-            self._cache[key] = extract(self.load_sent(round_number), x, y, "last", self.memory_budget)
-        return self._cache[key]
+        return self._last_layer_features("sent-features", self.load_sent, ids, round_number)
 
     def model(self, round_number: int) -> nn.Module:
         """The snapshot of `round_number` (loaded once, then cached).
