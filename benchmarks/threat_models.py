@@ -1,11 +1,13 @@
 """The six threat-model settings of DESIGN.md section 1 on one config, side by side, over seeds.
 
     python benchmarks/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
+    python benchmarks/threat_models.py configs/location.yaml --seeds 5 --out runs/threats --no-run   # summarise only
 
 Runs `fedsim run` once per setting and seed (seeds 0..K-1; a complete run folder is kept and
 not run again) and prints, per setting and attack, the last round's AUC (fixed in advance) as
 the mean over seeds +- its standard deviation over seeds, nasr's TPR at FPR 1e-3 where it is
-measurable (>= 1000 non-member targets, else "n/a"), and the global model's test accuracy.
+measurable (>= 1000 non-member targets, else "n/a"), and the global model's test accuracy; then
+the paired differences of AUC between settings on the same seeds (95% t interval).
 """
 
 from __future__ import annotations
@@ -79,7 +81,35 @@ def markdown(table: pd.DataFrame) -> str:
         tpr = _mean_sd(nasr["tpr@1e-3"]) if measurable else f"n/a ({int(nasr['n_nonmembers'].min()) if not nasr.empty else 0} non-members)"
         accuracy = mine.groupby("seed")["test_acc"].first()
         lines.append(f"| {setting} | " + " | ".join(cells) + f" | {tpr} | {_mean_sd(accuracy)} |")
-    return "\n".join(lines) + f"\n\n(last round, mean +- standard deviation over {seeds} seeds)"
+    counts = table.groupby("setting")["seed"].nunique()
+    over = f"{seeds} seeds" if counts.nunique() == 1 else "seeds (" + ", ".join(f"{s}: {n}" for s, n in counts.items()) + ")"
+    return "\n".join(lines) + f"\n\n(last round, mean +- standard deviation over {over})"
+
+
+PAIRS = (("server gradient ascent", "server passive"), ("server isolation + ascent", "server isolation"),
+         ("participant gradient ascent", "participant passive"), ("server isolation", "server passive"),
+         ("server passive", "participant passive"))
+
+
+def paired(table: pd.DataFrame) -> str:
+    """Paired differences of AUC on the same seeds (a minus b, 95% t interval, `fedsim.paired`), and of test accuracy."""
+    from fedsim.paired import paired_interval
+
+    lines = ["| a - b | attack | mean difference (AUC) | 95% interval | seeds |", "| --- | --- | --- | --- | --- |"]
+    for a, b in PAIRS:
+        for attack in dict.fromkeys(table["attack"]):
+            mine = {name: table[(table["setting"] == name) & (table["attack"] == attack)].set_index("seed")["auc"] for name in (a, b)}
+            diff = (mine[a] - mine[b]).dropna()
+            if len(diff) < 2:
+                continue
+            mean, low, high = paired_interval(diff.to_numpy())
+            lines.append(f"| {a} - {b} | {attack} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {len(diff)} |")
+        accuracy = {name: table[table["setting"] == name].groupby("seed")["test_acc"].first() for name in (a, b)}
+        diff = (accuracy[a] - accuracy[b]).dropna()
+        if len(diff) >= 2:
+            mean, low, high = paired_interval(diff.to_numpy())
+            lines.append(f"| {a} - {b} | (test accuracy) | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {len(diff)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -88,16 +118,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per setting (default 3)")
     parser.add_argument("--out", type=Path, default=Path("runs/threat-models"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--no-run", action="store_true", help="only summarise the complete runs already in --out (any seeds)")
     args = parser.parse_args()
     rows = []
     for seed in range(args.seeds):
         for setting, keys in SETTINGS.items():
             folder = args.out / setting.replace(" + ", "-").replace(" ", "-") / f"seed-{seed}"
-            run_setting(args.config, folder, [*keys, *args.overrides, f"seed={seed}"])
+            if args.no_run and not _complete(folder):
+                continue
+            if not args.no_run:
+                run_setting(args.config, folder, [*keys, *args.overrides, f"seed={seed}"])
             rows.extend(last_rounds(folder, setting, seed))
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "threat_models.csv", index=False)
     print(markdown(table))
+    print()
+    print(paired(table))
     print()
     pivot = table.pivot_table(index="setting", columns="attack", values="auc", aggfunc=np.mean)
     print(pivot.loc[list(SETTINGS)].to_string(float_format=lambda v: f"{v:.3f}"))
