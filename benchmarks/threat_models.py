@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per setting (default 3)")
     parser.add_argument("--out", type=Path, default=Path("runs/threat-models"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--no-run", action="store_true", help="only summarise the complete runs already in --out (any seeds)")
+    parser.add_argument("--no-run", action="store_true", help="only summarise the complete runs of seeds 0..K-1 already in --out")
     args = parser.parse_args()
     rows = []
     for seed in range(args.seeds):
@@ -129,6 +129,8 @@ def main() -> None:
             if not args.no_run:
                 run_setting(args.config, folder, [*keys, *args.overrides, f"seed={seed}"])
             rows.extend(last_rounds(folder, setting, seed))
+    if not rows:
+        sys.exit(f"threat_models: no complete run in {args.out} for seeds 0..{args.seeds - 1}")
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "threat_models.csv", index=False)
     print(markdown(table))
@@ -136,7 +138,7 @@ def main() -> None:
     print(paired(table))
     print()
     pivot = table.pivot_table(index="setting", columns="attack", values="auc", aggfunc=np.mean)
-    print(pivot.loc[list(SETTINGS)].to_string(float_format=lambda v: f"{v:.3f}"))
+    print(pivot.reindex([name for name in SETTINGS if name in pivot.index]).to_string(float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

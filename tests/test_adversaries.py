@@ -8,6 +8,7 @@ from torch import nn
 from attackers.active.adversary import ascended_ids, target_ids
 from attackers.active.crafted_model import centre, crafted_state
 from attackers.active.gradient_ascent import ascent_step
+from attackers.inference.threat_models import before_ascent
 from conftest import small_config
 from fedsim import Run
 from fedsim.client_app import client_seed
@@ -57,6 +58,8 @@ def test_isolated_victim_gets_its_own_previous_model_plus_the_ascent_step(isolat
     x, y = isolated.records(ascended_ids(isolated.membership, isolated.config))  # targets and known records alike
     for round_number in range(1, ROUNDS + 1):
         previous = isolated.state(0) if round_number == 1 else isolated.state(round_number - 1, client=1)
+        before = before_ascent(isolated, round_number, 1).state_dict()  # what the attack reads as the pre-ascent model
+        assert all(torch.equal(before[name], tensor) for name, tensor in previous.items())
         expected = ascent_step(isolated.model(0), previous, x, y, gamma=1.0)
         sent = isolated.state(round_number, client=1, kind="broadcast")
         for name, tensor in sent.items():
@@ -67,8 +70,11 @@ def test_isolated_victim_gets_its_own_previous_model_plus_the_ascent_step(isolat
 def test_server_gradient_ascent_raises_the_targets_loss_on_what_it_sent(tmp_path_factory):
     run = run_with(tmp_path_factory, "ascent", "adversary.mode=gradient-ascent", "adversary.active_rounds=[2, 3]", "adversary.gamma=2.0")
     assert not (run.folder / client_file(1, 0, "broadcast")).exists()  # round 1 is not an active round
+    assert before_ascent(run, 1, 0) is None
     for round_number in (2, 3):
         aggregate = run.state(round_number - 1)
+        before = before_ascent(run, round_number, 0).state_dict()  # the attack's pre-ascent model is what was ascended
+        assert all(torch.equal(before[name], tensor) for name, tensor in aggregate.items())
         sent = run.state(round_number, client=0, kind="broadcast")
         assert target_loss(run, sent) > target_loss(run, aggregate) + 0.01
         known = run.membership.loc[attacker_known(run.membership, run.config), "record_id"].to_numpy()
