@@ -140,12 +140,29 @@ def epsilon_lower_bound(scores: np.ndarray, members: np.ndarray, delta: float = 
         first half.
     """
     members = np.asarray(members, dtype=bool)
-    rng = np.random.default_rng(seed)
-    choose = np.zeros(len(members), dtype=bool)
+    return _bound_on_split(scores, members, stratified_half(members, np.random.default_rng(seed)), delta, confidence)[1]
+
+
+def stratified_half(members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random half of the members and a random half of the non-members (each rounded down).
+
+    Parameters
+    ----------
+    members : (n_records,) bool array
+        Membership.
+    rng : numpy.random.Generator
+        Draws one permutation of the members, then one of the non-members.
+
+    Returns
+    -------
+    (n_records,) bool array
+        True for the chosen half.
+    """
+    half = np.zeros(len(members), dtype=bool)
     for side in (members, ~members):
         where = np.flatnonzero(side)
-        choose[rng.permutation(where)[: len(where) // 2]] = True
-    return _bound_on_split(scores, members, choose, delta, confidence)[1]
+        half[rng.permutation(where)[: len(where) // 2]] = True
+    return half
 
 
 def epsilon_bound_on_halves(scores: np.ndarray, members: np.ndarray, selection: np.ndarray, delta: float = DEFAULT_DELTA,

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from attackers.inference.audit import audit_delta, canary_audit, epsilon_bound_on_halves, epsilon_lower_bound, split_seed
+from attackers.inference.audit import audit_delta, canary_audit, epsilon_bound_on_halves, epsilon_lower_bound, split_seed, stratified_half
 from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
@@ -160,12 +160,7 @@ def target_halves(members: np.ndarray, seed: int) -> np.ndarray:
         True for the selection half, bool, shape (n_targets,); half the members and half the
         non-members (rounded down) on each side.
     """
-    rng = np.random.default_rng([int(seed) % (1 << 32), 0x5E1EC7])
-    selection = np.zeros(len(members), dtype=bool)
-    for side in (members, ~members):
-        index = np.flatnonzero(side)
-        selection[rng.permutation(index)[: len(index) // 2]] = True
-    return selection
+    return stratified_half(np.asarray(members, dtype=bool), np.random.default_rng([int(seed) % (1 << 32), 0x5E1EC7]))
 
 
 def _auc(scores: np.ndarray, members: np.ndarray) -> float:
