@@ -44,7 +44,10 @@ def _last_round(folder: str) -> pd.DataFrame:
 
 def strength(folders: list[str]) -> None:
     rows = {folder: _last_round(folder) for folder in folders}
-    attacks = list(next(iter(rows.values())).index)
+    attacks = [a for a in next(iter(rows.values())).index if all(a in r.index for r in rows.values())]
+    for folder, r in rows.items():
+        if missing := sorted(set(r.index) ^ set(attacks)):
+            print(f"note: {folder}: attacks {', '.join(missing)} not in every run, left out", file=sys.stderr)
     print(f"{len(folders)} runs, last round {int(next(iter(rows.values()))['round'].iloc[0])}\n")
     print("| attack | TPR@1e-2 | TPR@1e-3 | AUC | epsilon_lower_bound |")
     print("| --- | --- | --- | --- | --- |")

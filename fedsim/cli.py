@@ -65,7 +65,9 @@ def _add_attack(commands: argparse._SubParsersAction) -> None:
     """The `fedsim attack` subcommand and its options."""
     attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
-    attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", help="attack by registry name (repeatable; default: the run's config)")
+    attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", type=_attack_spec,
+                        help="attack by registry name, or a config entry with arguments, e.g. "
+                             "'{name: fedmia, args: {measurement: cosine}}' (repeatable; default: the run's config)")
     attack.add_argument("--rounds", type=_round_list, help="rounds to attack, e.g. 5,10,20 (default: every observed round)")
     attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
 
@@ -107,6 +109,21 @@ def _round_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected round numbers separated by commas, e.g. 5,10,20, not {text!r}") from None
+
+
+def _attack_spec(text: str) -> str | dict:
+    """A registry name, or a YAML mapping `{name: ..., args: {...}}` as in a config's `attacks:` list."""
+    if not text.lstrip().startswith("{"):
+        return text
+    import yaml
+
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError:
+        spec = None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise argparse.ArgumentTypeError(f"expected a registry name or a mapping like '{{name: fedmia, args: {{measurement: cosine}}}}', not {text!r}")
+    return spec
 
 
 def _notes(config) -> None:

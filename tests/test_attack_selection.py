@@ -124,3 +124,19 @@ def test_fedsim_attack_gives_exactly_the_asked_rounds_and_attacks(tmp_path, caps
     assert only_loss["auc"].iloc[0] == pytest.approx(loss_auc(run, states[4][VICTIM]), abs=1e-6)
     assert attack_rows(run, tmp_path, capsys, "--rounds", "2", "--attack", "trajectory").empty  # nothing kept at round 2
     assert np.array_equal(attack_rows(run, tmp_path, capsys, "--rounds", "1,4")["round"], [1, 1, 4])  # the config's attacks
+
+
+def test_fedsim_attack_takes_an_attack_with_arguments_as_its_config_entry(tmp_path, capsys):
+    run, _ = recorded(tmp_path / "run")
+    spec = {"name": "fedmia", "args": {"measurement": "cosine"}}
+    rows = attack_rows(run, tmp_path, capsys, "--rounds", "4", "--attack", "{name: fedmia, args: {measurement: cosine}}")
+    assert keys(rows) == [(4, "fedmia", "1;2;3;4")]
+    view = attacker_view(run)
+    cosine = make_attack(spec).fit(view.observation, view.train_ids, view.train_members)
+    hinge = make_attack("fedmia").fit(view.observation, view.train_ids, view.train_members)
+    auc = leakage(cosine.score(view.observation, view.eval_ids), view.eval_members).auc
+    assert rows["auc"].iloc[0] == pytest.approx(auc, abs=1e-6)
+    assert auc != pytest.approx(leakage(hinge.score(view.observation, view.eval_ids), view.eval_members).auc, abs=1e-6)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attack", str(run.folder), "--attack", "{name: fedmia"])
+    assert exit_info.value.code == 2 and "expected a registry name or a mapping" in capsys.readouterr().err

@@ -20,7 +20,8 @@ def overfit(request, tmp_path_factory):
     """Two snapshots of an fcn overfitting 300 Location(-format) records; the other records were never seen.
 
     Three reference models ("other clients") train the same way on 300 other records each, as
-    the OUT references of the calibrated attacks (fedmia, lira, rmia).
+    the OUT references of the calibrated attacks (fedmia, lira, rmia); each owner's previous
+    snapshot (its initial model before round 1) is what it was "sent" (fedmia's cosine measurement).
     """
     real = request.param == "location"
     pool = load_pool("location", str(shared_data("location") if real else synthetic_location(tmp_path_factory.mktemp("location"))))
@@ -30,6 +31,7 @@ def overfit(request, tmp_path_factory):
     snapshots: dict = {}
     for owner, records in enumerate([members, order[1100:1400], order[1400:1700], order[1700:2000]]):
         model = build_model("fcn", pool.input_shape, pool.num_classes, {"hidden": [128]})
+        snapshots[owner, 0] = {k: v.clone() for k, v in model.state_dict().items()}
         for round_number in (1, 2):
             train_locally(model, *pool.take(records), TrainConfig(local_epochs=10, lr=0.1), seed=round_number)
             snapshots[owner, round_number] = {k: v.clone() for k, v in model.state_dict().items()}
@@ -42,7 +44,8 @@ def overfit(request, tmp_path_factory):
     def references(round_number):
         return [load_model(round_number, owner) for owner in (1, 2, 3)]
 
-    return Observation([1, 2], load_model, pool.take, reference_models=references), members, unused
+    return (Observation([1, 2], load_model, pool.take, reference_models=references, load_sent=lambda r: load_model(r - 1),
+                        reference_sent=lambda r: [load_model(r - 1, owner) for owner in (1, 2, 3)]), members, unused)
 
 
 def split(inside, outside, seed):
@@ -56,8 +59,11 @@ def split(inside, outside, seed):
             evaluation, np.r_[np.ones(len(inside) - half_in, bool), np.zeros(half_out, bool)])
 
 
+FEDMIA_COSINE = {"name": "fedmia", "args": {"measurement": "cosine"}}  # the paper's FedMIA-II
+
+
 # label_only reads no model (test_label_shortcut); crafted reads a crafted-model server's traps, absent here (test_crafted)
-@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"label_only", "crafted"}))
+@pytest.mark.parametrize("name", [*sorted(set(ATTACKS) - {"label_only", "crafted"}), FEDMIA_COSINE], ids=str)
 def test_attacks_find_real_members(overfit, name):
     observation, members, unused = overfit
     train, train_members, evaluation, eval_members = split(members, unused[:300], seed=1)
@@ -66,7 +72,7 @@ def test_attacks_find_real_members(overfit, name):
     assert result.auc > 0.6, (name, result)
 
 
-@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", "lira", "rmia"])
+@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", FEDMIA_COSINE, "lira", "rmia"], ids=str)
 def test_control_from_one_unused_pool_gives_chance(overfit, name):
     observation, _, unused = overfit
     fake_members, nonmembers = unused[:400], unused[400:800]

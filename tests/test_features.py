@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import attackers.inference.features as features_module
-from attackers.inference.features import extract, parametrised_layers
+from attackers.inference.features import extract, gradient_alignment, parametrised_layers
 from fedsim.models import build_model
 
 CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {}), "resnet18": ((3, 16, 16), {})}
@@ -57,6 +57,28 @@ def test_features_match_a_per_example_backward_loop(name, layers, monkeypatch):
         torch.testing.assert_close(features.probabilities, torch.softmax(model(x), dim=1), rtol=1e-5, atol=1e-6)
     assert torch.equal(features.labels, y)
     assert len(features.gradients) == (len(grads[0]) if layers == "all" else 1)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_alignment_equals_the_cosine_of_each_examples_backward_gradient(name):
+    shape, args = CASES[name]
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, args).eval()
+    x, y = torch.randn(70, *shape), torch.randint(0, 10, (70,))  # more than one chunk of 64
+    total = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(3, total)
+    directions[2] = 0.0  # a client that did not move: cosine 0, not nan
+    cosines = gradient_alignment(model, x, y, directions)
+    expected = []
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
+        g = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+        expected.append([float(g @ d.double() / (g.norm() * d.double().norm())) if d.any() else 0.0 for d in directions])
+    assert cosines.shape == (70, 3) and cosines.dtype == torch.float64
+    torch.testing.assert_close(cosines, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        gradient_alignment(model, x, y, directions[:, :-1])
 
 
 def test_rows_of_a_linear_gradient_are_its_transposed_matrix():

@@ -134,3 +134,33 @@ def test_a_server_acting_in_some_rounds_only_ascended_in_those(tmp_path):
     observation = attacker_view(run).observation
     assert observation.load_before(1) is None
     assert same(observation.load_before(2), globals_[1])
+
+
+def test_the_server_knows_what_each_reference_client_was_sent_and_fedmia_reads_their_updates(tmp_path):
+    """Every client was sent the previous aggregate; FedMIA-II's measurement is the cosine between a
+    record's gradient there and the client's update (sent minus returned), computed here by hand."""
+    from torch import nn
+
+    from attackers.inference.calibrated import update_cosines
+
+    run, globals_, clients = recorded_run(tmp_path, "adversary.victim=1")
+    observation = attacker_view(run).observation
+    for r in (1, 2):
+        sent = observation.reference_sent(r)
+        assert len(sent) == 2 and all(same(model, globals_[r - 1]) for model in sent)
+    ids = attacker_view(run).eval_ids[:6]
+    victim, references = update_cosines(observation, ids, 2)
+    start = build_model("fcn", (64,), 10, run.config.model.args)
+    start.load_state_dict(globals_[1])
+    x, y = run.records(ids)
+
+    def flat(state):
+        return torch.cat([state[name].flatten() for name, _ in start.named_parameters()]).double()
+
+    for i in range(len(ids)):
+        start.zero_grad()
+        nn.functional.cross_entropy(start(x[i : i + 1]), y[i : i + 1]).backward()
+        g = torch.cat([p.grad.flatten() for p in start.parameters()]).double()
+        for client, got in ((1, victim[i]), (0, references[0, i]), (2, references[1, i])):
+            update = flat(globals_[1]) - flat(clients[2][client])
+            assert abs(got - float(g @ update / (g.norm() * update.norm()))) < 1e-5

@@ -6,9 +6,15 @@ they come with the run. Three published attacks use them, each combining the obs
 
 - `fedmia`: Zhu et al., "FedMIA: An Effective Membership Inference Attack Exploiting 'All for
   One' Principle in Federated Learning" (2024): per record and round, a Gaussian over the other
-  clients' models of the record's hinge loss (logit margin); the victim's model is scored by the
-  one-tailed test Pr_OUT[margin <= observed]; rounds are combined by averaging the log of that
-  probability (the authors' averaged log variant).
+  clients of a low-dimensional measurement; the victim's is scored by the one-tailed test
+  Pr_OUT[measurement <= observed]; rounds are combined by averaging the log of that probability
+  (the authors' code reports the mean probability and a log variant; the log keeps one round's
+  very small probability from being averaged away). Two measurements: `hinge` (default), the
+  record's hinge loss (logit margin) on each client's returned model, their loss-based FedMIA-I
+  with the margin in place of their cross-entropy (deviation: the margin is what LiRA-style tests
+  calibrate best, Carlini et al. 2022); `cosine`, the paper's main FedMIA-II: the cosine between
+  the record's loss gradient at the model a client was sent and the client's update (sent minus
+  returned), as in the authors' code.
 - `lira`: Carlini et al., "Membership Inference Attacks From First Principles" (S&P 2022),
   offline: per record a Gaussian over the references of the logit-scaled confidence
   log(p / (1 - p)) of the true label, with one variance per round (their fixed-variance variant,
@@ -35,6 +41,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from attackers.inference.features import gradient_alignment
 from attackers.inference.observation import Observation
 from fedsim.errors import FedsimError
 from fedsim.metrics import best_threshold
@@ -68,6 +75,63 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
         x, y = observation.load_records(ids)
         observation._cache[key] = (_logits(observation.model(round_number), x),
                                    torch.stack([_logits(m, x) for m in references]), y)
+    return observation._cache[key]
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    """The trainable parameters, flattened and concatenated in `named_parameters` order, float64."""
+    return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]).double()
+
+
+def update_cosines(observation: Observation, ids: np.ndarray, round_number: int) -> tuple[np.ndarray, np.ndarray]:
+    """FedMIA-II's measurement: cos(gradient of the record's loss at the sent model, the client's update).
+
+    For the victim and each reference client of the round, the update is what the client was
+    sent minus what it returned (the direction its local descent moved); the record's gradient
+    is taken at the model that client was sent (one gradient pass per distinct sent model).
+
+    Parameters
+    ----------
+    observation : Observation
+        A curious server's view (it needs `load_sent`, `reference_models` and `reference_sent`).
+    ids : numpy.ndarray
+        Record ids, shape (n_records,).
+    round_number : int
+        The round.
+
+    Returns
+    -------
+    (victim, references)
+        (N,) and (R, N) float64 cosines; cached in the observation.
+
+    Raises
+    ------
+    FedsimError
+        When the view does not hold what each client was sent.
+    """
+    if observation.load_sent is None or observation.reference_sent is None or observation.reference_models is None:
+        raise FedsimError("fedmia with measurement: cosine needs what every client was sent and returned: "
+                          "use it with adversary.role: server without defense.secure_aggregation")
+    key = ("update-cosines", round_number, tuple(np.asarray(ids).tolist()))
+    if key not in observation._cache:
+        sent = [observation.load_sent(round_number), *observation.reference_sent(round_number)]
+        returned = [observation.model(round_number), *observation.reference_models(round_number)]
+        if len(returned) < 2:
+            raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
+        x, y = observation.load_records(ids)
+        starts: list[tuple[torch.Tensor, nn.Module, list[int]]] = []  # distinct sent models and the clients sent each
+        for client, model in enumerate(sent):
+            flat = _flat(model)
+            match = next((entry for entry in starts if torch.equal(entry[0], flat)), None)
+            if match is None:
+                starts.append((flat, model, [client]))
+            else:
+                match[2].append(client)
+        cosines = torch.zeros(len(sent), len(y), dtype=torch.float64)
+        for flat, model, clients in starts:
+            directions = torch.stack([flat - _flat(returned[c]) for c in clients])
+            cosines[clients] = gradient_alignment(model, x, y, directions, observation.memory_budget).T
+        observation._cache[key] = (cosines[0].numpy(), cosines[1:].numpy())
     return observation._cache[key]
 
 
@@ -228,10 +292,18 @@ class FedMIAParams(AttackParams):
     variance: Literal["per_record", "global"] = Field(
         "per_record", description="per_record: each record's variance over the other clients' models (as published); "
                                   "global: one variance per round, steadier with few clients")
+    measurement: Literal["hinge", "cosine"] = Field(
+        "hinge", description="hinge: the record's logit margin on each client's returned model (FedMIA-I, loss-based); "
+                             "cosine: the cosine between the record's gradient at the sent model and the client's update "
+                             "(FedMIA-II, the paper's main attack; one per-example gradient pass per round)")
 
 
 class FedMIAAttack(_CalibratedAttack):
-    """FedMIA (Zhu et al. 2024): one-tailed test of the hinge loss against the other clients' models, log-averaged over rounds.
+    """FedMIA (Zhu et al. 2024): one-tailed test of a per-record measurement against the other clients', log-averaged over rounds.
+
+    `measurement: hinge` (default) reads the logit margin on the returned models (FedMIA-I);
+    `measurement: cosine` the alignment of the record's gradient with each client's update
+    (FedMIA-II, the paper's main attack).
 
     Parameters
     ----------
@@ -248,8 +320,12 @@ class FedMIAAttack(_CalibratedAttack):
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         rounds = []
         for round_number in observation.rounds:
-            target, references, labels = outputs(observation, ids, round_number)
-            rounds.append(fedmia_round(hinge(target, labels), hinge(references, labels), self.params.variance == "per_record"))
+            if self.params.measurement == "cosine":
+                observed, reference = update_cosines(observation, ids, round_number)
+            else:
+                target, references, labels = outputs(observation, ids, round_number)
+                observed, reference = hinge(target, labels), hinge(references, labels)
+            rounds.append(fedmia_round(observed, reference, self.params.variance == "per_record"))
         return np.mean(rounds, 0)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 DEFAULT_BUDGET = 2 << 30  # bytes
+ALIGNMENT_CHUNK = 64  # records per vmap pass in gradient_alignment: larger chunks only churn memory (measured on the fcn)
 
 
 def ghost_cheaper(rows: int, width: int, positions: int) -> bool:
@@ -350,6 +351,51 @@ def _per_example_dense(model: nn.Module, names: list[str], x: torch.Tensor, y: t
         return nn.functional.cross_entropy(logits, yi.unsqueeze(0))
 
     return vmap(grad(example_loss), in_dims=(None, 0, 0))(chosen, x, y)
+
+
+def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
+                       memory_budget: int = DEFAULT_BUDGET) -> torch.Tensor:
+    """Cosine similarity between each record's loss gradient and each of several parameter directions.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model the gradients are taken at (put in evaluation mode).
+    x, y : torch.Tensor
+        (N, *input_shape) records and (N,) true labels.
+    directions : torch.Tensor
+        (C, P) directions over the model's trainable parameters, flattened and concatenated in
+        `named_parameters` order (e.g. clients' updates, sent minus returned).
+    memory_budget : int
+        Bytes one chunk of per-example gradients may take.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C) float64: cos(dL_x/dW, d_c), with L_x the record's cross-entropy (nats); 0 where a
+        gradient or a direction is zero. Per-example gradients come from torch.func (vmap of grad)
+        and are never held for more than one chunk.
+    """
+    model.eval()
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
+    if directions.shape[-1] != total:
+        raise ValueError(f"directions have {directions.shape[-1]} entries, the model {total} trainable parameters")
+    unit = directions.double() / torch.linalg.vector_norm(directions.double(), dim=1, keepdim=True).clamp_min(1e-30)
+    sizes = [p.numel() for _, p in model.named_parameters() if p.requires_grad]
+    slices = dict(zip(names, unit.float().split(sizes, dim=1)))  # (C, numel) per parameter
+    step = min(ALIGNMENT_CHUNK, _chunk_size(model, total, total, memory_budget))
+    parts = []
+    for i in range(0, len(y), step):
+        per_example = _per_example_dense(model, names, x[i : i + step], y[i : i + step])
+        dots = torch.zeros(len(y[i : i + step]), len(unit), dtype=torch.float64)
+        squared = torch.zeros(len(y[i : i + step]), dtype=torch.float64)
+        for name in names:  # per parameter: no concatenated (chunk, P) copy
+            flat = per_example[name].flatten(1)
+            dots += (flat @ slices[name].T).double()
+            squared += flat.pow(2).sum(1).double()
+        parts.append(dots / squared.sqrt().clamp_min(1e-30)[:, None])
+    return torch.cat(parts)
 
 
 def _unfoldable(module: nn.Module) -> bool:

@@ -69,6 +69,9 @@ class Observation:
     # what the attacker held before it manipulated a round's sent model (the server's aggregate, or the
     # isolated victim's previous reply, before the ascent step); None for a round it did not ascend
     load_before: Callable[[int], nn.Module | None] | None = None
+    # what each reference client was sent before it trained its model of the round, in the order of
+    # `reference_models` (a curious server's; None otherwise)
+    reference_sent: Callable[[int], list[nn.Module]] | None = None
 
     def up_to(self, last_round: int, keep: Sequence[int] | None = None) -> Observation:
         """The snapshots observed by round `last_round`.
@@ -87,7 +90,7 @@ class Observation:
         """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
         return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache,
-                           self.load_sent, self.manipulated, self.load_baseline, self.load_before)
+                           self.load_sent, self.manipulated, self.load_baseline, self.load_before, self.reference_sent)
 
     def before_features(self, ids: np.ndarray, round_number: int) -> Features | None:
         """Features of records on the model the attacker held before its ascent step of the round.

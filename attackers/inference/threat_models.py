@@ -219,10 +219,13 @@ def attacker_view(run: Run) -> AttackerView | None:
         def references(round_number: int):
             return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
 
+        def references_sent(round_number: int):
+            return [sent_model(run, round_number, c) for c in run.clients(round_number) if c != victim]
+
         observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references,
                                   device=device, load_sent=lambda r: sent_model(run, r, victim),
                                   manipulated=_broadcast_rounds(run, rounds, victim),
-                                  load_before=lambda r: before_ascent(run, r, victim))
+                                  load_before=lambda r: before_ascent(run, r, victim), reference_sent=references_sent)
         target = f"client-{victim:03d}"
     elif adversary.role == "server" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
         summed = [r for r in trained if victim in run.manifest["rounds"][str(r)].get("secure_sum", [])]  # its trap's reply is in the sum
