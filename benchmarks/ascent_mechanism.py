@@ -1,0 +1,184 @@
+"""Why the server's gradient ascent adds leakage on one model and not on another: replay the round.
+
+    python benchmarks/ascent_mechanism.py RUN_DIR... [--round R] [--step-norm 0.005,0.02]
+
+Each RUN_DIR is a recorded passive curious-server run (one per seed, same setting). For the
+chosen round (default: the last) the script takes what the server sent the victim, trains the
+victim's local model from it exactly as the run did (`fedsim.training.train_locally`, the run's
+train config, the victim's records in the client's order, the client's seed), and checks that
+this replay reproduces the victim's recorded model. Then, for each step size, it moves the sent
+model one gradient-ascent step on the targets and the attacker's known records
+(`attackers.active.gradient_ascent.ascent_step`, what `curious_server` sends) and replays the
+victim's training from there. Over the targets it reports:
+
+- how far the step raised the loss of members and of non-members (nats, mean), and how much of
+  that the victim's training took back;
+- the AUC of the loss drop from the pre-ascent (sent) model to the returned model, the signal
+  `sent_returned`'s pre-ascent columns read, and of the returned loss alone;
+- per step, the paired difference (ascent minus no step, same run) over the runs, with a
+  two-sided 95% t interval (scipy).
+
+Everything but the step is held fixed (same start, same batches), so a difference is the step's
+effect on that round alone; it is not a full run's, where the step also changes later rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from attackers.active.adversary import ascended_ids
+from attackers.active.gradient_ascent import ascent_step
+from attackers.inference.threat_models import sent_model
+from fedsim.client_app import client_seed
+from fedsim.models import model_for
+from fedsim.run import Run
+from fedsim.training import train_locally
+
+
+def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Cross-entropy in nats per record, shape (n_records,)."""
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model.eval()(x), y, reduction="none").numpy()
+
+
+def replay_victim(run: Run, round_number: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The victim's local model of `round_number`, trained from `state` as the run trained it.
+
+    Parameters
+    ----------
+    run : Run
+        A recorded run.
+    round_number : int
+        The round (1-based) whose local training is replayed.
+    state : dict of str to torch.Tensor
+        The parameters the victim starts from (what it was sent, or that moved by a step).
+
+    Returns
+    -------
+    torch.nn.Module
+        The trained model in eval mode (its records, order, seed and train config are the run's).
+    """
+    config = run.config
+    victim = config.adversary.victim
+    ledger = run.membership
+    members = ledger[ledger["member"]]
+    x, y = run.records(members.loc[members["client"] == victim, "record_id"].to_numpy())  # the ClientApp's order
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(config)
+    model.load_state_dict(state)
+    seed = client_seed(config.seed, round_number, victim)
+    torch.manual_seed(seed)
+    train_locally(model, x, y, config.train, seed, dp_sgd=config.defense.dp_sgd)
+    return model.eval()
+
+
+def round_effects(run: Run, round_number: int, step_norms: list[float]) -> tuple[float, list[dict[str, float]]]:
+    """The replayed round with no step and with each step size.
+
+    Parameters
+    ----------
+    run : Run
+        A recorded passive curious-server run.
+    round_number : int
+        The round replayed.
+    step_norms : list of float
+        Step sizes as fractions of the parameters' L2 norm (`adversary.step_norm`).
+
+    Returns
+    -------
+    (replay_error, rows)
+        The largest absolute difference between the replayed and the recorded victim model
+        (0 when the replay is exact), and one row per setting (step 0 first) with the members'
+        and non-members' mean raise and recovery (nats) and the two AUCs.
+    """
+    config = run.config
+    victim = config.adversary.victim
+    ledger = run.membership
+    targets = ledger[ledger["target"]]
+    x, y = run.records(targets["record_id"].to_numpy())
+    members = targets["member"].to_numpy(bool)
+    sent = sent_model(run, round_number, victim)
+    sent_state = {k: v.detach().clone() for k, v in sent.state_dict().items()}
+    before = _losses(sent, x, y)
+
+    recorded = run.model(round_number, victim).state_dict()
+    replayed = replay_victim(run, round_number, sent_state).state_dict()
+    replay_error = max(float((replayed[k].double() - recorded[k].double()).abs().max()) for k in recorded)
+
+    xa, ya = run.records(ascended_ids(ledger, config))
+    rows = []
+    for step_norm in [0.0, *step_norms]:
+        with torch.random.fork_rng(devices=[]):
+            start = ascent_step(model_for(config), sent_state, xa, ya, config.adversary.gamma, step_norm=step_norm) if step_norm else sent_state
+        with torch.random.fork_rng(devices=[]):
+            stepped = model_for(config)
+        stepped.load_state_dict(start)
+        after_step = _losses(stepped, x, y)
+        returned = _losses(replay_victim(run, round_number, start), x, y)
+        rows.append({"step_norm": step_norm,
+                     "raise_members": float((after_step - before)[members].mean()),
+                     "raise_nonmembers": float((after_step - before)[~members].mean()),
+                     "recovered_members": float((after_step - returned)[members].mean()),
+                     "recovered_nonmembers": float((after_step - returned)[~members].mean()),
+                     "auc_drop": float(roc_auc_score(members, before - returned)),
+                     "auc_returned": float(roc_auc_score(members, -returned))})
+    return replay_error, rows
+
+
+def _interval(d: np.ndarray) -> str:
+    if len(d) < 2:
+        return f"{d.mean():+.3f}"
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="recorded passive curious-server runs, one per seed")
+    parser.add_argument("--round", type=int, default=None, help="round to replay (default: each run's last)")
+    parser.add_argument("--step-norm", default="0.005,0.02", help="comma-separated step sizes (fraction of the parameters' norm)")
+    args = parser.parse_args(argv)
+    steps = [float(s) for s in args.step_norm.split(",")]
+    per_run = []
+    for folder in args.runs:
+        run = Run.open(folder)
+        adversary = run.config.adversary
+        if adversary.role != "server" or adversary.mode != "passive":
+            print(f"{folder}: not a passive curious-server run (adversary.role {adversary.role}, mode {adversary.mode}); "
+                  "give the passive runs, the script adds the step itself", file=sys.stderr)
+            return 2
+        round_number = args.round or max(run.rounds)
+        error, rows = round_effects(run, round_number, steps)
+        per_run.append(rows)
+        print(f"{folder}: round {round_number}, replay matches the recorded victim model to {error:.1e}; "
+              + "; ".join(f"step {r['step_norm']:g}: AUC drop {r['auc_drop']:.3f}, returned {r['auc_returned']:.3f}" for r in rows),
+              flush=True)
+    print(f"\n{len(per_run)} runs. Loss raised by the step and taken back by the victim's training (nats, members / "
+          "non-members, mean over runs); paired difference in AUC, step minus no step (95% t interval):\n")
+    print("| step | raised | taken back | AUC of the loss drop (sent - returned) | AUC of the returned loss |")
+    print("| --- | --- | --- | --- | --- |")
+    for i, step in enumerate([0.0, *steps]):
+        raise_m = np.mean([rows[i]["raise_members"] for rows in per_run])
+        raise_n = np.mean([rows[i]["raise_nonmembers"] for rows in per_run])
+        back_m = np.mean([rows[i]["recovered_members"] for rows in per_run])
+        back_n = np.mean([rows[i]["recovered_nonmembers"] for rows in per_run])
+        if i == 0:
+            drop = np.array([rows[0]["auc_drop"] for rows in per_run])
+            ret = np.array([rows[0]["auc_returned"] for rows in per_run])
+            print(f"| none | 0 / 0 | {back_m:.2f} / {back_n:.2f} | {drop.mean():.3f} (mean) | {ret.mean():.3f} (mean) |")
+            continue
+        d_drop = np.array([rows[i]["auc_drop"] - rows[0]["auc_drop"] for rows in per_run])
+        d_ret = np.array([rows[i]["auc_returned"] - rows[0]["auc_returned"] for rows in per_run])
+        print(f"| {step:g} | {raise_m:.2f} / {raise_n:.2f} | {back_m:.2f} / {back_n:.2f} | {_interval(d_drop)} | {_interval(d_ret)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
