@@ -20,6 +20,8 @@ victim's training from there. Over the targets it reports:
 
 Everything but the step is held fixed (same start, same batches), so a difference is the step's
 effect on that round alone; it is not a full run's, where the step also changes later rounds.
+Runs it cannot replay exactly (FedProx, strategy mods, GPU clients, secure aggregation) are
+refused, and a replay that does not reproduce its run stops the script.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import sys
 
 import numpy as np
 import torch
-from scipy import stats
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -37,9 +38,13 @@ from attackers.active.adversary import ascended_ids
 from attackers.active.gradient_ascent import ascent_step
 from attackers.inference.threat_models import sent_model
 from fedsim.client_app import client_seed
+from fedsim.errors import FedsimError
+from fedsim.membership import client_records
 from fedsim.models import model_for
+from fedsim.paired import paired_interval
 from fedsim.run import Run
 from fedsim.training import train_locally
+from strategies.registry import train_mods
 
 
 def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -67,9 +72,7 @@ def replay_victim(run: Run, round_number: int, state: dict[str, torch.Tensor]) -
     """
     config = run.config
     victim = config.adversary.victim
-    ledger = run.membership
-    members = ledger[ledger["member"]]
-    x, y = run.records(members.loc[members["client"] == victim, "record_id"].to_numpy())  # the ClientApp's order
+    x, y = run.records(client_records(run.membership)[victim])  # in the ClientApp's order
     with torch.random.fork_rng(devices=[]):
         model = model_for(config)
     model.load_state_dict(state)
@@ -77,6 +80,36 @@ def replay_victim(run: Run, round_number: int, state: dict[str, torch.Tensor]) -
     torch.manual_seed(seed)
     train_locally(model, x, y, config.train, seed, dp_sgd=config.defense.dp_sgd)
     return model.eval()
+
+
+def check_replayable(run: Run, round_number: int) -> None:
+    """Refuse a run whose victim's training `replay_victim` cannot reproduce.
+
+    Parameters
+    ----------
+    run : Run
+        The recorded run.
+    round_number : int
+        The round to replay.
+
+    Raises
+    ------
+    FedsimError
+        For anything but a passive curious server without secure aggregation whose victim trained
+        that round on the CPU with plain local training (no FedProx term, no strategy mods).
+    """
+    config = run.config
+    adversary = config.adversary
+    if adversary.role != "server" or adversary.mode != "passive":
+        raise FedsimError(f"{run.folder}: not a passive curious-server run (adversary.role {adversary.role}, mode {adversary.mode}); "
+                          "give the passive runs, the script adds the step itself")
+    if config.defense.secure_aggregation:
+        raise FedsimError(f"{run.folder}: under secure aggregation the victim's model is not recorded; nothing to replay against")
+    if config.strategy.name == "fedprox" or train_mods(config.strategy) or config.backend.gpus_per_client > 0:
+        raise FedsimError(f"{run.folder}: the replay covers plain local training on the CPU, not FedProx's term, the strategy's "
+                          "client mods or GPU clients")
+    if round_number not in run.rounds or adversary.victim not in run.clients(round_number):
+        raise FedsimError(f"{run.folder}: the victim did not train in round {round_number}; choose another --round")
 
 
 def round_effects(run: Run, round_number: int, step_norms: list[float]) -> tuple[float, list[dict[str, float]]]:
@@ -93,11 +126,19 @@ def round_effects(run: Run, round_number: int, step_norms: list[float]) -> tuple
 
     Returns
     -------
-    (replay_error, rows)
-        The largest absolute difference between the replayed and the recorded victim model
-        (0 when the replay is exact), and one row per setting (step 0 first) with the members'
-        and non-members' mean raise and recovery (nats) and the two AUCs.
+    replay_error : float
+        The largest absolute difference between the replayed and the recorded victim model (0
+        when the replay is exact).
+    rows : list of dict
+        One per setting (step 0 first): the members' and non-members' mean raise and recovery
+        (nats) and the two AUCs over the targets.
+
+    Raises
+    ------
+    FedsimError
+        When the run cannot be replayed (`check_replayable`).
     """
+    check_replayable(run, round_number)
     config = run.config
     victim = config.adversary.victim
     ledger = run.membership
@@ -133,13 +174,26 @@ def round_effects(run: Run, round_number: int, step_norms: list[float]) -> tuple
 
 
 def _interval(d: np.ndarray) -> str:
-    if len(d) < 2:
-        return f"{d.mean():+.3f}"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+    mean, low, high = paired_interval(d)
+    return f"{mean:+.3f}" if np.isnan(low) else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+REPLAY_TOLERANCE = 1e-6  # largest parameter difference accepted between the replay and the recorded model
 
 
 def main(argv: list[str]) -> int:
+    """Replay each run's round with and without each step and print the tables (exit 2 on a run it cannot replay).
+
+    Parameters
+    ----------
+    argv : list of str
+        Command-line arguments (see the module docstring).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a run it cannot replay, 1 when a replay does not reproduce its run.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="recorded passive curious-server runs, one per seed")
     parser.add_argument("--round", type=int, default=None, help="round to replay (default: each run's last)")
@@ -149,13 +203,16 @@ def main(argv: list[str]) -> int:
     per_run = []
     for folder in args.runs:
         run = Run.open(folder)
-        adversary = run.config.adversary
-        if adversary.role != "server" or adversary.mode != "passive":
-            print(f"{folder}: not a passive curious-server run (adversary.role {adversary.role}, mode {adversary.mode}); "
-                  "give the passive runs, the script adds the step itself", file=sys.stderr)
+        round_number = max(run.rounds) if args.round is None else args.round
+        try:
+            error, rows = round_effects(run, round_number, steps)
+        except FedsimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
-        round_number = args.round or max(run.rounds)
-        error, rows = round_effects(run, round_number, steps)
+        if error > REPLAY_TOLERANCE:
+            print(f"error: {folder}: the replay differs from the recorded victim model by {error:.1e}; its numbers would not "
+                  "describe this run", file=sys.stderr)
+            return 1
         per_run.append(rows)
         print(f"{folder}: round {round_number}, replay matches the recorded victim model to {error:.1e}; "
               + "; ".join(f"step {r['step_norm']:g}: AUC drop {r['auc_drop']:.3f}, returned {r['auc_returned']:.3f}" for r in rows),

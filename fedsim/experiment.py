@@ -31,7 +31,7 @@ from fedsim.errors import FedsimError
 from fedsim.faults import FaultPlan, failing_client_mod
 from fedsim.inprocess import run_in_process
 from fedsim.layout import LEAKAGE_SEEDS_CSV
-from fedsim.membership import UTILITY_TEST, build_ledger, save_ledger
+from fedsim.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
 from fedsim.messages import PARTITION_KEY
 from fedsim.models import MODELS, model_for
 from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
@@ -245,9 +245,7 @@ def client_app_for(config: Config, ledger: pd.DataFrame, mods: list | tuple = ()
     flwr.clientapp.ClientApp
         The app every SuperNode runs; a node's `partition-id` (node config) picks its records.
     """
-    members = ledger[ledger["member"]]
-    client_records = {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
-    return make_client_app(config, client_records, list(mods) + participant_mods(config, ledger), train_mods(config.strategy))
+    return make_client_app(config, client_records(ledger), list(mods) + participant_mods(config, ledger), train_mods(config.strategy))
 
 
 def _carry_out(recorder: Recorder, ledger, model: torch.nn.Module, strategy, resumed: Run | None, console: RunConsole,

@@ -235,6 +235,23 @@ def attacker_known(ledger: pd.DataFrame, config: Config) -> pd.Series:
     return (ledger["role"] == ATTACK_TRAIN) & (member_side | ~ledger["member"])
 
 
+def client_records(ledger: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Each client's training records, in the order its ClientApp reads them.
+
+    Parameters
+    ----------
+    ledger : pandas.DataFrame
+        The run's membership ledger.
+
+    Returns
+    -------
+    dict of int to numpy.ndarray
+        Partition id -> `(n_records,)` record ids (ledger order within the client).
+    """
+    members = ledger[ledger["member"]]
+    return {int(c): group["record_id"].to_numpy() for c, group in members.groupby("client")}
+
+
 def save_ledger(ledger: pd.DataFrame, folder: Path) -> Path:
     path = folder / FILENAME
     ledger.to_parquet(path, index=False)

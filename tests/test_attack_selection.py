@@ -140,3 +140,11 @@ def test_fedsim_attack_takes_an_attack_with_arguments_as_its_config_entry(tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         main(["attack", str(run.folder), "--attack", "{name: fedmia"])
     assert exit_info.value.code == 2 and "expected a registry name or a mapping" in capsys.readouterr().err
+
+
+def test_an_attack_listed_twice_is_refused_in_one_line(capsys):
+    from attackers.inference.registry import check_attacks
+    from fedsim.errors import FedsimError
+
+    with pytest.raises(FedsimError, match="fedmia is listed twice"):
+        check_attacks(["loss", "fedmia", {"name": "fedmia", "args": {"measurement": "cosine"}}], "--attack")

@@ -59,3 +59,38 @@ def test_known_records_are_ascended_with_the_targets(role):
     assert set(target_ids(ledger).tolist()) <= ascended and set(known.tolist()) <= ascended
     assert ascended == set(target_ids(ledger).tolist()) | set(known.tolist())
     assert (ledger.loc[ledger["record_id"].isin(known), "role"] == ATTACK_TRAIN).all()
+
+
+def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step_is_the_servers(tmp_path):
+    """benchmarks/ascent_mechanism.py: the replay of a real (in-process) run's last round gives the
+    recorded victim model exactly; with a step it starts from what curious_server would send; a run
+    it cannot replay is refused."""
+    import importlib.util
+    from pathlib import Path
+
+    from fedsim.errors import FedsimError
+    from fedsim.experiment import run_experiment
+    from fedsim.run import Run
+
+    spec = importlib.util.spec_from_file_location("ascent_mechanism", Path(__file__).parents[1] / "benchmarks" / "ascent_mechanism.py")
+    assert spec is not None and spec.loader is not None
+    mechanism = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mechanism)
+    run = Run.open(run_experiment(small_config("adversary.step_norm=0.02"), tmp_path / "run"))
+    error, rows = mechanism.round_effects(run, 2, [0.02])
+    assert error == 0.0
+    none, step = rows
+    assert none["raise_members"] == 0 and none["raise_nonmembers"] == 0
+    assert step["raise_members"] > 0 and step["raise_nonmembers"] > 0  # the step raises the targets' loss
+    assert 0.0 <= step["auc_drop"] <= 1.0 and step["auc_drop"] != none["auc_drop"]
+    active = Run.open(run_experiment(small_config("adversary.mode=gradient-ascent", "adversary.step_norm=0.02"), tmp_path / "active"))
+    # the script's stepped start is what the real server sent the victim in that round
+    ledger = active.membership
+    x, y = active.records(ascended_ids(ledger, active.config))
+    start = active.model(1).state_dict()
+    stepped = ascent_step(build_model("fcn", (64,), 10, active.config.model.args), start, x, y, 1.0, step_norm=0.02)
+    sent = active.state(2, active.config.adversary.victim, kind="broadcast")
+    for name, value in sent.items():
+        torch.testing.assert_close(stepped[name], value)
+    with pytest.raises(FedsimError, match="not a passive curious-server run"):
+        mechanism.round_effects(active, 2, [0.02])

@@ -1,5 +1,6 @@
 """What each attacker observes of a recorded run (no simulation needed)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,27 @@ def test_the_server_knows_what_each_reference_client_was_sent_and_fedmia_reads_t
         for client, got in ((1, victim[i]), (0, references[0, i]), (2, references[1, i])):
             update = flat(globals_[1]) - flat(clients[2][client])
             assert abs(got - float(g @ update / (g.norm() * update.norm()))) < 1e-5
+
+
+def test_fedmia_cosines_are_taken_at_each_clients_own_sent_model():
+    """An isolated or ascended victim was sent another model than the others: each client's cosine
+    is taken at what it was sent (two distinct starts here, shared by two clients each)."""
+    from attackers.inference.calibrated import update_cosines
+    from attackers.inference.features import gradient_alignment
+    from attackers.inference.observation import Observation
+
+    torch.manual_seed(0)
+    models = [build_model("fcn", (64,), 10, {"hidden": [16]}).eval() for _ in range(6)]  # starts A, B; returned 0..3
+    a, b, returned = models[0], models[1], models[2:]
+    x, y = torch.randn(9, 64), torch.randint(0, 10, (9,))
+    observation = Observation([1], lambda r: returned[0], lambda ids: (x[ids], y[ids]), load_sent=lambda r: a,
+                              reference_models=lambda r: returned[1:], reference_sent=lambda r: [b, a, b])
+    victim, references = update_cosines(observation, np.arange(9), 1)
+
+    def flat(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    for got, start, end in ((victim, a, returned[0]), (references[0], b, returned[1]), (references[1], a, returned[2]),
+                            (references[2], b, returned[3])):
+        expected = gradient_alignment(start, x, y, (flat(start) - flat(end))[None])[:, 0].numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)  # float32 gradients; another start differs by ~1e-2

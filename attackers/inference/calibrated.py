@@ -31,6 +31,7 @@ updates (`needs_references`); they are deterministic (no randomness to own).
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import numpy as np
@@ -52,6 +53,18 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x).double()
 
 
+def _reference_models(observation: Observation, round_number: int) -> list[nn.Module]:
+    """The round's other clients' models, loaded once per observation; FedsimError when there are none."""
+    assert observation.reference_models is not None  # callers check, with their own message
+    models_key = ("reference_models", round_number)
+    if models_key not in observation._cache:
+        observation._cache[models_key] = observation.reference_models(round_number)
+    references = observation._cache[models_key]
+    if not references:
+        raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
+    return references
+
+
 def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits of the records on the observed model and on each reference model of a round.
 
@@ -66,12 +79,7 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
                           "adversary.role: server without defense.secure_aggregation")
     key = ("calibrated", round_number, tuple(np.asarray(ids).tolist()))
     if key not in observation._cache:
-        models_key = ("reference_models", round_number)
-        if models_key not in observation._cache:
-            observation._cache[models_key] = observation.reference_models(round_number)
-        references = observation._cache[models_key]
-        if not references:
-            raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
+        references = _reference_models(observation, round_number)
         x, y = observation.load_records(ids)
         observation._cache[key] = (_logits(observation.model(round_number), x),
                                    torch.stack([_logits(m, x) for m in references]), y)
@@ -88,7 +96,12 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
 
     For the victim and each reference client of the round, the update is what the client was
     sent minus what it returned (the direction its local descent moved); the record's gradient
-    is taken at the model that client was sent (one gradient pass per distinct sent model).
+    is taken at the model that client was sent, one per-example gradient pass per distinct sent
+    model and set of records. Where the victim was sent something else than the others (an
+    isolated victim's own chain, an ascended model), its cosine is taken at its own sent model
+    and the references' at theirs: each value measures that client's own step, but the Gaussian
+    then compares steps taken from different points, which the paper (everyone sent the
+    aggregate) does not cover.
 
     Parameters
     ----------
@@ -97,27 +110,28 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
     ids : numpy.ndarray
         Record ids, shape (n_records,).
     round_number : int
-        The round.
+        The round (1-based).
 
     Returns
     -------
-    (victim, references)
-        (N,) and (R, N) float64 cosines; cached in the observation.
+    victim : numpy.ndarray
+        (n_records,) float64 cosines for the victim's update.
+    references : numpy.ndarray
+        (n_references, n_records) float64 cosines for the other clients' updates, in the order of
+        `reference_models`. Both are cached in the observation.
 
     Raises
     ------
     FedsimError
-        When the view does not hold what each client was sent.
+        When the view does not hold what each client was sent, or no other client's model.
     """
     if observation.load_sent is None or observation.reference_sent is None or observation.reference_models is None:
         raise FedsimError("fedmia with measurement: cosine needs what every client was sent and returned: "
                           "use it with adversary.role: server without defense.secure_aggregation")
     key = ("update-cosines", round_number, tuple(np.asarray(ids).tolist()))
     if key not in observation._cache:
+        returned = [observation.model(round_number), *_reference_models(observation, round_number)]
         sent = [observation.load_sent(round_number), *observation.reference_sent(round_number)]
-        returned = [observation.model(round_number), *observation.reference_models(round_number)]
-        if len(returned) < 2:
-            raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
         x, y = observation.load_records(ids)
         starts: list[tuple[torch.Tensor, nn.Module, list[int]]] = []  # distinct sent models and the clients sent each
         for client, model in enumerate(sent):
@@ -130,7 +144,13 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
         cosines = torch.zeros(len(sent), len(y), dtype=torch.float64)
         for flat, model, clients in starts:
             directions = torch.stack([flat - _flat(returned[c]) for c in clients])
-            cosines[clients] = gradient_alignment(model, x, y, directions, observation.memory_budget).T
+            if observation.device.type != "cpu":  # the per-example gradients on the accelerator, the cosines back on the CPU
+                model = copy.deepcopy(model).to(observation.device)
+                found = gradient_alignment(model, x.to(observation.device), y.to(observation.device), directions.to(observation.device),
+                                           observation.memory_budget).cpu()
+            else:
+                found = gradient_alignment(model, x, y, directions, observation.memory_budget)
+            cosines[clients] = found.T
         observation._cache[key] = (cosines[0].numpy(), cosines[1:].numpy())
     return observation._cache[key]
 
@@ -295,7 +315,7 @@ class FedMIAParams(AttackParams):
     measurement: Literal["hinge", "cosine"] = Field(
         "hinge", description="hinge: the record's logit margin on each client's returned model (FedMIA-I, loss-based); "
                              "cosine: the cosine between the record's gradient at the sent model and the client's update "
-                             "(FedMIA-II, the paper's main attack; one per-example gradient pass per round)")
+                             "(FedMIA-II, the paper's main attack; a per-example gradient pass per round and distinct sent model)")
 
 
 class FedMIAAttack(_CalibratedAttack):

@@ -372,9 +372,14 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direc
     Returns
     -------
     torch.Tensor
-        (N, C) float64: cos(dL_x/dW, d_c), with L_x the record's cross-entropy (nats); 0 where a
-        gradient or a direction is zero. Per-example gradients come from torch.func (vmap of grad)
-        and are never held for more than one chunk.
+        (N, C) float64 on x's device: cos(dL_x/dW, d_c), with L_x the record's cross-entropy
+        (nats); 0 where a gradient or a direction is zero. Per-example gradients come from
+        torch.func (vmap of grad) and are never held for more than one chunk of records.
+
+    Raises
+    ------
+    ValueError
+        When the directions' length is not the number of trainable parameters.
     """
     model.eval()
     names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -388,8 +393,8 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direc
     parts = []
     for i in range(0, len(y), step):
         per_example = _per_example_dense(model, names, x[i : i + step], y[i : i + step])
-        dots = torch.zeros(len(y[i : i + step]), len(unit), dtype=torch.float64)
-        squared = torch.zeros(len(y[i : i + step]), dtype=torch.float64)
+        dots = torch.zeros(len(y[i : i + step]), len(unit), dtype=torch.float64, device=x.device)
+        squared = torch.zeros(len(y[i : i + step]), dtype=torch.float64, device=x.device)
         for name in names:  # per parameter: no concatenated (chunk, P) copy
             flat = per_example[name].flatten(1)
             dots += (flat @ slices[name].T).double()

@@ -49,6 +49,9 @@ class Observation:
         Bytes the per-example features of one chunk may take (`features.extract`).
     reference_models : callable, optional
         round -> the other clients' models of the round (a curious server's references); None otherwise.
+    reference_sent : callable, optional
+        round -> what each of those clients was sent before it trained, in the same order (a
+        curious server's; FedMIA's cosine measurement reads their updates); None otherwise.
     """
 
     rounds: list[int]

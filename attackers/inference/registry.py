@@ -123,8 +123,9 @@ def attack_name(spec: Any) -> str:
 
 
 def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True) -> None:
-    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments, or
-    that needs the other clients' models as references when the attacker has none (`references` False).
+    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments,
+    listed twice, or that needs the other clients' models as references when the attacker has none
+    (`references` False).
 
     Parameters
     ----------
@@ -135,9 +136,14 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
     references : bool
         Whether the attacker holds the other clients' models of each round.
     """
+    seen: set[str] = set()
     for spec in specs:
         attack_params(spec, key)
         name = attack_name(spec)
+        if name in seen:
+            raise FedsimError(f"{key}: {name} is listed twice; its leakage rows carry only the name, so the two could not be told apart: "
+                              "keep one entry (attack the run again for the other, e.g. `fedsim attack RUN --attack ... --out OTHER.csv`)")
+        seen.add(name)
         if getattr(ATTACKS[name], "needs_references", False) and not references:
             raise FedsimError(f"{key}: {name} calibrates against the other clients' models, which only a curious server that sees "
                               "individual updates holds; use adversary.role: server without defense.secure_aggregation, or remove it")
