@@ -72,7 +72,7 @@ def test_attacks_find_real_members(overfit, name):
     assert result.auc > 0.6, (name, result)
 
 
-@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", FEDMIA_COSINE, "lira", "rmia"], ids=str)
+@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", FEDMIA_COSINE, "grad_cosine", "lira", "rmia"], ids=str)
 def test_control_from_one_unused_pool_gives_chance(overfit, name):
     observation, _, unused = overfit
     fake_members, nonmembers = unused[:400], unused[400:800]

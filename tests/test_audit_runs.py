@@ -57,3 +57,6 @@ def test_calibrated_attacks_need_the_servers_references(capsys):
     code = main(["run", "--set", "adversary.role=participant", "--set", "attacks=[lira]"])
     err = capsys.readouterr().err
     assert code == 2 and "lira calibrates against the other clients' models" in err and "Traceback" not in err
+    code = main(["run", "--set", "defense.secure_aggregation=true", "--set", "attacks=[grad_cosine]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "grad_cosine reads the victim's own update" in err and "Traceback" not in err

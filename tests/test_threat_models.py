@@ -165,6 +165,11 @@ def test_the_server_knows_what_each_reference_client_was_sent_and_fedmia_reads_t
         for client, got in ((1, victim[i]), (0, references[0, i]), (2, references[1, i])):
             update = flat(globals_[1]) - flat(clients[2][client])
             assert abs(got - float(g @ update / (g.norm() * update.norm()))) < 1e-5
+    # grad_cosine (Li et al. 2023) is the victim's cosine itself, here on the one kept round
+    from attackers.inference.registry import make_attack
+
+    attack = make_attack("grad_cosine").fit(observation.up_to(2, keep=[2]), attacker_view(run).train_ids, attacker_view(run).train_members)
+    np.testing.assert_array_equal(attack.score(observation.up_to(2, keep=[2]), ids), victim)
 
 
 def test_fedmia_cosines_are_taken_at_each_clients_own_sent_model():

@@ -21,7 +21,7 @@ from attackers.inference.baselines import (
     LossAttack,
     TrajectoryAttack,
 )
-from attackers.inference.calibrated import FedMIAAttack, LiRAAttack, RMIAAttack
+from attackers.inference.calibrated import FedMIAAttack, GradientCosineAttack, LiRAAttack, RMIAAttack
 from attackers.inference.crafted import CraftedAttack
 from attackers.inference.manipulation import SentReturnedAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
@@ -32,7 +32,7 @@ from fedsim.registry import Registry
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
              LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack,
-             SentReturnedAttack, CraftedAttack):
+             SentReturnedAttack, CraftedAttack, GradientCosineAttack):
     ATTACKS.add(_cls.name, _cls)
 
 
@@ -145,5 +145,6 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
                               "keep one entry (attack the run again for the other, e.g. `fedsim attack RUN --attack ... --out OTHER.csv`)")
         seen.add(name)
         if getattr(ATTACKS[name], "needs_references", False) and not references:
-            raise FedsimError(f"{key}: {name} calibrates against the other clients' models, which only a curious server that sees "
+            need = getattr(ATTACKS[name], "reads", "calibrates against the other clients' models")
+            raise FedsimError(f"{key}: {name} {need}, which only a curious server that sees "
                               "individual updates holds; use adversary.role: server without defense.secure_aggregation, or remove it")
