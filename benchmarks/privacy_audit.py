@@ -3,14 +3,17 @@
     python benchmarks/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
     python benchmarks/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
     python benchmarks/privacy_audit.py plot RUN_DIR OUT.png       # the report's privacy-audit figure
+    python benchmarks/privacy_audit.py pair A.csv B.csv ATTACK RUN_DIR...   # one attack, two leakage files
 
 `strength`: every attack side by side (mean and standard deviation over the runs' last round:
 TPR at FPR 1e-2 and 1e-3 where measurable, i.e. with >= 1/FPR non-member targets, AUC,
 epsilon_lower_bound), then the paired difference per seed of each calibrated attack against
-`loss` and `trajectory` in TPR at FPR 1e-2, with a two-sided 95% t interval (scipy).
+`loss` and `trajectory` in TPR at FPR 1e-2 and in AUC, with a two-sided 95% t interval (scipy).
 `dp`: per noise multiplier and round, the accountant's epsilon, the best attack's lower bound
 (highest over attacks, mean and max over seeds), test accuracy, and how many (run, round,
 attack) rows exceed the accountant's epsilon (must be none).
+`pair`: one attack's last-round TPR at FPR 1e-2 and AUC in RUN/A.csv minus RUN/B.csv (e.g. two
+argument settings of fedmia, attacked separately), paired per run, 95% t interval.
 Nothing here runs a simulation; it reads metrics/*.csv of complete runs (leakage-final.csv in a
 run folder, where present, stands for metrics/leakage.csv: the run attacked again afterwards with
 `fedsim attack RUN --out RUN/leakage-final.csv`).
@@ -28,7 +31,7 @@ from scipy import stats
 from attackers.inference.audit import accountant_epsilon
 from fedsim.run import Run
 
-CALIBRATED = ("fedmia", "lira", "rmia")
+CALIBRATED = ("fedmia", "lira", "rmia", "grad_cosine")  # compared with the baselines below
 BASELINES = ("loss", "trajectory")
 
 
@@ -59,14 +62,15 @@ def strength(folders: list[str]) -> None:
             cells.append(f"{values.mean():.3f} +- {values.std(ddof=1):.3f}" if measurable else
                          f"not measurable ({int(next(iter(rows.values())).loc[attack, 'n_nonmembers'])} non-members)")
         print(f"| {attack} | " + " | ".join(cells) + " |")
-    print("\npaired differences in TPR at FPR 1e-2 (per seed, 95% t interval):\n")
-    print("| attack - baseline | mean difference | 95% interval | wins / seeds |")
-    print("| --- | --- | --- | --- |")
-    for attack in [a for a in CALIBRATED if a in attacks]:
-        for baseline in [b for b in BASELINES if b in attacks]:
-            d = np.array([r.loc[attack, "tpr_at_fpr_1e-2"] - r.loc[baseline, "tpr_at_fpr_1e-2"] for r in rows.values()])
-            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-            print(f"| {attack} - {baseline} | {d.mean():+.3f} | [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+    for column, label in (("tpr_at_fpr_1e-2", "TPR at FPR 1e-2"), ("auc", "AUC")):
+        print(f"\npaired differences in {label} (per seed, 95% t interval):\n")
+        print("| attack - baseline | mean difference | 95% interval | wins / seeds |")
+        print("| --- | --- | --- | --- |")
+        for attack in [a for a in CALIBRATED if a in attacks]:
+            for baseline in [b for b in BASELINES if b in attacks]:
+                d = np.array([r.loc[attack, column] - r.loc[baseline, column] for r in rows.values()])
+                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+                print(f"| {attack} - {baseline} | {d.mean():+.3f} | [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
 
 
 def dp(folders: list[str]) -> None:
@@ -96,6 +100,25 @@ def dp(folders: list[str]) -> None:
               f"| {attacks} | {group['accuracy'].mean():.3f} | {group['best_auc'].mean():.3f} | {group['violations'].sum()} / {group['rows'].sum()} |")
 
 
+def pair(args: list[str]) -> None:
+    """One attack in two leakage files of each run (A minus B), paired over the runs."""
+    first, second, attack, folders = args[0], args[1], args[2], args[3:]
+    rows = []
+    for folder in folders:
+        a, b = (pd.read_csv(Path(folder) / name) for name in (first, second))
+        a, b = (t[(t["round"] == t["round"].max()) & (t["attack"] == attack)].iloc[0] for t in (a, b))
+        rows.append((a["tpr_at_fpr_1e-2"], b["tpr_at_fpr_1e-2"], a["auc"], b["auc"]))
+    values = np.array(rows, dtype=float)
+    print(f"{len(folders)} runs, {attack}: {first} minus {second}\n")
+    print("| metric | A | B | A - B | 95% interval | A wins / runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, i in (("TPR@1e-2", 0), ("AUC", 2)):
+        d = values[:, i] - values[:, i + 1]
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {d.mean():+.3f} | "
+              f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+
+
 def plot(folder: str, out: str) -> None:
     """The report's privacy-audit figure of one run, from its leakage-final.csv (or leakage.csv)."""
     from fedsim import plots
@@ -109,4 +132,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "plot":
         plot(sys.argv[2], sys.argv[3])
     else:
-        {"strength": strength, "dp": dp}[sys.argv[1]](sys.argv[2:])
+        {"strength": strength, "dp": dp, "pair": pair}[sys.argv[1]](sys.argv[2:])

@@ -165,11 +165,35 @@ def test_the_server_knows_what_each_reference_client_was_sent_and_fedmia_reads_t
         for client, got in ((1, victim[i]), (0, references[0, i]), (2, references[1, i])):
             update = flat(globals_[1]) - flat(clients[2][client])
             assert abs(got - float(g @ update / (g.norm() * update.norm()))) < 1e-5
-    # grad_cosine (Li et al. 2023) is the victim's cosine itself, here on the one kept round
+    # grad_cosine (Li et al. 2023) is the victim's cosine of the last observed round itself (not a mean over rounds)
     from attackers.inference.registry import make_attack
 
-    attack = make_attack("grad_cosine").fit(observation.up_to(2, keep=[2]), attacker_view(run).train_ids, attacker_view(run).train_members)
-    np.testing.assert_array_equal(attack.score(observation.up_to(2, keep=[2]), ids), victim)
+    assert observation.rounds == [1, 2]
+    attack = make_attack("grad_cosine").fit(observation, attacker_view(run).train_ids, attacker_view(run).train_members)
+    np.testing.assert_array_equal(attack.score(observation, ids), victim)
+    first, _ = update_cosines(observation, ids, 1)
+    assert np.abs(first - victim).max() > 1e-3  # round 1 reads differently: reading it (or a mean) would fail above
+
+
+def test_grad_cosine_needs_no_other_client():
+    """A stand-alone victim (no other client trained that round): grad_cosine still reads its update."""
+    from attackers.inference.features import gradient_alignment
+    from attackers.inference.observation import Observation
+    from attackers.inference.registry import make_attack
+
+    torch.manual_seed(0)
+    sent, returned = (build_model("fcn", (64,), 10, {"hidden": [16]}).eval() for _ in range(2))
+    x, y = torch.randn(12, 64), torch.randint(0, 10, (12,))
+    observation = Observation([3], lambda r: returned, lambda ids: (x[ids], y[ids]), load_sent=lambda r: sent,
+                              reference_models=lambda r: [], reference_sent=lambda r: [])
+    members = np.arange(12) < 6
+    scores = make_attack("grad_cosine").fit(observation, np.arange(12), members).score(observation, np.arange(12))
+
+    def flat(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    expected = gradient_alignment(sent, x, y, (flat(sent) - flat(returned))[None])[:, 0].numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_fedmia_cosines_are_taken_at_each_clients_own_sent_model():

@@ -26,7 +26,9 @@ they come with the run. Three published attacks use them, each combining the obs
   over rounds. `a` is chosen on the attacker's known records (AUC over a grid), never on targets.
 
 All three need the reference models, so they run for a curious server that sees individual
-updates (`needs_references`); they are deterministic (no randomness to own).
+updates (`needs_references`); they are deterministic (no randomness to own). `grad_cosine` (Li,
+Li and Ribeiro, ICLR 2023) lives here too: it reads the victim's update as fedmia's cosine does,
+needs the same view, but no other client.
 """
 
 from __future__ import annotations
@@ -152,6 +154,48 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
                 found = gradient_alignment(model, x, y, directions, observation.memory_budget)
             cosines[clients] = found.T
         observation._cache[key] = (cosines[0].numpy(), cosines[1:].numpy())
+    return observation._cache[key]
+
+
+def victim_update_cosines(observation: Observation, ids: np.ndarray, round_number: int) -> np.ndarray:
+    """The victim's part of `update_cosines`, without the other clients (none may have trained).
+
+    Parameters
+    ----------
+    observation : Observation
+        A curious server's view (it needs `load_sent`).
+    ids : numpy.ndarray
+        Record ids, shape (n_records,).
+    round_number : int
+        The round (1-based).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_records,) float64 cosines; read from `update_cosines`' cache when that pass already ran.
+
+    Raises
+    ------
+    FedsimError
+        When the view does not hold what the victim was sent.
+    """
+    full = ("update-cosines", round_number, tuple(np.asarray(ids).tolist()))
+    if full in observation._cache:
+        return observation._cache[full][0]
+    if observation.load_sent is None:
+        raise FedsimError("grad_cosine needs what the victim was sent and returned: use it with adversary.role: server "
+                          "without defense.secure_aggregation")
+    key = ("victim-update-cosines", round_number, full[2])
+    if key not in observation._cache:
+        sent, returned = observation.load_sent(round_number), observation.model(round_number)
+        x, y = observation.load_records(ids)
+        direction = (_flat(sent) - _flat(returned))[None]
+        if observation.device.type != "cpu":
+            found = gradient_alignment(copy.deepcopy(sent).to(observation.device), x.to(observation.device), y.to(observation.device),
+                                       direction.to(observation.device), observation.memory_budget).cpu()
+        else:
+            found = gradient_alignment(sent, x, y, direction, observation.memory_budget)
+        observation._cache[key] = found[:, 0].numpy()
     return observation._cache[key]
 
 
@@ -357,7 +401,8 @@ class GradientCosineAttack(_CalibratedAttack):
     Score = cos(dL_x/dW at the model the victim was sent, sent minus returned) of the last observed
     round, one update as in Li et al.; the threshold is fitted on the known records. It reads what
     `fedmia`'s cosine measurement reads for the victim, without the other clients' Gaussian, so it
-    shares that pass (`update_cosines`) and needs the same view. (FedMIA's "Avg-Cosine" mean over
+    shares that pass (`update_cosines`, or the victim's part alone, `victim_update_cosines`: it
+    needs no other client) and the same view. (FedMIA's "Avg-Cosine" mean over
     rounds is not used: on Location the round-1 cosines spread three times wider than round 5's
     (sd 0.08 against 0.025) and separate members least (AUC 0.58 against 0.81), so they dominate
     the mean: AUC 0.66 over 10 runs against 0.78 for the last round alone.)
@@ -389,7 +434,7 @@ class GradientCosineAttack(_CalibratedAttack):
         numpy.ndarray
             Higher: the victim's update points more along the record's descent direction.
         """
-        return update_cosines(observation, ids, observation.rounds[-1])[0]
+        return victim_update_cosines(observation, ids, observation.rounds[-1])
 
 
 class LiRAAttack(_CalibratedAttack):
