@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from attackers.inference.audit import accountant_epsilon
+from fedsim.paired import paired_interval
 from fedsim.run import Run
 
 CALIBRATED = ("fedmia", "lira", "rmia", "grad_cosine")  # compared with the baselines below
@@ -69,8 +69,8 @@ def strength(folders: list[str]) -> None:
         for attack in [a for a in CALIBRATED if a in attacks]:
             for baseline in [b for b in BASELINES if b in attacks]:
                 d = np.array([r.loc[attack, column] - r.loc[baseline, column] for r in rows.values()])
-                half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-                print(f"| {attack} - {baseline} | {d.mean():+.3f} | [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+                mean, low, high = paired_interval(d)
+                print(f"| {attack} - {baseline} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {(d > 0).sum()} / {len(d)} |")
 
 
 def dp(folders: list[str]) -> None:
@@ -114,9 +114,9 @@ def pair(args: list[str]) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for label, i in (("TPR@1e-2", 0), ("AUC", 2)):
         d = values[:, i] - values[:, i + 1]
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-        print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {d.mean():+.3f} | "
-              f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+        mean, low, high = paired_interval(d)
+        print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {mean:+.3f} | "
+              f"[{low:+.3f}, {high:+.3f}] | {(d > 0).sum()} / {len(d)} |")
 
 
 def plot(folder: str, out: str) -> None:

@@ -93,6 +93,15 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]).double()
 
 
+def _alignment(observation: Observation, model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """`gradient_alignment` on the observation's device (the per-example gradients), the (N, C) cosines back on the CPU."""
+    if observation.device.type == "cpu":
+        return gradient_alignment(model, x, y, directions, observation.memory_budget)
+    device = observation.device
+    return gradient_alignment(copy.deepcopy(model).to(device), x.to(device), y.to(device), directions.to(device),
+                              observation.memory_budget).cpu()
+
+
 def update_cosines(observation: Observation, ids: np.ndarray, round_number: int) -> tuple[np.ndarray, np.ndarray]:
     """FedMIA-II's measurement: cos(gradient of the record's loss at the sent model, the client's update).
 
@@ -146,13 +155,7 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
         cosines = torch.zeros(len(sent), len(y), dtype=torch.float64)
         for flat, model, clients in starts:
             directions = torch.stack([flat - _flat(returned[c]) for c in clients])
-            if observation.device.type != "cpu":  # the per-example gradients on the accelerator, the cosines back on the CPU
-                model = copy.deepcopy(model).to(observation.device)
-                found = gradient_alignment(model, x.to(observation.device), y.to(observation.device), directions.to(observation.device),
-                                           observation.memory_budget).cpu()
-            else:
-                found = gradient_alignment(model, x, y, directions, observation.memory_budget)
-            cosines[clients] = found.T
+            cosines[clients] = _alignment(observation, model, x, y, directions).T
         observation._cache[key] = (cosines[0].numpy(), cosines[1:].numpy())
     return observation._cache[key]
 
@@ -190,12 +193,7 @@ def victim_update_cosines(observation: Observation, ids: np.ndarray, round_numbe
         sent, returned = observation.load_sent(round_number), observation.model(round_number)
         x, y = observation.load_records(ids)
         direction = (_flat(sent) - _flat(returned))[None]
-        if observation.device.type != "cpu":
-            found = gradient_alignment(copy.deepcopy(sent).to(observation.device), x.to(observation.device), y.to(observation.device),
-                                       direction.to(observation.device), observation.memory_budget).cpu()
-        else:
-            found = gradient_alignment(sent, x, y, direction, observation.memory_budget)
-        observation._cache[key] = found[:, 0].numpy()
+        observation._cache[key] = _alignment(observation, sent, x, y, direction)[:, 0].numpy()
     return observation._cache[key]
 
 

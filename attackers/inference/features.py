@@ -382,12 +382,12 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direc
         When the directions' length is not the number of trainable parameters.
     """
     model.eval()
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    total = sum(p.numel() for _, p in model.named_parameters() if p.requires_grad)
+    trainable = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
+    names, sizes = [name for name, _ in trainable], [size for _, size in trainable]
+    total = sum(sizes)
     if directions.shape[-1] != total:
         raise ValueError(f"directions have {directions.shape[-1]} entries, the model {total} trainable parameters")
     unit = directions.double() / torch.linalg.vector_norm(directions.double(), dim=1, keepdim=True).clamp_min(1e-30)
-    sizes = [p.numel() for _, p in model.named_parameters() if p.requires_grad]
     slices = dict(zip(names, unit.float().split(sizes, dim=1)))  # (C, numel) per parameter
     step = min(ALIGNMENT_CHUNK, _chunk_size(model, total, total, memory_budget))
     parts = []

@@ -92,8 +92,7 @@ class Observation:
             A view on the same run sharing this one's cache.
         """
         rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
-        return Observation(rounds, self.load_model, self.load_records, self.memory_budget, self.reference_models, self.device, self._cache,
-                           self.load_sent, self.manipulated, self.load_baseline, self.load_before, self.reference_sent)
+        return replace(self, rounds=rounds)  # every other field as is, the cache dict itself included
 
     def before_features(self, ids: np.ndarray, round_number: int) -> Features | None:
         """Features of records on the model the attacker held before its ascent step of the round.
