@@ -90,6 +90,10 @@ class AdversaryConfig(Section):
                          description="gradient-ascent step size: step = gamma * gradient of the ascended records' mean loss")
     step_norm: float | None = Field(None, gt=0, description="scale-free step: its L2 norm = step_norm * the parameters' L2 norm (overrides gamma)")
     active_rounds: list[int] | None = Field(None, description="rounds in which the adversary acts; null: all")
+    sent_to: Literal["victim", "all"] = Field(
+        "victim", description="server gradient ascent: who is sent the ascended model: the victim only, or every client (Nasr et al.'s "
+        "active global attacker ascends the global model; the honest clients' replies then show how training undoes the step on "
+        "records they never held)")
 
     _gamma_in_float32 = field_validator("gamma")(_float32_step)
 
@@ -214,6 +218,12 @@ class Config(Section):
                 f"adversary.victim is {self.adversary.victim} but there are only "
                 f"{self.data.num_clients} clients (ids 0..{self.data.num_clients - 1})"
             )
+        if self.adversary.sent_to == "all" and self.adversary.role != "server":
+            raise ValueError(f"adversary.sent_to: all is who a server sends its ascended model, but adversary.role is {self.adversary.role}; "
+                             "set sent_to: victim (a participant ascends its own upload)")
+        if self.adversary.sent_to == "all" and self.adversary.mode == "crafted-model":
+            raise ValueError("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
+                             "set sent_to: victim")
         if self.adversary.isolate and self.adversary.role != "server":
             raise ValueError("adversary.isolate needs adversary.role: server")
         if self.adversary.mode == "crafted-model" and self.adversary.role != "server":

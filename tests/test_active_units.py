@@ -143,6 +143,34 @@ def test_the_curious_server_sends_the_ascent_step_to_the_victim_only_in_its_acti
                 assert_states_equal(sent, initial)
 
 
+def test_sent_to_all_sends_every_client_the_ascended_aggregate_in_the_active_rounds_only(setting):
+    config, records, targets, initial = setting
+    grid, _ = _grid_and_app(config, records)
+    server = _server(config, targets, victim=2, gamma=0.5, active_rounds=[2], sent_to="all")
+    ascended = expected_ascent(model_for(config), initial, *targets, 0.5)
+    for server_round in (1, 2):
+        messages = list(server.configure_train(server_round, ArrayRecord(initial), ConfigRecord({"server-round": server_round}), grid))
+        assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102, 103]
+        for message in messages:
+            sent = message.content["arrays"].to_torch_state_dict()
+            if server_round == 2:  # the victim and the honest clients alike (Nasr et al.'s active global attacker)
+                assert_states_close(sent, ascended)
+            else:
+                assert_states_equal(sent, initial)
+
+
+def test_sent_to_all_under_isolation_ascends_the_victims_chain_and_the_others_aggregate(setting):
+    config, records, targets, initial = setting
+    grid, _ = _grid_and_app(config, records)
+    server = _server(config, targets, victim=1, isolate=True, gamma=0.2, sent_to="all")
+    replies = grid.send_and_receive(list(server.configure_train(1, ArrayRecord(initial), ConfigRecord({"server-round": 1}), grid)))
+    aggregate, _ = server.aggregate_train(1, replies)
+    victim_reply = next(r for r in replies if partition_of(r) == 1).content["arrays"].to_torch_state_dict()
+    for message in server.configure_train(2, aggregate, ConfigRecord({"server-round": 2}), grid):
+        start = victim_reply if message.metadata.dst_node_id == 101 else aggregate.to_torch_state_dict()
+        assert_states_close(message.content["arrays"].to_torch_state_dict(), expected_ascent(model_for(config), start, *targets, 0.2))
+
+
 def test_passive_server_leaves_the_messages_untouched(setting):
     config, records, targets, initial = setting
     grid, _ = _grid_and_app(config, records)

@@ -94,3 +94,28 @@ def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step
         torch.testing.assert_close(stepped[name], value)
     with pytest.raises(FedsimError, match="not a passive curious-server run"):
         mechanism.round_effects(active, 2, [0.02])
+
+
+def test_sent_to_all_records_what_every_client_was_sent_and_the_references_read_it(tmp_path):
+    """A real (in-process) run: with adversary.sent_to all, every client of an active round is sent the
+    ascended aggregate, each broadcast is recorded, and the server's view measures the honest
+    clients' updates from it (reference_sent), not from the aggregate they never got."""
+    from attackers.inference.threat_models import attacker_view
+    from fedsim.experiment import run_experiment
+    from fedsim.layout import client_file
+    from fedsim.run import Run
+
+    config = small_config("adversary.mode=gradient-ascent", "adversary.step_norm=0.02", "adversary.sent_to=all", "adversary.active_rounds=[2]")
+    run = Run.open(run_experiment(config, tmp_path / "run"))
+    x, y = run.records(ascended_ids(run.membership, run.config))
+    stepped = ascent_step(build_model("fcn", (64,), 10, run.config.model.args), run.model(1).state_dict(), x, y, 1.0, step_norm=0.02)
+    assert not any((run.folder / client_file(1, c, "broadcast")).exists() for c in run.clients(1))  # round 1: not active
+    for client in run.clients(2):
+        sent = run.state(2, client, kind="broadcast")
+        for name, value in sent.items():
+            torch.testing.assert_close(stepped[name], value)
+    observation = attacker_view(run).observation
+    assert observation.reference_sent is not None
+    for model in observation.reference_sent(2):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(stepped[name], value)

@@ -2,7 +2,9 @@
 
 Passive, it changes nothing (the recorder already keeps every client's parameters). Active:
 - gradient ascent: in the rounds it acts in, the victim is sent W + gamma * dL(targets)/dW
-  instead of the aggregate W;
+  instead of the aggregate W; with `sent_to: all` every client is (Nasr et al.'s active global
+  attacker ascends the global model itself), so the honest clients' replies show how training
+  undoes the step on records they never held;
 - isolation: the victim gets a model chain of its own (its own previous local model, with the
   ascent step when that is on), and its reply never enters the aggregate;
 - crafted model (`attackers.active.crafted_model`): the victim is sent a model whose first-layer
@@ -83,12 +85,21 @@ class CuriousServer(StrategyWrapper):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         if self.adversary.mode == "passive" and not self.adversary.isolate:
             return messages
+        everyone = self.adversary.sent_to == "all" and self.acts_in(server_round)
+        ascended: ArrayRecord | None = None  # sent_to all: the ascended aggregate every other client is sent (once per round)
         out = []
         for message in messages:
-            if self.partitions.get(message.metadata.dst_node_id) == self.adversary.victim:
+            victim = self.partitions.get(message.metadata.dst_node_id) == self.adversary.victim
+            if victim or everyone:
                 content = RecordDict({key: value for key, value in message.content.items()})
                 array_key = next(iter(message.content.array_records))
-                content[array_key] = self._for_victim(server_round, array_record(message.content, array_key))
+                if victim:
+                    content[array_key] = self._for_victim(server_round, array_record(message.content, array_key))
+                else:
+                    if ascended is None:
+                        ascended = ArrayRecord(ascent_step(self.make_model(), arrays.to_torch_state_dict(), *self.targets, self.adversary.gamma,
+                                                           where=f" of round {server_round}", step_norm=self.adversary.step_norm))
+                    content[array_key] = ascended
                 message = Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
             out.append(message)
         return out
