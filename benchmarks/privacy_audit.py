@@ -3,7 +3,8 @@
     python benchmarks/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
     python benchmarks/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
     python benchmarks/privacy_audit.py plot RUN_DIR OUT.png       # the report's privacy-audit figure
-    python benchmarks/privacy_audit.py pair A.csv B.csv ATTACK RUN_DIR...   # one attack, two leakage files
+    python benchmarks/privacy_audit.py pair A.csv B.csv ATTACK[:ATTACK_B] RUN_DIR...   # two leakage files
+    python benchmarks/privacy_audit.py references RUN_DIR...      # how much membership the references hold
 
 `strength`: every attack side by side (mean and standard deviation over the runs' last round:
 TPR at FPR 1e-2 and 1e-3 where measurable, i.e. with >= 1/FPR non-member targets, AUC,
@@ -13,7 +14,12 @@ epsilon_lower_bound), then the paired difference per seed of each calibrated att
 (highest over attacks, mean and max over seeds), test accuracy, and how many (run, round,
 attack) rows exceed the accountant's epsilon (must be none).
 `pair`: one attack's last-round TPR at FPR 1e-2 and AUC in RUN/A.csv minus RUN/B.csv (e.g. two
-argument settings of fedmia, attacked separately), paired per run, 95% t interval.
+argument settings of fedmia, attacked separately), paired per run, 95% t interval; with
+ATTACK:ATTACK_B, attack ATTACK of A against ATTACK_B of B.
+`references`: per round, the AUC over the targets of the reference clients' mean logit-scaled
+confidence (what lira calibrates against; in FL they started from an aggregate holding the
+victim's earlier updates, so they are not clean OUT models) beside the victim's, and paired over
+the runs the last round's reference AUC minus 0.5 and minus round 1's (it reads the models).
 Nothing here runs a simulation; it reads metrics/*.csv of complete runs (leakage-final.csv in a
 run folder, where present, stands for metrics/leakage.csv: the run attacked again afterwards with
 `fedsim attack RUN --out RUN/leakage-final.csv`).
@@ -101,12 +107,14 @@ def dp(folders: list[str]) -> None:
 
 
 def pair(args: list[str]) -> None:
-    """One attack in two leakage files of each run (A minus B), paired over the runs."""
+    """One attack in two leakage files of each run (A minus B), paired over the runs; ATTACK_A:ATTACK_B
+    compares two attacks (e.g. lira with its arguments in A against trajectory in B)."""
     first, second, attack, folders = args[0], args[1], args[2], args[3:]
+    attack_a, _, attack_b = attack.partition(":")
     rows = []
     for folder in folders:
         a, b = (pd.read_csv(Path(folder) / name) for name in (first, second))
-        a, b = (t[(t["round"] == t["round"].max()) & (t["attack"] == attack)].iloc[0] for t in (a, b))
+        a, b = (t[(t["round"] == t["round"].max()) & (t["attack"] == name)].iloc[0] for t, name in ((a, attack_a), (b, attack_b or attack_a)))
         rows.append((a["tpr_at_fpr_1e-2"], b["tpr_at_fpr_1e-2"], a["auc"], b["auc"]))
     values = np.array(rows, dtype=float)
     print(f"{len(folders)} runs, {attack}: {first} minus {second}\n")
@@ -117,6 +125,38 @@ def pair(args: list[str]) -> None:
         mean, low, high = paired_interval(d)
         print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {mean:+.3f} | "
               f"[{low:+.3f}, {high:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+
+
+def references(folders: list[str]) -> None:
+    """Membership in the reference models: AUC of their mean scaled confidence per round, paired over runs."""
+    from sklearn.metrics import roc_auc_score
+
+    from attackers.inference.calibrated import outputs, scaled_confidence
+    from attackers.inference.threat_models import attacker_view
+
+    per_run = []
+    for folder in folders:
+        view = attacker_view(Run.open(folder))
+        if view is None or view.observation.reference_models is None:
+            raise SystemExit(f"{folder}: not a curious server that sees individual updates (no reference models)")
+        aucs = []
+        for round_number in view.observation.rounds:
+            target, reference, labels = outputs(view.observation, view.eval_ids, round_number)
+            aucs.append((roc_auc_score(view.eval_members, scaled_confidence(reference, labels).mean(0)),
+                         roc_auc_score(view.eval_members, scaled_confidence(target, labels))))
+        per_run.append(aucs)
+    values = np.array(per_run, dtype=float)  # (runs, rounds, 2)
+    rounds = view.observation.rounds
+    print(f"{len(folders)} runs: AUC over the targets of the mean logit-scaled confidence, mean over runs\n")
+    print("| round | reference clients' models | victim's model |")
+    print("| --- | --- | --- |")
+    for i, round_number in enumerate(rounds):
+        print(f"| {round_number} | {values[:, i, 0].mean():.3f} | {values[:, i, 1].mean():.3f} |")
+    for label, d in ((f"references, round {rounds[-1]} - 0.5", values[:, -1, 0] - 0.5),
+                     (f"references, round {rounds[-1]} - round {rounds[0]}", values[:, -1, 0] - values[:, 0, 0])):
+        mean, low, high = paired_interval(d)
+        print(f"\n{label}: {mean:+.3f} [{low:+.3f}, {high:+.3f}] (95% t interval over {len(d)} runs)", end="")
+    print()
 
 
 def plot(folder: str, out: str) -> None:
@@ -132,4 +172,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "plot":
         plot(sys.argv[2], sys.argv[3])
     else:
-        {"strength": strength, "dp": dp, "pair": pair}[sys.argv[1]](sys.argv[2:])
+        {"strength": strength, "dp": dp, "pair": pair, "references": references}[sys.argv[1]](sys.argv[2:])

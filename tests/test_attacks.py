@@ -60,10 +60,11 @@ def split(inside, outside, seed):
 
 
 FEDMIA_COSINE = {"name": "fedmia", "args": {"measurement": "cosine"}}  # the paper's FedMIA-II
+LIRA_SHRUNK = {"name": "lira", "args": {"rounds": "last", "mean": "shrunk"}}  # few references: empirical-Bayes OUT mean
 
 
 # label_only reads no model (test_label_shortcut); crafted reads a crafted-model server's traps, absent here (test_crafted)
-@pytest.mark.parametrize("name", [*sorted(set(ATTACKS) - {"label_only", "crafted"}), FEDMIA_COSINE], ids=str)
+@pytest.mark.parametrize("name", [*sorted(set(ATTACKS) - {"label_only", "crafted"}), FEDMIA_COSINE, LIRA_SHRUNK], ids=str)
 def test_attacks_find_real_members(overfit, name):
     observation, members, unused = overfit
     train, train_members, evaluation, eval_members = split(members, unused[:300], seed=1)
@@ -72,7 +73,7 @@ def test_attacks_find_real_members(overfit, name):
     assert result.auc > 0.6, (name, result)
 
 
-@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", FEDMIA_COSINE, "grad_cosine", "lira", "rmia"], ids=str)
+@pytest.mark.parametrize("name", ["loss", "nasr", "trajectory", "fedmia", FEDMIA_COSINE, "grad_cosine", "lira", LIRA_SHRUNK, "rmia"], ids=str)
 def test_control_from_one_unused_pool_gives_chance(overfit, name):
     observation, _, unused = overfit
     fake_members, nonmembers = unused[:400], unused[400:800]
@@ -80,3 +81,18 @@ def test_control_from_one_unused_pool_gives_chance(overfit, name):
     attack = make_attack(name, seed=0).fit(observation, train, train_members)
     result = leakage(attack.score(observation, evaluation), eval_members, attack.threshold)
     assert abs(result.auc - 0.5) < 0.1, (name, result)
+
+
+def test_lira_last_round_reads_only_the_last_observed_round(overfit):
+    """`rounds: last` is the last round's statistic alone (shrunk or not), not the mean over rounds."""
+    from attackers.inference.calibrated import lira_round, outputs, scaled_confidence
+
+    observation, members, unused = overfit
+    ids = np.r_[members[:100], unused[:100]]
+    for mean, shrink in (("per_record", False), ("shrunk", True)):
+        target, references, labels = outputs(observation, ids, 2)
+        expected = lira_round(scaled_confidence(target, labels), scaled_confidence(references, labels), shrink=shrink)
+        scores = make_attack({"name": "lira", "args": {"rounds": "last", "mean": mean}}, seed=0).score(observation, ids)
+        np.testing.assert_array_equal(scores, expected)
+    both = make_attack("lira", seed=0).score(observation, ids)
+    assert not np.allclose(both, make_attack({"name": "lira", "args": {"rounds": "last"}}, seed=0).score(observation, ids))

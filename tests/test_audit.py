@@ -152,6 +152,26 @@ def test_lira_mean_z_over_rounds_ranks_as_the_joint_likelihood_ratio():
     assert _spearman(np.mean(scores, 0), ratio) > 0.99
 
 
+def test_shrunk_lira_ranks_as_the_bayes_likelihood_ratio_with_few_references():
+    """OUT means mu_i ~ N(0, tau^2), OUT ~ N(mu_i, s^2), IN = OUT + d; three references per record. The exact
+    OUT predictive given them is N(lam m_i, s^2 + lam s^2 / R), lam = tau^2 / (tau^2 + s^2 / R) (Efron and
+    Morris 1973): the shrunk statistic ranks as that likelihood ratio; the per-record mean does not."""
+    rng = np.random.default_rng(13)
+    n, references, tau, sd, shift = 4000, 3, 1.0, 1.0, 1.0
+    mu = rng.normal(0, tau, n)
+    members = rng.random(n) < 0.5
+    observed = rng.normal(mu + shift * members, sd)
+    out = rng.normal(mu, sd, size=(references, n))
+    lam = tau**2 / (tau**2 + sd**2 / references)
+    centre, variance = lam * out.mean(0), sd**2 + lam * sd**2 / references
+    exact = stats.norm.logpdf(observed, centre + shift, np.sqrt(variance)) - stats.norm.logpdf(observed, centre, np.sqrt(variance))
+    shrunk, plain = lira_round(observed, out, shrink=True), lira_round(observed, out)
+    assert _spearman(shrunk, exact) > 0.999
+    assert _spearman(plain, exact) < 0.99
+    many = rng.normal(mu, sd, size=(400, n))  # with many references lam -> 1: Carlini et al.'s statistic
+    assert _spearman(lira_round(observed, many, shrink=True), lira_round(observed, many)) > 0.999
+
+
 def test_signals_from_logits():
     import torch
 
@@ -243,3 +263,41 @@ def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_
     (line,) = [line for line in axes.get_lines() if "selected on half" in str(line.get_label())]
     assert list(line.get_ydata()) == [0.7]  # nasr's bound on the held-out half, not loss's 2.0 on every target
     assert [t.get_text() for t in axes.texts] == ["nasr"]
+
+
+def test_privacy_audit_references_reports_the_reference_models_membership_auc(tmp_path, capsys):
+    """benchmarks/privacy_audit.py references: the AUC of the other clients' mean logit-scaled confidence,
+    recomputed here from each client's recorded model by plain forward passes."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from attackers.inference.threat_models import attacker_view
+    from conftest import small_config
+    from fedsim.experiment import run_experiment
+    from fedsim.run import Run
+
+    spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[1] / "benchmarks" / "privacy_audit.py")
+    assert spec is not None and spec.loader is not None
+    audit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(audit)
+    folder = run_experiment(small_config(), tmp_path / "run")
+    audit.references([str(folder), str(folder)])
+    out = capsys.readouterr().out
+    run = Run.open(folder)
+    view = attacker_view(run)
+    x, y = run.records(view.eval_ids)
+    for round_number in view.observation.rounds:
+        scaled = []
+        for client in run.clients(round_number):
+            if client == run.config.adversary.victim:
+                continue
+            with torch.no_grad():
+                p = torch.softmax(run.model(round_number, client).double()(x.double()), -1)[torch.arange(len(y)), y]
+            scaled.append(torch.log(p) - torch.log1p(-p))
+        expected = roc_auc_score(view.eval_members, torch.stack(scaled).mean(0).numpy())
+        assert f"| {round_number} | {expected:.3f} |" in out
+    last, first = view.observation.rounds[-1], view.observation.rounds[0]
+    assert f"references, round {last} - 0.5: " in out and f"references, round {last} - round {first}: " in out

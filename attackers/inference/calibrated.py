@@ -283,7 +283,7 @@ def fedmia_round(observed: np.ndarray, references: np.ndarray, per_record_varian
     return stats.norm.logcdf(observed, mean, std)
 
 
-def lira_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
+def lira_round(observed: np.ndarray, references: np.ndarray, shrink: bool = False) -> np.ndarray:
     """One-tailed offline LiRA statistic (phi - mu_out) / sigma_out with one variance per round.
 
     Parameters
@@ -292,7 +292,15 @@ def lira_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
         Logit-scaled confidence on the victim's model.
     references : (R, N) array
         The same on the reference models; sigma_out^2 is the mean over records of their
-        per-record variances (Carlini et al.'s fixed variance).
+        per-record variances (Carlini et al.'s fixed variance), W.
+    shrink : bool
+        Shrink each record's OUT mean toward the round's mean over records (empirical Bayes,
+        James-Stein; Efron and Morris, JASA 1973): with R references the record's mean is off by
+        variance W / R, so mu_out = lam * mean_r + (1 - lam) * mean over records with
+        lam = B / (B + W / R), B the spread of the true means (variance of the records' reference
+        means minus W / R, at least 0), and sigma_out^2 = W + (1 - lam) * B, the OUT value's
+        predictive variance. lam -> 1 (Carlini et al.) with many references. A deviation from the
+        paper for few references (a federated round offers one per other client).
 
     Returns
     -------
@@ -301,8 +309,12 @@ def lira_round(observed: np.ndarray, references: np.ndarray) -> np.ndarray:
     """
     mean = references.mean(0)
     ddof = 1 if references.shape[0] > 1 else 0
-    std = np.sqrt(references.var(0, ddof=ddof).mean() + 1e-12)
-    return (observed - mean) / std
+    within = references.var(0, ddof=ddof).mean()
+    if not shrink or references.shape[0] < 2:
+        return (observed - mean) / np.sqrt(within + 1e-12)
+    between = max(float(mean.var()) - within / references.shape[0], 0.0)
+    lam = between / (between + within / references.shape[0] + 1e-12)
+    return (observed - (lam * mean + (1 - lam) * mean.mean())) / np.sqrt(within + (1 - lam) * between + 1e-12)
 
 
 def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np.ndarray,
@@ -435,8 +447,22 @@ class GradientCosineAttack(_CalibratedAttack):
         return victim_update_cosines(observation, ids, observation.rounds[-1])
 
 
+class LiRAParams(AttackParams):
+    """LiRA's parameters."""
+
+    rounds: Literal["all", "last"] = Field("all", description="all: the mean z over the observed rounds; last: the last "
+                                           "observed round's z alone")
+    mean: Literal["per_record", "shrunk"] = Field(
+        "per_record", description="per_record: each record's mean over the references (Carlini et al.); shrunk: toward the "
+                                  "round's mean over records, by how noisy R references make it (empirical Bayes)")
+
+
 class LiRAAttack(_CalibratedAttack):
     """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds.
+
+    `args: {rounds: last, mean: shrunk}` reads the last observed round with an empirical-Bayes OUT
+    mean (`lira_round`), a deviation for few references: on 30 Location runs not used to choose
+    it, it beats the default in TPR at FPR 1e-2 and AUC (README, "Modern attacks").
 
     Parameters
     ----------
@@ -447,12 +473,15 @@ class LiRAAttack(_CalibratedAttack):
     """
 
     name = "lira"
+    Params = LiRAParams
+    params: LiRAParams
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         rounds = []
-        for round_number in observation.rounds:
+        for round_number in observation.rounds[-1:] if self.params.rounds == "last" else observation.rounds:
             target, references, labels = outputs(observation, ids, round_number)
-            rounds.append(lira_round(scaled_confidence(target, labels), scaled_confidence(references, labels)))
+            rounds.append(lira_round(scaled_confidence(target, labels), scaled_confidence(references, labels),
+                                     shrink=self.params.mean == "shrunk"))
         return np.mean(rounds, 0)
 
 
