@@ -18,8 +18,9 @@ argument settings of fedmia, attacked separately), paired per run, 95% t interva
 ATTACK:ATTACK_B, attack ATTACK of A against ATTACK_B of B.
 `references`: per round, the AUC over the targets of the reference clients' mean logit-scaled
 confidence (what lira calibrates against; in FL they started from an aggregate holding the
-victim's earlier updates, so they are not clean OUT models) beside the victim's, and paired over
-the runs the last round's reference AUC minus 0.5 and minus round 1's (it reads the models).
+victim's earlier updates, so they are not clean OUT models) beside the victim's, and over the
+runs the last round's reference AUC minus 0.5 (t interval) and minus the first observed round's
+(paired); it reads the models.
 Nothing here runs a simulation; it reads metrics/*.csv of complete runs (leakage-final.csv in a
 run folder, where present, stands for metrics/leakage.csv: the run attacked again afterwards with
 `fedsim attack RUN --out RUN/leakage-final.csv`).
@@ -134,11 +135,16 @@ def references(folders: list[str]) -> None:
     from attackers.inference.calibrated import outputs, scaled_confidence
     from attackers.inference.threat_models import attacker_view
 
-    per_run = []
+    if not folders:
+        raise SystemExit("references: give one or more run folders of the same setting")
+    per_run, rounds = [], None
     for folder in folders:
         view = attacker_view(Run.open(folder))
         if view is None or view.observation.reference_models is None:
             raise SystemExit(f"{folder}: not a curious server that sees individual updates (no reference models)")
+        if rounds is not None and view.observation.rounds != rounds:
+            raise SystemExit(f"{folder}: observed rounds {view.observation.rounds}, the first run {rounds}; give runs of one setting")
+        rounds = view.observation.rounds
         aucs = []
         for round_number in view.observation.rounds:
             target, reference, labels = outputs(view.observation, view.eval_ids, round_number)
@@ -146,7 +152,7 @@ def references(folders: list[str]) -> None:
                          roc_auc_score(view.eval_members, scaled_confidence(target, labels))))
         per_run.append(aucs)
     values = np.array(per_run, dtype=float)  # (runs, rounds, 2)
-    rounds = view.observation.rounds
+    assert rounds is not None
     print(f"{len(folders)} runs: AUC over the targets of the mean logit-scaled confidence, mean over runs\n")
     print("| round | reference clients' models | victim's model |")
     print("| --- | --- | --- |")

@@ -93,7 +93,7 @@ class AdversaryConfig(Section):
     sent_to: Literal["victim", "all"] = Field(
         "victim", description="server gradient ascent: who is sent the ascended model: the victim only, or every client (Nasr et al.'s "
         "active global attacker ascends the global model; the honest clients' replies then show how training undoes the step on "
-        "records they never held)")
+        "records they never held); ignored unless mode: gradient-ascent")
 
     _gamma_in_float32 = field_validator("gamma")(_float32_step)
 
@@ -219,8 +219,8 @@ class Config(Section):
                 f"{self.data.num_clients} clients (ids 0..{self.data.num_clients - 1})"
             )
         if self.adversary.sent_to == "all" and self.adversary.role != "server":
-            raise ValueError(f"adversary.sent_to: all is who a server sends its ascended model, but adversary.role is {self.adversary.role}; "
-                             "set sent_to: victim (a participant ascends its own upload)")
+            raise ValueError(f"adversary.sent_to: all makes the server send every client its ascended model, but adversary.role is "
+                             f"{self.adversary.role}; set adversary.role: server or sent_to: victim")
         if self.adversary.sent_to == "all" and self.adversary.mode == "crafted-model":
             raise ValueError("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
                              "set sent_to: victim")

@@ -167,6 +167,10 @@ def test_shrunk_lira_ranks_as_the_bayes_likelihood_ratio_with_few_references():
     exact = stats.norm.logpdf(observed, centre + shift, np.sqrt(variance)) - stats.norm.logpdf(observed, centre, np.sqrt(variance))
     shrunk, plain = lira_round(observed, out, shrink=True), lira_round(observed, out)
     assert _spearman(shrunk, exact) > 0.999
+    # the statistic itself, not only its order: centre and predictive variance estimated from the references
+    exact_z = (observed - centre) / np.sqrt(variance)
+    assert np.abs(shrunk - exact_z).max() < 0.1  # a variance of W alone would be 12% off: up to ~0.4 here
+    assert np.polyfit(exact_z, shrunk, 1)[0] == pytest.approx(1.0, abs=0.03)
     assert _spearman(plain, exact) < 0.99
     many = rng.normal(mu, sd, size=(400, n))  # with many references lam -> 1: Carlini et al.'s statistic
     assert _spearman(lira_round(observed, many, shrink=True), lira_round(observed, many)) > 0.999
@@ -267,7 +271,8 @@ def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_
 
 def test_privacy_audit_references_reports_the_reference_models_membership_auc(tmp_path, capsys):
     """benchmarks/privacy_audit.py references: the AUC of the other clients' mean logit-scaled confidence,
-    recomputed here from each client's recorded model by plain forward passes."""
+    recomputed here from each client's recorded model (float32 forward, as the attacks read them), and
+    the interval over two runs of different seeds."""
     import importlib.util
     from pathlib import Path
 
@@ -277,27 +282,37 @@ def test_privacy_audit_references_reports_the_reference_models_membership_auc(tm
     from attackers.inference.threat_models import attacker_view
     from conftest import small_config
     from fedsim.experiment import run_experiment
+    from fedsim.paired import paired_interval
     from fedsim.run import Run
 
     spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[1] / "benchmarks" / "privacy_audit.py")
     assert spec is not None and spec.loader is not None
     audit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(audit)
-    folder = run_experiment(small_config(), tmp_path / "run")
-    audit.references([str(folder), str(folder)])
+    folders = [run_experiment(small_config(f"seed={seed}"), tmp_path / f"run{seed}") for seed in (0, 1)]
+    audit.references([str(folder) for folder in folders])
     out = capsys.readouterr().out
-    run = Run.open(folder)
-    view = attacker_view(run)
-    x, y = run.records(view.eval_ids)
-    for round_number in view.observation.rounds:
-        scaled = []
-        for client in run.clients(round_number):
-            if client == run.config.adversary.victim:
-                continue
-            with torch.no_grad():
-                p = torch.softmax(run.model(round_number, client).double()(x.double()), -1)[torch.arange(len(y)), y]
-            scaled.append(torch.log(p) - torch.log1p(-p))
-        expected = roc_auc_score(view.eval_members, torch.stack(scaled).mean(0).numpy())
-        assert f"| {round_number} | {expected:.3f} |" in out
-    last, first = view.observation.rounds[-1], view.observation.rounds[0]
-    assert f"references, round {last} - 0.5: " in out and f"references, round {last} - round {first}: " in out
+    aucs = []
+    for folder in folders:
+        run = Run.open(folder)
+        view = attacker_view(run)
+        x, y = run.records(view.eval_ids)
+        per_round = []
+        for round_number in view.observation.rounds:
+            scaled = []
+            for client in run.clients(round_number):
+                if client != run.config.adversary.victim:
+                    with torch.no_grad():
+                        logits = run.model(round_number, client).eval()(x).double()
+                    p = torch.softmax(logits, -1)[torch.arange(len(y)), y]
+                    scaled.append(torch.log(p) - torch.log1p(-p))
+            per_round.append(roc_auc_score(view.eval_members, torch.stack(scaled).mean(0).numpy()))
+        aucs.append(per_round)
+    values = np.array(aucs)
+    rounds = view.observation.rounds
+    for i, round_number in enumerate(rounds):
+        assert f"| {round_number} | {values[:, i].mean():.3f} |" in out
+    mean, low, high = paired_interval(values[:, -1] - values[:, 0])
+    assert f"round {rounds[-1]} - round {rounds[0]}: {mean:+.3f} [{low:+.3f}, {high:+.3f}]" in out
+    with pytest.raises(SystemExit, match="give one or more run folders"):
+        audit.references([])

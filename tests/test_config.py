@@ -107,7 +107,8 @@ def test_config_digest_names_the_config(tmp_path):
         (["adversary.target_records=1"], "target_records must be at least 2"),
         (["data.nonmembers=2"], "nonmembers must be at least 4"),
         (["adversary.isolate=true", "adversary.role=participant"], "needs adversary.role: server"),
-        (["adversary.sent_to=all", "adversary.role=participant", "adversary.mode=gradient-ascent"], "adversary.role is participant; set sent_to: victim"),
+        (["adversary.sent_to=all", "adversary.role=participant", "adversary.mode=gradient-ascent"],
+         "adversary.role is participant; set adversary.role: server or sent_to: victim"),
         (["adversary.sent_to=all", "adversary.mode=crafted-model"], "a crafted model traps the victim only"),
     ],
 )

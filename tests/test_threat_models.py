@@ -89,6 +89,7 @@ def test_threat_model_in_words():
 
     assert "only the aggregate" in describe(small_config("defense.secure_aggregation=true"))
     assert "isolates the victim and sends it a gradient-ascent step" in describe(small_config("adversary.isolate=true", "adversary.mode=gradient-ascent"))
+    assert "sends every client a gradient-ascent step" in describe(small_config("adversary.mode=gradient-ascent", "adversary.sent_to=all"))
     assert "curious participant (client 2)" in describe(small_config("adversary.role=participant", "adversary.victim=2"))
 
 

@@ -65,7 +65,14 @@ class CuriousServer(StrategyWrapper):
         rounds = self.adversary.active_rounds
         return self.adversary.mode in ("gradient-ascent", "crafted-model") and (rounds is None or server_round in rounds)
 
-    def _for_victim(self, server_round: int, aggregate: ArrayRecord) -> ArrayRecord:
+    def _ascend(self, start: ArrayRecord, server_round: int, memo: dict[int, ArrayRecord]) -> ArrayRecord:
+        """`start` plus the round's ascent step, computed once per start within one configure_train."""
+        if id(start) not in memo:
+            memo[id(start)] = ArrayRecord(ascent_step(self.make_model(), start.to_torch_state_dict(), *self.targets, self.adversary.gamma,
+                                                      where=f" of round {server_round}", step_norm=self.adversary.step_norm))
+        return memo[id(start)]
+
+    def _for_victim(self, server_round: int, aggregate: ArrayRecord, memo: dict[int, ArrayRecord]) -> ArrayRecord:
         """What the victim is sent this round."""
         start = self.victim_chain if self.adversary.isolate and self.victim_chain is not None else aggregate
         if not self.acts_in(server_round):
@@ -77,29 +84,23 @@ class CuriousServer(StrategyWrapper):
             self.crafted_sent += 1
             self.crafted_round = server_round
             return ArrayRecord(crafted_state(model, start.to_torch_state_dict(), self.targets[0][ids], self.centre))
-        state = ascent_step(self.make_model(), start.to_torch_state_dict(), *self.targets, self.adversary.gamma,
-                            where=f" of round {server_round}", step_norm=self.adversary.step_norm)
-        return ArrayRecord(state)
+        return self._ascend(start, server_round, memo)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         if self.adversary.mode == "passive" and not self.adversary.isolate:
             return messages
-        everyone = self.adversary.sent_to == "all" and self.acts_in(server_round)
-        ascended: ArrayRecord | None = None  # sent_to all: the ascended aggregate every other client is sent (once per round)
+        # sent_to all: every other client gets what the inner strategy sent it, ascended
+        everyone = self.adversary.sent_to == "all" and self.adversary.mode == "gradient-ascent" and self.acts_in(server_round)
+        memo: dict[int, ArrayRecord] = {}  # one step per distinct start (the victim shares the others' without isolation)
         out = []
         for message in messages:
             victim = self.partitions.get(message.metadata.dst_node_id) == self.adversary.victim
             if victim or everyone:
                 content = RecordDict({key: value for key, value in message.content.items()})
                 array_key = next(iter(message.content.array_records))
-                if victim:
-                    content[array_key] = self._for_victim(server_round, array_record(message.content, array_key))
-                else:
-                    if ascended is None:
-                        ascended = ArrayRecord(ascent_step(self.make_model(), arrays.to_torch_state_dict(), *self.targets, self.adversary.gamma,
-                                                           where=f" of round {server_round}", step_norm=self.adversary.step_norm))
-                    content[array_key] = ascended
+                sent = array_record(message.content, array_key)
+                content[array_key] = self._for_victim(server_round, sent, memo) if victim else self._ascend(sent, server_round, memo)
                 message = Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
             out.append(message)
         return out

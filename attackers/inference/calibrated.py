@@ -461,8 +461,9 @@ class LiRAAttack(_CalibratedAttack):
     """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds.
 
     `args: {rounds: last, mean: shrunk}` reads the last observed round with an empirical-Bayes OUT
-    mean (`lira_round`), a deviation for few references: on 30 Location runs not used to choose
-    it, it beats the default in TPR at FPR 1e-2 and AUC (README, "Modern attacks").
+    mean (`lira_round`), a deviation for few references. On 30 Location runs not used to choose
+    it, it beats the default in TPR at FPR 1e-2 and AUC (a secondary comparison) and `loss`, but
+    not `trajectory`: the pre-registered test against it failed (README, "Modern attacks").
 
     Parameters
     ----------

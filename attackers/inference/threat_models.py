@@ -82,7 +82,8 @@ def describe(config) -> str:
         seen = "sees only the aggregate (secure aggregation), so it attacks the global models"
     else:
         seen = f"observes client {adversary.victim}'s local models"
-    actions = [a for a, on in (("isolates the victim", adversary.isolate), ("sends it a gradient-ascent step", adversary.mode == "gradient-ascent"),
+    ascent = f"sends {'every client' if adversary.sent_to == 'all' else 'it'} a gradient-ascent step"
+    actions = [a for a, on in (("isolates the victim", adversary.isolate), (ascent, adversary.mode == "gradient-ascent"),
                                ("sends it a crafted model (one first-layer neuron per target)", adversary.mode == "crafted-model")) if on]
     return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
 
