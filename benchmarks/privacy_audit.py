@@ -52,6 +52,12 @@ def _last_round(folder: str) -> pd.DataFrame:
     return leakage[leakage["round"] == leakage["round"].max()].set_index("attack")
 
 
+def _paired_cells(differences: np.ndarray) -> str:
+    """'mean | [low, high] | wins / runs' of per-run differences (95% paired t interval)."""
+    mean, low, high = paired_interval(differences)
+    return f"{mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {(differences > 0).sum()} / {len(differences)}"
+
+
 def strength(folders: list[str]) -> None:
     rows = {folder: _last_round(folder) for folder in folders}
     attacks = [a for a in next(iter(rows.values())).index if all(a in r.index for r in rows.values())]
@@ -76,8 +82,7 @@ def strength(folders: list[str]) -> None:
         for attack in [a for a in CALIBRATED if a in attacks]:
             for baseline in [b for b in BASELINES if b in attacks]:
                 d = np.array([r.loc[attack, column] - r.loc[baseline, column] for r in rows.values()])
-                mean, low, high = paired_interval(d)
-                print(f"| {attack} - {baseline} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+                print(f"| {attack} - {baseline} | {_paired_cells(d)} |")
 
 
 def dp(folders: list[str]) -> None:
@@ -122,10 +127,7 @@ def pair(args: list[str]) -> None:
     print("| metric | A | B | A - B | 95% interval | A wins / runs |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, i in (("TPR@1e-2", 0), ("AUC", 2)):
-        d = values[:, i] - values[:, i + 1]
-        mean, low, high = paired_interval(d)
-        print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {mean:+.3f} | "
-              f"[{low:+.3f}, {high:+.3f}] | {(d > 0).sum()} / {len(d)} |")
+        print(f"| {label} | {values[:, i].mean():.3f} | {values[:, i + 1].mean():.3f} | {_paired_cells(values[:, i] - values[:, i + 1])} |")
 
 
 def references(folders: list[str]) -> None:

@@ -45,7 +45,7 @@ from torch import nn
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import gradient_alignment
-from attackers.inference.observation import Observation
+from attackers.inference.observation import Observation, records_key
 from fedsim.errors import FedsimError
 from fedsim.metrics import best_threshold
 
@@ -79,7 +79,7 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
     if observation.reference_models is None:
         raise FedsimError("attacks fedmia, lira and rmia need the other clients' models as references: use them with "
                           "adversary.role: server without defense.secure_aggregation")
-    key = ("calibrated", round_number, tuple(np.asarray(ids).tolist()))
+    key = ("calibrated", round_number, records_key(ids))
     if key not in observation._cache:
         references = _reference_models(observation, round_number)
         x, y = observation.load_records(ids)
@@ -139,7 +139,7 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
     if observation.load_sent is None or observation.reference_sent is None or observation.reference_models is None:
         raise FedsimError("fedmia with measurement: cosine needs what every client was sent and returned: "
                           "use it with adversary.role: server without defense.secure_aggregation")
-    key = ("update-cosines", round_number, tuple(np.asarray(ids).tolist()))
+    key = ("update-cosines", round_number, records_key(ids))
     if key not in observation._cache:
         returned = [observation.model(round_number), *_reference_models(observation, round_number)]
         sent = [observation.load_sent(round_number), *observation.reference_sent(round_number)]
@@ -182,7 +182,7 @@ def victim_update_cosines(observation: Observation, ids: np.ndarray, round_numbe
     FedsimError
         When the view does not hold what the victim was sent.
     """
-    full = ("update-cosines", round_number, tuple(np.asarray(ids).tolist()))
+    full = ("update-cosines", round_number, records_key(ids))
     if full in observation._cache:
         return observation._cache[full][0]
     if observation.load_sent is None:
@@ -307,13 +307,13 @@ def lira_round(observed: np.ndarray, references: np.ndarray, shrink: bool = Fals
     (N,) array
         z, monotone in the offline test's Pr[Z < phi], Z ~ N(mu_out, sigma_out^2).
     """
+    count = references.shape[0]
     mean = references.mean(0)
-    ddof = 1 if references.shape[0] > 1 else 0
-    within = references.var(0, ddof=ddof).mean()
-    if not shrink or references.shape[0] < 2:
+    within = references.var(0, ddof=1 if count > 1 else 0).mean()
+    if not shrink or count < 2:
         return (observed - mean) / np.sqrt(within + 1e-12)
-    between = max(float(mean.var()) - within / references.shape[0], 0.0)
-    lam = between / (between + within / references.shape[0] + 1e-12)
+    between = max(float(mean.var()) - within / count, 0.0)
+    lam = between / (between + within / count + 1e-12)
     return (observed - (lam * mean + (1 - lam) * mean.mean())) / np.sqrt(within + (1 - lam) * between + 1e-12)
 
 

@@ -19,6 +19,11 @@ from torch import nn
 from attackers.inference.features import DEFAULT_BUDGET, Features, extract
 
 
+def records_key(ids: np.ndarray) -> tuple[int, ...]:
+    """The record ids as a hashable part of a cache key (same ids in the same order, same key)."""
+    return tuple(np.asarray(ids).tolist())
+
+
 def _on_cpu(features: Features) -> Features:
     """`features` with every tensor moved to the CPU."""
 
@@ -117,7 +122,7 @@ class Observation:
         """Last-layer features of `ids` on `load(round_number)`, cached under `kind`; None without a model."""
         if load is None:
             return None
-        key = (kind, round_number, tuple(np.asarray(ids).tolist()))
+        key = (kind, round_number, records_key(ids))
         if key not in self._cache:
             model = load(round_number)
             if model is None:
@@ -186,7 +191,7 @@ class Observation:
         def frozen(names):
             return names if names is None or isinstance(names, str) else tuple(names)
 
-        key = ("features", round_number, tuple(np.asarray(ids).tolist()), frozen(layers), frozen(activations))
+        key = ("features", round_number, records_key(ids), frozen(layers), frozen(activations))
         if key not in self._cache:
             x, y = self.load_records(ids)
             if self.device.type == "cpu":
@@ -213,7 +218,7 @@ class Observation:
         """
         if self.reference_models is None:
             return None
-        key = ("reference", round_number, tuple(np.asarray(ids).tolist()))
+        key = ("reference", round_number, records_key(ids))
         if key not in self._cache:
             models = self.reference_models(round_number)
             x, y = self.load_records(ids)
