@@ -20,7 +20,18 @@ from attackers.inference.features import DEFAULT_BUDGET, Features, extract
 
 
 def records_key(ids: np.ndarray) -> tuple[int, ...]:
-    """The record ids as a hashable part of a cache key (same ids in the same order, same key)."""
+    """The record ids as a hashable part of a cache key (same ids in the same order, same key).
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        Record ids, shape (n_records,).
+
+    Returns
+    -------
+    tuple of int
+        The ids as Python ints, in order.
+    """
     return tuple(np.asarray(ids).tolist())
 
 
