@@ -4,7 +4,7 @@
 
 Each RUN_DIR is a recorded passive curious-server run (one per seed, same setting). For the
 chosen round (default: the last) the script takes what the server sent the victim, trains the
-victim's local model from it exactly as the run did (`fedsim.training.train_locally`, the run's
+victim's local model from it exactly as the run did (`fedsim.learning.training.train_locally`, the run's
 train config, the victim's records in the client's order, the client's seed), and checks that
 this replay reproduces the victim's recorded model. Then, for each step size, it moves the sent
 model one gradient-ascent step on the targets and the attacker's known records
@@ -37,13 +37,13 @@ from torch import nn
 from attackers.active.adversary import ascended_ids
 from attackers.active.gradient_ascent import ascent_step
 from attackers.inference.threat_models import sent_model
-from fedsim.client_app import client_seed
-from fedsim.errors import FedsimError
-from fedsim.membership import client_records
-from fedsim.models import model_for
-from fedsim.paired import paired_interval
-from fedsim.run import Run
-from fedsim.training import train_locally
+from fedsim.core.errors import FedsimError
+from fedsim.engine.client_app import client_seed
+from fedsim.learning.membership import client_records
+from fedsim.learning.models import model_for
+from fedsim.learning.training import train_locally
+from fedsim.recording.run import Run
+from fedsim.stats.paired import paired_interval
 from strategies.registry import train_mods
 
 

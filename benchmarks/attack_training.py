@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attackers.inference.nasr import NasrAttack  # noqa: E402
 from attackers.inference.threat_models import attacker_view  # noqa: E402
-from fedsim.config import load_config  # noqa: E402
-from fedsim.run import Run  # noqa: E402
+from fedsim.core.config import load_config  # noqa: E402
+from fedsim.recording.run import Run  # noqa: E402
 
 EPOCHS = 20
 SNAPSHOTS = (1, 2, 4, 8)
@@ -36,8 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from fedsim.console import RunConsole
-    from fedsim.experiment import run_experiment
+    from fedsim.app.console import RunConsole
+    from fedsim.app.experiment import run_experiment
 
     config = load_config(None, ["train.rounds=8", "attacks=[]", "data.records_per_client=200", "adversary.target_records=200"],
                          default_file=False)

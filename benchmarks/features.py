@@ -31,7 +31,7 @@ BATCH = 256
 
 
 def _setup(net: str):
-    from fedsim.models import build_model
+    from fedsim.learning.models import build_model
 
     shape, classes, args = NETS[net]
     torch.manual_seed(0)

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from attackers.inference.audit import accountant_epsilon
-from fedsim.paired import paired_interval
-from fedsim.run import Run
+from fedsim.recording.run import Run
+from fedsim.stats.paired import paired_interval
 
 CALIBRATED = ("fedmia", "lira", "rmia", "grad_cosine")  # compared with the baselines below
 BASELINES = ("loss", "trajectory")
@@ -169,7 +169,7 @@ def references(folders: list[str]) -> None:
 
 def plot(folder: str, out: str) -> None:
     """The report's privacy-audit figure of one run, from its leakage-final.csv (or leakage.csv)."""
-    from fedsim import plots
+    from fedsim.report import plots
 
     run = Run.open(folder)
     training = pd.read_csv(Path(folder) / "metrics/training.csv")

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsim.config import load_config  # noqa: E402
-from fedsim.models import build_model  # noqa: E402
-from fedsim.recorder import Recorder  # noqa: E402
+from fedsim.core.config import load_config  # noqa: E402
+from fedsim.learning.models import build_model  # noqa: E402
+from fedsim.recording.recorder import Recorder  # noqa: E402
 
 NETS = {"fcn-purchase": ("fcn", (600,), 100, {"hidden": [1024, 512, 256, 128]}), "alexnet_cifar": ("alexnet_cifar", (3, 32, 32), 100, {})}
 CLIENTS = 10

@@ -28,12 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsim.client_app import client_seed  # noqa: E402
-from fedsim.config import Config, load_config  # noqa: E402
-from fedsim.datasets import pool_for  # noqa: E402
-from fedsim.membership import UTILITY_TEST, build_ledger  # noqa: E402
-from fedsim.models import model_for  # noqa: E402
-from fedsim.training import evaluate, train_locally  # noqa: E402
+from fedsim.core.config import Config, load_config  # noqa: E402
+from fedsim.engine.client_app import client_seed  # noqa: E402
+from fedsim.learning.datasets import pool_for  # noqa: E402
+from fedsim.learning.membership import UTILITY_TEST, build_ledger  # noqa: E402
+from fedsim.learning.models import model_for  # noqa: E402
+from fedsim.learning.training import evaluate, train_locally  # noqa: E402
 
 
 def workload(data_root: Path, tiny: bool) -> Config:
@@ -48,8 +48,8 @@ def workload(data_root: Path, tiny: bool) -> Config:
 
 
 def run_fedsim(config: Config, out: Path) -> dict[str, float]:
-    from fedsim.console import RunConsole
-    from fedsim.experiment import run_experiment
+    from fedsim.app.console import RunConsole
+    from fedsim.app.experiment import run_experiment
 
     started = time.perf_counter()
     folder = run_experiment(config, out, console=RunConsole(quiet=True))

@@ -2,7 +2,7 @@
 
     python benchmarks/startup.py [--repeats 3]
 
-Each repeat runs twice, alternating: as fedsim starts Ray (fedsim.simulation.start_local_engine)
+Each repeat runs twice, alternating: as fedsim starts Ray (fedsim.engine.simulation.start_local_engine)
 and with Ray started by Flower's own init (a runtime environment carrying PYTHONPATH), the
 reference.
 
@@ -37,9 +37,9 @@ def child(out: Path, report: Path, flower_init: bool) -> None:
     started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     if flower_init:
-        import fedsim.simulation
+        import fedsim.engine.simulation
 
-        fedsim.simulation.start_local_engine = lambda init_args: False
+        fedsim.engine.simulation.start_local_engine = lambda init_args: False
     marks: dict[str, float] = {}
 
     def mark(name: str) -> None:
@@ -64,11 +64,11 @@ def child(out: Path, report: Path, flower_init: bool) -> None:
     timed(raybackend.RayBackend, "build", "actor_pool")
     timed(raybackend.RayBackend, "process_message", "first_message")
     timed(raybackend.RayBackend, "terminate", "terminate")
-    import fedsim.experiment as experiment
+    import fedsim.app.experiment as experiment
 
     timed(experiment, "simulate", "simulate")
     mark("imports")
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     code = main(["run", "--out", str(out), "--quiet"])
     mark("run_returned")
@@ -94,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             begun = time.perf_counter()  # the same run on the in-process engine: no Ray at all
-            subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--out", str(Path(scratch) / f"in-process-{repeat}"), "--quiet",
+            subprocess.run([sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(Path(scratch) / f"in-process-{repeat}"), "--quiet",
                             "--set", "backend.engine=in-process"], check=True, cwd=scratch, stdout=subprocess.DEVNULL)
             in_process.append(time.perf_counter() - begun)
             print(f"run in-process {repeat}: wall_s={in_process[-1]:.1f}", flush=True)

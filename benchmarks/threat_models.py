@@ -1,4 +1,4 @@
-"""The six threat-model settings of DESIGN.md section 1 on one config, side by side, over seeds.
+"""The six threat-model settings of docs/design.md, section 2 on one config, side by side, over seeds.
 
     python benchmarks/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
     python benchmarks/threat_models.py configs/location.yaml --seeds 5 --out runs/threats --no-run   # summarise only
@@ -42,7 +42,7 @@ def run_setting(config: str, folder: Path, assignments: list[str]) -> None:
     """Run one setting and seed with `fedsim run`, unless its folder already holds a complete run."""
     if _complete(folder):
         return
-    command = [sys.executable, "-m", "fedsim.cli", "run", config, "--out", str(folder), "--quiet"]
+    command = [sys.executable, "-m", "fedsim.app.cli", "run", config, "--out", str(folder), "--quiet"]
     for assignment in assignments:
         command += ["--set", assignment]
     subprocess.run(["rm", "-rf", str(folder)], check=True)
@@ -92,8 +92,8 @@ PAIRS = (("server gradient ascent", "server passive"), ("server isolation + asce
 
 
 def paired(table: pd.DataFrame) -> str:
-    """Paired differences of AUC on the same seeds (a minus b, 95% t interval, `fedsim.paired`), and of test accuracy."""
-    from fedsim.paired import paired_interval
+    """Paired differences of AUC on the same seeds (a minus b, 95% t interval, `fedsim.stats.paired`), and of test accuracy."""
+    from fedsim.stats.paired import paired_interval
 
     lines = ["| a - b | attack | mean difference (AUC) | 95% interval | seeds |", "| --- | --- | --- | --- | --- |"]
     for a, b in PAIRS:

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim.messages import array_record
+from fedsim.core.messages import array_record
 
 
 class NormBoundedFedAvg(FedAvg):

@@ -35,12 +35,12 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedsim.errors import FedsimError
-from fedsim.registry import Registry, resolve_import
+from fedsim.core.errors import FedsimError
+from fedsim.core.registry import Registry, resolve_import
 from strategies.norm_bounded import NormBoundedFedAvg
 
 if TYPE_CHECKING:
-    from fedsim.config import Config, StrategyConfig
+    from fedsim.core.config import Config, StrategyConfig
 
 @dataclass(frozen=True)
 class StrategySpec:

@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 
-from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, PARTITION_KEY, array_record, metric_record, number, partition_of
+from fedsim.core.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, PARTITION_KEY, array_record, metric_record, number, partition_of
 from strategies.wrapper import StrategyWrapper
 
 

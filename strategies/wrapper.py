@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 if TYPE_CHECKING:
-    from fedsim.run import Run
+    from fedsim.recording.run import Run
 
 
 class StrategyWrapper(Strategy):

@@ -21,12 +21,12 @@ from attackers.active.curious_participant import make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
-from fedsim.client_app import make_client_app
-from fedsim.config import AdversaryConfig
-from fedsim.datasets import pool_for
-from fedsim.errors import FedsimError
-from fedsim.messages import PARTITION_KEY, partition_of
-from fedsim.models import model_for
+from fedsim.core.config import AdversaryConfig
+from fedsim.core.errors import FedsimError
+from fedsim.core.messages import PARTITION_KEY, partition_of
+from fedsim.engine.client_app import make_client_app
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.models import model_for
 from test_strategies import InProcessGrid
 
 NUM_CLIENTS = 4

@@ -11,11 +11,11 @@ from attackers.active.gradient_ascent import ascent_step
 from attackers.inference.threat_models import before_ascent
 from conftest import small_config
 from fedsim import Run
-from fedsim.client_app import client_seed
-from fedsim.experiment import run_experiment
-from fedsim.membership import attacker_known
-from fedsim.recorder import client_file, global_file
-from fedsim.training import train_locally
+from fedsim.app.experiment import run_experiment
+from fedsim.engine.client_app import client_seed
+from fedsim.learning.membership import attacker_known
+from fedsim.learning.training import train_locally
+from fedsim.recording.recorder import client_file, global_file
 
 pytestmark = pytest.mark.integration
 ROUNDS = 3

@@ -1,6 +1,6 @@
 """The attacks' one interface (declared parameters, set from the config) and owned randomness.
 
-The recorded run here is built in-process with fedsim.recorder (no Ray): three digits clients
+The recorded run here is built in-process with fedsim.recording.recorder (no Ray): three digits clients
 trained for two rounds, a curious server attacking client 0.
 """
 
@@ -15,14 +15,14 @@ from attackers.inference.registry import ATTACKS, make_attack
 from attackers.inference.threat_models import attacker_view
 from conftest import small_config
 from fedsim import Run
-from fedsim.cli import main
-from fedsim.datasets import load_pool
-from fedsim.errors import FedsimError
-from fedsim.experiment import check_config
-from fedsim.membership import build_ledger, save_ledger
-from fedsim.models import model_for
-from fedsim.recorder import Recorder
-from fedsim.training import train_locally
+from fedsim.app.cli import main
+from fedsim.app.experiment import check_config
+from fedsim.core.errors import FedsimError
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import build_ledger, save_ledger
+from fedsim.learning.models import model_for
+from fedsim.learning.training import train_locally
+from fedsim.recording.recorder import Recorder
 
 SMALL_NASR = {"epochs": 8, "patience": 3}
 

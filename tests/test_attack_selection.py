@@ -23,12 +23,12 @@ from attackers.inference.registry import make_attack
 from attackers.inference.threat_models import attacker_view
 from conftest import small_config
 from fedsim import Run
-from fedsim.cli import main
-from fedsim.datasets import load_pool
-from fedsim.membership import build_ledger, save_ledger
-from fedsim.metrics import leakage
-from fedsim.models import build_model
-from fedsim.recorder import Recorder
+from fedsim.app.cli import main
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import build_ledger, save_ledger
+from fedsim.learning.models import build_model
+from fedsim.recording.recorder import Recorder
+from fedsim.stats.metrics import leakage
 
 ROUNDS, CLIENTS, VICTIM = 4, 3, 1
 
@@ -144,7 +144,7 @@ def test_fedsim_attack_takes_an_attack_with_arguments_as_its_config_entry(tmp_pa
 
 def test_an_attack_listed_twice_is_refused_in_one_line(capsys):
     from attackers.inference.registry import check_attacks
-    from fedsim.errors import FedsimError
+    from fedsim.core.errors import FedsimError
 
     with pytest.raises(FedsimError, match="fedmia is listed twice"):
         check_attacks(["loss", "fedmia", {"name": "fedmia", "args": {"measurement": "cosine"}}], "--attack")

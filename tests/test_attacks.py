@@ -8,11 +8,11 @@ import torch
 from attackers.inference.observation import Observation
 from attackers.inference.registry import ATTACKS, make_attack
 from conftest import shared_data, synthetic_location
-from fedsim.config import TrainConfig
-from fedsim.datasets import load_pool
-from fedsim.metrics import leakage
-from fedsim.models import build_model
-from fedsim.training import train_locally
+from fedsim.core.config import TrainConfig
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.models import build_model
+from fedsim.learning.training import train_locally
+from fedsim.stats.metrics import leakage
 
 
 @pytest.fixture(scope="module", params=["synthetic-location", "location"])

@@ -21,7 +21,7 @@ from attackers.inference.audit import (
 )
 from attackers.inference.calibrated import fedmia_round, hinge, lira_round, rmia_round, scaled_confidence
 from attackers.inference.leakage import target_halves
-from fedsim.report import audit_gap
+from fedsim.report.writer import audit_gap
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 200), (1, 1000)])
@@ -200,8 +200,8 @@ def test_rmia_counts_population_records_dominated_by_the_likelihood_ratio():
 
 def test_canaries_join_the_victims_data_with_probability_half_and_leave_the_rest_of_the_ledger_alone():
     from conftest import small_config
-    from fedsim.datasets import load_pool
-    from fedsim.membership import CANARY, build_ledger
+    from fedsim.learning.datasets import load_pool
+    from fedsim.learning.membership import CANARY, build_ledger
 
     pool = load_pool("digits", None)
     plain = build_ledger(small_config(), pool)
@@ -258,7 +258,7 @@ def test_the_audit_paragraph_selects_the_best_attack_on_one_half_and_reports_the
 def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_other():
     import pandas as pd
 
-    from fedsim.plots import privacy_audit
+    from fedsim.report.plots import privacy_audit
 
     # round 1: loss has the highest bound on all targets, but nasr is chosen on the selection half
     leakage = pd.DataFrame({"round": [1, 1], "attack": ["loss", "nasr"], "epsilon_lower_bound": [2.0, 1.0], "epsilon_lb_point": [2.5, 1.5],
@@ -281,9 +281,9 @@ def test_privacy_audit_references_reports_the_reference_models_membership_auc(tm
 
     from attackers.inference.threat_models import attacker_view
     from conftest import small_config
-    from fedsim.experiment import run_experiment
-    from fedsim.paired import paired_interval
-    from fedsim.run import Run
+    from fedsim.app.experiment import run_experiment
+    from fedsim.recording.run import Run
+    from fedsim.stats.paired import paired_interval
 
     spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[1] / "benchmarks" / "privacy_audit.py")
     assert spec is not None and spec.loader is not None

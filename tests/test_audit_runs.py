@@ -11,10 +11,10 @@ from attackers.inference.audit import accountant_epsilon, audit_delta, epsilon_l
 from attackers.inference.registry import make_attack
 from attackers.inference.threat_models import attacker_view
 from conftest import small_config
-from fedsim.cli import main
-from fedsim.experiment import run_experiment
-from fedsim.membership import ATTACK_EVAL, CANARY
-from fedsim.run import Run
+from fedsim.app.cli import main
+from fedsim.app.experiment import run_experiment
+from fedsim.learning.membership import ATTACK_EVAL, CANARY
+from fedsim.recording.run import Run
 
 ATTACKS = ["loss", "fedmia", "lira", "rmia"]
 

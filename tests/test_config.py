@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
-from fedsim.config import Config, load_config
-from fedsim.errors import FedsimError
-from fedsim.experiment import load_checked_config
+from fedsim.app.cli import main
+from fedsim.app.experiment import load_checked_config
+from fedsim.core.config import Config, load_config
+from fedsim.core.errors import FedsimError
 
 
 def write(tmp_path, text, name="c.yaml"):

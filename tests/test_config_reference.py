@@ -1,7 +1,7 @@
 """README's configuration reference stays the config model's: every key, its default, a description.
 
 The reference is the YAML block under "## Configuration reference"; the model is
-`fedsim.config.Config`. A key added to the model without the README (or left in the README after
+`fedsim.core.config.Config`. A key added to the model without the README (or left in the README after
 it was removed) fails here, as does a field without `Field(description=...)`.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from fedsim.config import AttackConfig, Config
+from fedsim.core.config import AttackConfig, Config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -17,12 +17,12 @@ from attackers.active.curious_server import CuriousServer
 from attackers.inference.crafted import CraftedAttack, trap_scores
 from attackers.inference.observation import Observation
 from conftest import shared_data, small_config
-from fedsim.client_app import make_client_app
-from fedsim.config import AdversaryConfig, load_config
-from fedsim.datasets import load_pool, pool_for
-from fedsim.errors import FedsimError
-from fedsim.messages import partition_of
-from fedsim.models import build_model, model_for
+from fedsim.core.config import AdversaryConfig, load_config
+from fedsim.core.errors import FedsimError
+from fedsim.core.messages import partition_of
+from fedsim.engine.client_app import make_client_app
+from fedsim.learning.datasets import load_pool, pool_for
+from fedsim.learning.models import build_model, model_for
 from test_active_units import _fedavg_reference, assert_states_close, assert_states_equal
 from test_strategies import InProcessGrid
 
@@ -176,7 +176,7 @@ def test_the_audit_plot_takes_a_perfect_attack_whose_point_estimate_is_infinite(
     the plot's axis must reach the bound (it drew a negative error bar and raised before)."""
     import pandas as pd
 
-    from fedsim.plots import privacy_audit
+    from fedsim.report.plots import privacy_audit
 
     leakage = pd.DataFrame({"round": [1, 2], "attack": ["crafted"] * 2, "epsilon_lower_bound": [4.65, 4.88],
                             "epsilon_lb_point": [float("inf")] * 2})
@@ -185,7 +185,7 @@ def test_the_audit_plot_takes_a_perfect_attack_whose_point_estimate_is_infinite(
 
 
 def test_the_crafted_attack_without_a_crafted_model_server_is_one_line():
-    from fedsim.experiment import check_config
+    from fedsim.app.experiment import check_config
 
     with pytest.raises(FedsimError, match="attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model"):
         check_config(small_config("attacks=[loss, crafted]"))

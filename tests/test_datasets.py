@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from conftest import shared_data, synthetic_location, synthetic_mnist
-from fedsim.datasets import load_pool
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
+from fedsim.learning.datasets import load_pool
 
 
 def test_digits_ships_with_scikit_learn():

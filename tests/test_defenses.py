@@ -13,8 +13,8 @@ from opacus.accountants import RDPAccountant
 from attackers.active.curious_server import CuriousServer
 from conftest import small_config
 from fedsim import Run
-from fedsim.experiment import run_experiment
-from fedsim.messages import AGGREGATE, partition_of
+from fedsim.app.experiment import run_experiment
+from fedsim.core.messages import AGGREGATE, partition_of
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,8 @@ def test_under_secure_aggregation_the_server_attacker_never_receives_an_individu
 def test_dp_sgd_refuses_batchnorm_models_in_one_line():
     from torchvision.models import resnet18
 
-    from fedsim.dp_sgd import check_model
-    from fedsim.errors import FedsimError
+    from fedsim.core.errors import FedsimError
+    from fedsim.learning.dp_sgd import check_model
 
     with pytest.raises(FedsimError, match="cannot be trained with DP-SGD .*BatchNorm"):
         check_model(resnet18(num_classes=10), "resnet18")
@@ -88,7 +88,7 @@ def test_dp_sgd_refuses_batchnorm_models_in_one_line():
     (["defense.dp_sgd={noise_multiplier: -1}"], "defense.dp_sgd.noise_multiplier"),
 ])
 def test_inconsistent_defences_give_one_line_and_exit_2(overrides, expected, capsys):
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     assert main(["run", *(a for o in overrides for a in ("--set", o))]) == 2
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from fedsim.cli import main
+from fedsim.app.cli import main
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the request is valid here")
 
@@ -28,7 +28,7 @@ def test_features_device_accepts_only_auto_cpu_cuda(capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_features_on_cuda_equal_those_on_cpu():
     from attackers.inference.observation import Observation
-    from fedsim.models import model_for
+    from fedsim.learning.models import model_for
 
     torch.manual_seed(0)
     model = model_for(small_config())

@@ -1,6 +1,6 @@
 """The public API documents its parameters or results (numpy style), as issue 12 asks.
 
-Every public function and class of `fedsim.run`, `fedsim.metrics` and `attackers.inference`, and
+Every public function and class of `fedsim.recording.run`, `fedsim.stats.metrics` and `attackers.inference`, and
 every public method or property those classes define, has a docstring with a numpy-style
 Parameters or Returns section (a property documents what it returns); a pydantic parameter model has a description on every
 field instead. An override may leave its docstring to the method it
@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 import attackers.inference
 
-MODULES = ["fedsim.run", "fedsim.metrics"] + sorted(
+MODULES = ["fedsim.recording.run", "fedsim.stats.metrics"] + sorted(
     f"attackers.inference.{m.name}" for m in pkgutil.iter_modules(attackers.inference.__path__) if not m.name.startswith("_")
 )
 SECTION = re.compile(r"^\s*(Parameters|Returns)\n\s*-{3,}\s*$", re.MULTILINE)
@@ -57,7 +57,7 @@ CASES = [
 
 def test_the_scan_finds_the_public_api():
     names = {case.id for case in CASES}
-    assert {"fedsim.run.Run", "fedsim.run.Run.state", "fedsim.metrics.tpr_at_fpr",
+    assert {"fedsim.recording.run.Run", "fedsim.recording.run.Run.state", "fedsim.stats.metrics.tpr_at_fpr",
             "attackers.inference.features.extract"} <= names
 
 

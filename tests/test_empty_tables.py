@@ -13,12 +13,12 @@ import torch
 from attackers.inference.leakage import measure_leakage
 from conftest import small_config
 from fedsim import Run
-from fedsim.datasets import load_pool
-from fedsim.layout import PER_CLASS_COLUMNS, ROC_COLUMNS
-from fedsim.membership import build_ledger, save_ledger
-from fedsim.models import model_for
-from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
-from fedsim.report import run_summary, write_report
+from fedsim.core.layout import PER_CLASS_COLUMNS, ROC_COLUMNS
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import build_ledger, save_ledger
+from fedsim.learning.models import model_for
+from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
+from fedsim.report.writer import run_summary, write_report
 
 CASES = {
     "two targets": ["seed=1", "data.records_per_client=50", "data.test_records=100", "data.nonmembers=80",

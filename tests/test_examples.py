@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from attackers.inference.registry import check_attacks
-from fedsim.cli import EXAMPLES, _parser, main
-from fedsim.config import load_config, quickstart_path
-from fedsim.errors import FedsimError
-from fedsim.reproduce import SCALES, plan
-from fedsim.sweep import sweep_configs
+from fedsim.app.cli import EXAMPLES, _parser, main
+from fedsim.app.reproduce import SCALES, plan
+from fedsim.app.sweep import sweep_configs
+from fedsim.core.config import load_config, quickstart_path
+from fedsim.core.errors import FedsimError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -16,11 +16,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from conftest import small_config
-from fedsim.cli import main
-from fedsim.errors import FatalClientError, FedsimError
-from fedsim.messages import CLIENT_RECORD, PARTITION_KEY
-from fedsim.recorder import Recorder
-from fedsim.server_app import RecordingStrategy, check_finite, client_error
+from fedsim.app.cli import main
+from fedsim.core.errors import FatalClientError, FedsimError
+from fedsim.core.messages import CLIENT_RECORD, PARTITION_KEY
+from fedsim.engine.server_app import RecordingStrategy, check_finite, client_error
+from fedsim.recording.recorder import Recorder
 
 
 @pytest.mark.parametrize("setting", ["train.lr=1e39", "train.lr=.inf", "train.lr=.nan", "train.lr=0", "train.lr=-0.1",

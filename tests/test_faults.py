@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedsim.config import FaultsConfig
-from fedsim.faults import DropoutGrid, FaultPlan, InjectedClientFault, failing_client_mod
+from fedsim.core.config import FaultsConfig
+from fedsim.engine.faults import DropoutGrid, FaultPlan, InjectedClientFault, failing_client_mod
 
 
 def test_draws_depend_only_on_seed_round_and_client_and_match_the_rates():

@@ -6,7 +6,7 @@ from torch import nn
 
 import attackers.inference.features as features_module
 from attackers.inference.features import extract, gradient_alignment, parametrised_layers
-from fedsim.models import build_model
+from fedsim.learning.models import build_model
 
 CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {}), "resnet18": ((3, 16, 16), {})}
 

@@ -9,9 +9,9 @@ from torch import nn
 from attackers.active.adversary import ascended_ids, target_ids
 from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
-from fedsim.datasets import pool_for
-from fedsim.membership import ATTACK_TRAIN, attacker_known, build_ledger
-from fedsim.models import build_model
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import ATTACK_TRAIN, attacker_known, build_ledger
+from fedsim.learning.models import build_model
 
 
 def _flat(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -68,9 +68,9 @@ def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step
     import importlib.util
     from pathlib import Path
 
-    from fedsim.errors import FedsimError
-    from fedsim.experiment import run_experiment
-    from fedsim.run import Run
+    from fedsim.app.experiment import run_experiment
+    from fedsim.core.errors import FedsimError
+    from fedsim.recording.run import Run
 
     spec = importlib.util.spec_from_file_location("ascent_mechanism", Path(__file__).parents[1] / "benchmarks" / "ascent_mechanism.py")
     assert spec is not None and spec.loader is not None
@@ -101,9 +101,9 @@ def test_sent_to_all_records_what_every_client_was_sent_and_the_references_read_
     ascended aggregate, each broadcast is recorded, and the server's view measures the honest
     clients' updates from it (reference_sent), not from the aggregate they never got."""
     from attackers.inference.threat_models import attacker_view
-    from fedsim.experiment import run_experiment
-    from fedsim.layout import client_file
-    from fedsim.run import Run
+    from fedsim.app.experiment import run_experiment
+    from fedsim.core.layout import client_file
+    from fedsim.recording.run import Run
 
     config = small_config("adversary.mode=gradient-ascent", "adversary.step_norm=0.02", "adversary.sent_to=all", "adversary.active_rounds=[2]")
     run = Run.open(run_experiment(config, tmp_path / "run"))

@@ -17,9 +17,9 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from conftest import RAY, small_config
-from fedsim.console import RunConsole
-from fedsim.experiment import run_experiment
-from fedsim.inprocess import InProcessGrid, server_identity
+from fedsim.app.console import RunConsole
+from fedsim.app.experiment import run_experiment
+from fedsim.engine.inprocess import InProcessGrid, server_identity
 
 
 def _app() -> ClientApp:

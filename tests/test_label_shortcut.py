@@ -15,10 +15,10 @@ from attackers.inference.baselines import LabelOnlyAttack
 from attackers.inference.threat_models import attacker_view
 from conftest import shared_data, small_config
 from fedsim import Run
-from fedsim.datasets import load_pool
-from fedsim.membership import ATTACK_EVAL, build_ledger, match_labels, save_ledger
-from fedsim.models import model_for
-from fedsim.recorder import Recorder
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import ATTACK_EVAL, build_ledger, match_labels, save_ledger
+from fedsim.learning.models import model_for
+from fedsim.recording.recorder import Recorder
 
 DIGITS = ["data.num_clients=4", "data.records_per_client=200", "data.nonmembers=400", "data.test_records=500",
           "adversary.target_records=60"]

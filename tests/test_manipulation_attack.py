@@ -10,7 +10,7 @@ from torch import nn
 from attackers.active.gradient_ascent import ascent_step
 from attackers.inference.observation import Observation
 from attackers.inference.registry import make_attack
-from fedsim.models import build_model
+from fedsim.learning.models import build_model
 
 
 def _setup():

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import shared_data, small_config, synthetic_mnist
-from fedsim.datasets import Pool, load_pool
-from fedsim.errors import FedsimError
-from fedsim.experiment import load_checked_config
-from fedsim.membership import ATTACK_EVAL, ATTACK_TRAIN, UTILITY_TEST, build_ledger
+from fedsim.app.experiment import load_checked_config
+from fedsim.core.errors import FedsimError
+from fedsim.learning.datasets import Pool, load_pool
+from fedsim.learning.membership import ATTACK_EVAL, ATTACK_TRAIN, UTILITY_TEST, build_ledger
 
 
 def test_partitions_are_disjoint_and_cover_exactly_the_members():

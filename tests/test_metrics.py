@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedsim.metrics import balanced_accuracy, best_threshold, bootstrap_auc_interval, leakage, tpr_at_fpr
+from fedsim.stats.metrics import balanced_accuracy, best_threshold, bootstrap_auc_interval, leakage, tpr_at_fpr
 
 
 def test_perfect_reversed_and_constant_scores():
@@ -71,7 +71,7 @@ def test_balanced_accuracy_is_sklearns_and_the_mean_of_tpr_and_tnr(seed):
 def test_bootstrap_aucs_equal_sklearns_auc_of_each_resample_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from fedsim.metrics import bootstrap_aucs
+    from fedsim.stats.metrics import bootstrap_aucs
 
     rng = np.random.default_rng(3)
     members = rng.random(60) < 0.4

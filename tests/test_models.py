@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fedsim.errors import FedsimError
-from fedsim.models import MODELS, build_model
+from fedsim.core.errors import FedsimError
+from fedsim.learning.models import MODELS, build_model
 
 SHAPES = {
     "fcn": (64,), "mnist_cnn": (1, 28, 28), "alexnet_cifar": (3, 32, 32),

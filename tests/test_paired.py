@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fedsim.cli import main
-from fedsim.errors import FedsimError
-from fedsim.paired import PAIRED_COLUMNS, paired_interval, paired_table
-from fedsim.sweep import PAIRED_CSV, pairs_of, parse_baseline, parse_grid
+from fedsim.app.cli import main
+from fedsim.app.sweep import PAIRED_CSV, pairs_of, parse_baseline, parse_grid
+from fedsim.core.errors import FedsimError
+from fedsim.stats.paired import PAIRED_COLUMNS, paired_interval, paired_table
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
          "train.rounds=1", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
+from fedsim.app.cli import main
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import small_config
-from fedsim.console import RunConsole
-from fedsim.experiment import run_experiment
+from fedsim.app.console import RunConsole
+from fedsim.app.experiment import run_experiment
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.config import load_config
-from fedsim.errors import FedsimError
-from fedsim.metrics import leakage, tpr_at_fpr
+from fedsim.core.config import load_config
+from fedsim.core.errors import FedsimError
+from fedsim.stats.metrics import leakage, tpr_at_fpr
 
 labels = st.lists(st.booleans(), min_size=2, max_size=60).filter(lambda m: any(m) and not all(m))
 

@@ -6,11 +6,11 @@ import torch
 
 from conftest import small_config
 from fedsim import Run
-from fedsim.datasets import load_pool
-from fedsim.errors import FedsimError
-from fedsim.membership import build_ledger, save_ledger
-from fedsim.models import build_model
-from fedsim.recorder import Recorder, global_file
+from fedsim.core.errors import FedsimError
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import build_ledger, save_ledger
+from fedsim.learning.models import build_model
+from fedsim.recording.recorder import Recorder, global_file
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_reopen_refuses_a_tampered_record_and_a_complete_run(recorded):
 def test_a_failed_write_names_the_round_and_leaves_it_incomplete(recorded, monkeypatch):
     import errno
 
-    import fedsim.recorder as recorder_module
+    import fedsim.recording.recorder as recorder_module
 
     recorder, states, _ = recorded
 

@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 
 from fedsim import Run
-from fedsim.cli import main
-from fedsim.metrics import wilson_interval
-from fedsim.recorder import MANIFEST, is_report_file, sha256_of
-from fedsim.report import write_sweep_report
-from fedsim.summary import Summary, tpr_text
+from fedsim.app.cli import main
+from fedsim.recording.recorder import MANIFEST, is_report_file, sha256_of
+from fedsim.report.summary import Summary, tpr_text
+from fedsim.report.writer import write_sweep_report
+from fedsim.stats.metrics import wilson_interval
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ SMALL = ["data.records_per_client=60", "data.nonmembers=80", "data.test_records=
 
 def fedsim_run(folder: Path, *extra: str) -> subprocess.CompletedProcess:
     overrides = [arg for setting in SMALL for arg in ("--set", setting)]
-    result = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--out", str(folder), *overrides, *extra],
+    result = subprocess.run([sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(folder), *overrides, *extra],
                             capture_output=True, text=True, timeout=400, cwd=folder.parent,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
@@ -169,7 +169,7 @@ def _text(markup: str) -> str:
 
 @pytest.mark.parametrize("name", ["plain", "quiet"])
 def test_report_headline_and_per_attack_rows_are_the_rows_picked_here_from_leakage_csv(runs, name):
-    """Picked here, without fedsim.summary: for each attack its row at its highest round, highest AUC
+    """Picked here, without fedsim.report.summary: for each attack its row at its highest round, highest AUC
     first; the headline is the first of them, with its TPRs at FPR 1e-2 and 1e-3 as written in the
     file, or "n/a (needs >= 1/FPR non-members)" where the row has fewer non-members than that."""
     folder = folder_of(runs[name])

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from fedsim.report import Plot, _figure_html, _page, _table_html
+from fedsim.report.writer import Plot, _figure_html, _page, _table_html
 
 
 def test_table_values_and_headers_are_escaped_and_missing_values_blank():

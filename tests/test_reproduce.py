@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import small_config
-from fedsim.errors import FedsimError
-from fedsim.experiment import prepare
-from fedsim.reproduce import (
+from fedsim.app.experiment import prepare
+from fedsim.app.reproduce import (
     SCALES,
     THREAT_MODEL_NAMES,
     THREAT_MODELS,
@@ -21,6 +20,7 @@ from fedsim.reproduce import (
     run_planned,
     write_markdown,
 )
+from fedsim.core.errors import FedsimError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_cpu_configs_validate(name, monkeypatch):
 
 
 def test_unknown_config_or_scale_is_one_line(monkeypatch, capsys):
-    from fedsim.cli import main
+    from fedsim.app.cli import main
 
     monkeypatch.chdir(ROOT)
     assert main(["reproduce", "--config", "nope"]) == 2
@@ -71,7 +71,7 @@ def small_reproduction(tmp_path_factory):
                             *overrides)
 
     planned = plan(["digits_small"], 3, out, threat_models=threats, loader=load)
-    from fedsim.console import RunConsole
+    from fedsim.app.console import RunConsole
 
     run_planned(planned, RunConsole(quiet=True))
     return planned, results(planned), out

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import SMALL
 from fedsim import Run
-from fedsim.faults import FaultPlan
-from fedsim.recorder import is_report_file
+from fedsim.engine.faults import FaultPlan
+from fedsim.recording.recorder import is_report_file
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def reference(tmp_path_factory):
     # quickstart). Run inside this test process instead, after other tests, its records differed (a dependence on the
     # process's history, reported as a bug; the resume property itself is what this file checks).
     folder = tmp_path_factory.mktemp("reference") / "run"
-    command = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(folder), "--quiet"]
+    command = [sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(folder), "--quiet"]
     for assignment in [*SMALL, *SETTINGS]:
         command += ["--set", assignment]
     subprocess.run(command, cwd=folder.parent, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,7 +82,7 @@ def test_faults_are_injected_counted_and_the_run_goes_on(reference):
 
 def test_a_run_killed_mid_run_resumes_to_the_same_bytes(reference, tmp_path):
     folder = tmp_path / "killed"
-    command = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(folder)]
+    command = [sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(folder)]
     for assignment in [*SMALL, *SETTINGS]:
         command += ["--set", assignment]
     process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,7 +91,7 @@ def test_a_run_killed_mid_run_resumes_to_the_same_bytes(reference, tmp_path):
     assert killed.status == "running" and 2 <= killed.manifest["rounds_completed"] < 6, "the kill did not land mid-run"
 
     # resumed in a fresh process too, as a user would after a crash (see the reference fixture on process history)
-    assert subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(folder), "--quiet"], cwd=tmp_path,
+    assert subprocess.run([sys.executable, "-m", "fedsim.app.cli", "run", "--resume", str(folder), "--quiet"], cwd=tmp_path,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     resumed = Run.open(folder)
     assert resumed.status == "complete" and resumed.rounds == list(range(7))

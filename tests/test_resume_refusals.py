@@ -12,14 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fedsim.experiment as experiment
+import fedsim.app.experiment as experiment
 from conftest import small_config
-from fedsim.datasets import pool_for
-from fedsim.errors import FedsimError
-from fedsim.experiment import resume_experiment
-from fedsim.membership import build_ledger, save_ledger
-from fedsim.models import model_for
-from fedsim.recorder import Recorder
+from fedsim.app.experiment import resume_experiment
+from fedsim.core.errors import FedsimError
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import build_ledger, save_ledger
+from fedsim.learning.models import model_for
+from fedsim.recording.recorder import Recorder
 from strategies import STRATEGIES
 from test_strategies import ARGS
 

@@ -6,11 +6,11 @@ from flwr.serverapp.strategy import FedAvg
 from attackers.active.adversary import server_wrapper
 from attackers.active.curious_server import CuriousServer
 from conftest import small_config
-from fedsim.datasets import pool_for
-from fedsim.membership import build_ledger
-from fedsim.models import model_for
-from fedsim.recorder import Recorder
-from fedsim.server_app import RecordingStrategy, RoundClock, ServerPlan, wrapper_stack
+from fedsim.engine.server_app import RecordingStrategy, RoundClock, ServerPlan, wrapper_stack
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import build_ledger
+from fedsim.learning.models import model_for
+from fedsim.recording.recorder import Recorder
 from strategies.registry import build_strategy
 from strategies.secure_aggregation import SecureAggregation
 

@@ -11,11 +11,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from conftest import shared_data, small_config
 from fedsim import Run
-from fedsim.cli import main
-from fedsim.experiment import run_experiment
-from fedsim.layout import LEAKAGE_SEEDS_COLUMNS
-from fedsim.membership import UTILITY_TEST
-from fedsim.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
+from fedsim.app.cli import main
+from fedsim.app.experiment import run_experiment
+from fedsim.core.layout import LEAKAGE_SEEDS_COLUMNS
+from fedsim.learning.membership import UTILITY_TEST
+from fedsim.recording.recorder import LEAKAGE_COLUMNS, global_file, is_report_file
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,7 @@ def test_real_data_sets_learn_in_a_federated_run(tmp_path, dataset, overrides):
 
 def test_cli_prints_the_run_folder_last(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--out", str(tmp_path / "cli"), "--set", "train.rounds=1",
+        [sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(tmp_path / "cli"), "--set", "train.rounds=1",
          "--set", "data.records_per_client=50", "--set", "adversary.target_records=40", "--set", "model.args={hidden: [16]}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
@@ -164,8 +164,8 @@ def test_cli_prints_the_run_folder_last(tmp_path):
 def test_a_write_failing_mid_run_is_one_clear_error_and_the_run_is_marked_failed(tmp_path, monkeypatch):
     import errno
 
-    import fedsim.recorder as recorder_module
-    from fedsim.errors import FedsimError
+    import fedsim.recording.recorder as recorder_module
+    from fedsim.core.errors import FedsimError
 
     write = recorder_module.write_atomically
 

@@ -12,13 +12,13 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 
 from conftest import small_config
-from fedsim.cli import main
-from fedsim.client_app import make_client_app
-from fedsim.config import StrategyConfig
-from fedsim.datasets import pool_for
-from fedsim.membership import build_ledger
-from fedsim.messages import PARTITION_KEY
-from fedsim.models import model_for
+from fedsim.app.cli import main
+from fedsim.core.config import StrategyConfig
+from fedsim.core.messages import PARTITION_KEY
+from fedsim.engine.client_app import make_client_app
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import build_ledger
+from fedsim.learning.models import model_for
 from strategies import STRATEGIES, build_strategy, train_mods
 from strategies.norm_bounded import NormBoundedFedAvg
 
@@ -148,8 +148,8 @@ def test_norm_bound_scales_only_updates_above_the_bound():
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["strategy.name=fedavgx"], "unknown strategy 'fedavgx'"),
     (["strategy.name=no_such_module:Thing"], "cannot import module 'no_such_module'"),
-    (["strategy.name=fedsim.config:Nope"], "has no 'Nope'"),
-    (["strategy.name=fedsim.config:Config"], "is not a flwr.serverapp.strategy.Strategy subclass"),
+    (["strategy.name=fedsim.core.config:Nope"], "has no 'Nope'"),
+    (["strategy.name=fedsim.core.config:Config"], "is not a flwr.serverapp.strategy.Strategy subclass"),
     (["strategy.base={name: fedavg}"], "fedavg is not a wrapper strategy"),
     (["strategy.name=dp-server-fixed", "strategy.args={clipping_norm: 1.0}"], "dp-server-fixed rejected its arguments"),
     (["strategy.name=krum", "defense.secure_aggregation=true"], "needs each client's update"),

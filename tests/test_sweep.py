@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from fedsim.cli import main
-from fedsim.errors import FedsimError
-from fedsim.sweep import COMPARISON_CSV, PLOT, parse_grid
+from fedsim.app.cli import main
+from fedsim.app.sweep import COMPARISON_CSV, PLOT, parse_grid
+from fedsim.core.errors import FedsimError
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
          "train.rounds=2", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]

@@ -7,10 +7,10 @@ import torch
 from attackers.inference.threat_models import attacker_view
 from conftest import small_config
 from fedsim import Run
-from fedsim.datasets import load_pool
-from fedsim.membership import ATTACK_TRAIN, build_ledger, save_ledger
-from fedsim.models import build_model
-from fedsim.recorder import Recorder
+from fedsim.learning.datasets import load_pool
+from fedsim.learning.membership import ATTACK_TRAIN, build_ledger, save_ledger
+from fedsim.learning.models import build_model
+from fedsim.recording.recorder import Recorder
 
 
 def recorded_run(tmp_path, *overrides):
@@ -78,7 +78,7 @@ def test_no_adversary_no_view(tmp_path):
 
 
 def test_isolation_under_secure_aggregation_is_refused():
-    from fedsim.errors import FedsimError
+    from fedsim.core.errors import FedsimError
 
     with pytest.raises(FedsimError, match="secure sum"):
         small_config("adversary.isolate=true", "defense.secure_aggregation=true")

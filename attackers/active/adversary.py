@@ -13,10 +13,10 @@ from flwr.serverapp.strategy import Strategy
 from attackers.active.crafted_model import centre
 from attackers.active.curious_participant import Mod, make_participant_mod
 from attackers.active.curious_server import CuriousServer
-from fedsim.config import Config
-from fedsim.datasets import pool_for
-from fedsim.membership import attacker_known
-from fedsim.models import model_for
+from fedsim.core.config import Config
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import attacker_known
+from fedsim.learning.models import model_for
 
 
 def target_ids(ledger: pd.DataFrame) -> np.ndarray:

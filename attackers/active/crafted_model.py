@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 MARGIN = 1e-4  # the crafted record's own pre-activation, as a fraction of |x_i - c|: far above float32 rounding
 _ALLOWED = (nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout)

@@ -15,9 +15,9 @@ from flwr.app import ArrayRecord, Context, Message, MessageType
 from torch import nn
 
 from attackers.active.gradient_ascent import ascent_step
-from fedsim.config import AdversaryConfig
-from fedsim.errors import FatalClientError, FedsimError
-from fedsim.messages import PARTITION_KEY, array_record, config_record, number
+from fedsim.core.config import AdversaryConfig
+from fedsim.core.errors import FatalClientError, FedsimError
+from fedsim.core.messages import PARTITION_KEY, array_record, config_record, number
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 

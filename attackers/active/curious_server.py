@@ -25,10 +25,10 @@ from torch import nn
 
 from attackers.active.crafted_model import chunk, crafted_state, crafted_width
 from attackers.active.gradient_ascent import ascent_step
-from fedsim.config import AdversaryConfig
-from fedsim.layout import client_file
-from fedsim.messages import array_record, partition_of
-from fedsim.run import Run
+from fedsim.core.config import AdversaryConfig
+from fedsim.core.layout import client_file
+from fedsim.core.messages import array_record, partition_of
+from fedsim.recording.run import Run
 from strategies.wrapper import StrategyWrapper
 
 

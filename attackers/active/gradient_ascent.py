@@ -4,7 +4,7 @@ Nasr, Shokri and Houmansadr (S&P 2019, section on the active attack) ascend each
 record: W <- W + gamma * dL_x/dW per target x. Taken at the same W for a set of records that is
 one step along the sum of the per-record gradients, g = sum_x dL_x/dW (cross-entropy in nats).
 The records ascended are the targets *and* the attacker's own known records, members and
-non-members alike (`fedsim.membership.attacker_known`): the attacker cannot tell members from
+non-members alike (`fedsim.learning.membership.attacker_known`): the attacker cannot tell members from
 non-members, so everything it will score or learn from gets the same treatment.
 
 Two ways to set the step's size:
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 
 def ascent_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[torch.Tensor]:

@@ -29,7 +29,7 @@ import pandas as pd
 from opacus.accountants import RDPAccountant
 from scipy import optimize, stats
 
-from fedsim.config import Config
+from fedsim.core.config import Config
 
 CONFIDENCE = 0.95
 DEFAULT_DELTA = 1e-5

@@ -16,14 +16,14 @@ from sklearn.preprocessing import StandardScaler
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.observation import Observation
-from fedsim.metrics import best_threshold
+from fedsim.stats.metrics import best_threshold
 
 
 class ThresholdAttack(MembershipInferenceAttack):
     """Score = a signal of the last observed snapshot; threshold fitted for balanced accuracy.
 
     Subclasses implement `signal`. The threshold maximises TPR - FPR (Youden's J, i.e. balanced
-    accuracy) on the attacker's known records (`fedsim.metrics.best_threshold`).
+    accuracy) on the attacker's known records (`fedsim.stats.metrics.best_threshold`).
 
     Parameters
     ----------
@@ -231,7 +231,7 @@ class LabelOnlyAttack(MembershipInferenceAttack):
     attacker's known members (their share of it, in [0, 1]).
 
     It measures how much the label alone says about membership. With targets whose non-members
-    match the members' labels (`fedsim.membership.match_labels`) its AUC is 0.5; above that, a
+    match the members' labels (`fedsim.learning.membership.match_labels`) its AUC is 0.5; above that, a
     label shortcut is inflating every other attack's numbers. Deterministic.
 
     Parameters

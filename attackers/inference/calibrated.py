@@ -46,8 +46,8 @@ from torch import nn
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import gradient_alignment
 from attackers.inference.observation import Observation, records_key
-from fedsim.errors import FedsimError
-from fedsim.metrics import best_threshold
+from fedsim.core.errors import FedsimError
+from fedsim.stats.metrics import best_threshold
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch import nn
 
 from attackers.inference.base import MembershipInferenceAttack
 from attackers.inference.observation import Observation
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 
 def first_linear(model: nn.Module) -> nn.Linear:

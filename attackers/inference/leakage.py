@@ -4,7 +4,7 @@ Single-snapshot attacks use the snapshot of that round; multi-round attacks comb
 observed snapshot up to it (restricted to `observe_rounds` or `observe_every` when set). Learned attacks are fitted
 `attack_seeds` times (their randomness from (run seed, attack, round, attack seed)); an attack
 that draws no random numbers is fitted once. metrics/leakage.csv holds one row per (round,
-attacker, attack, target): the contract columns (DESIGN.md section 4) hold means over the attack
+attacker, attack, target): the contract columns (docs/design.md, section 3.4) hold means over the attack
 seeds, then come the spread over seeds, a bootstrap 95% interval of the (seed-mean) AUC,
 Clopper-Pearson 95% intervals of the TPRs, `min_fpr` = 1/n_nonmembers (a TPR at a smaller FPR
 is left empty: not measurable, Carlini et al., S&P 2022), and the AUC on two fixed halves of
@@ -31,10 +31,10 @@ from attackers.inference.audit import audit_delta, canary_audit, epsilon_bound_o
 from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
-from fedsim.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_SEEDS_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
-from fedsim.membership import CANARY
-from fedsim.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
-from fedsim.run import Run
+from fedsim.core.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_SEEDS_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
+from fedsim.learning.membership import CANARY
+from fedsim.recording.run import Run
+from fedsim.stats.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
 
 AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound", "epsilon_lb_select", "epsilon_lb_holdout"]
 EXTRA_COLUMNS = LEAKAGE_EXTRA_COLUMNS[:2] + AUDIT_COLUMNS + LEAKAGE_EXTRA_COLUMNS[2:]
@@ -78,7 +78,7 @@ def measurable(target: float, n_nonmembers: int) -> bool:
 
 
 class Progress(Protocol):
-    """Where measure_leakage reports its two stages (fedsim.console.RunConsole shows them as bars).
+    """Where measure_leakage reports its two stages (fedsim.app.console.RunConsole shows them as bars).
 
     Attributes
     ----------
@@ -173,7 +173,7 @@ def bootstrap_mean_auc_interval(scores: Sequence[np.ndarray], members: np.ndarra
 
     Members and non-members are resampled separately, the same resample for every seed (so the
     interval is that of the reported seed-mean). With one seed this is
-    `fedsim.metrics.bootstrap_auc_interval` (same generator draws, same numbers).
+    `fedsim.stats.metrics.bootstrap_auc_interval` (same generator draws, same numbers).
 
     Parameters
     ----------

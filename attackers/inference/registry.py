@@ -26,8 +26,8 @@ from attackers.inference.crafted import CraftedAttack
 from attackers.inference.manipulation import SentReturnedAttack
 from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
-from fedsim.errors import FedsimError
-from fedsim.registry import Registry
+from fedsim.core.errors import FedsimError
+from fedsim.core.registry import Registry
 
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,

@@ -1,4 +1,4 @@
-"""Threat models (DESIGN.md section 1): what each attacker observes of a recorded run.
+"""Threat models (docs/design.md, section 2): what each attacker observes of a recorded run.
 
 - server (global attacker): the target client's local model of each round, with the other
   clients' models of the same round as references; under secure aggregation only the
@@ -7,7 +7,7 @@
   clients' members.
 
 The attacker knows the `attack_train` records of its targets' side (members, and non-members
-drawn to match their labels, `fedsim.membership.match_labels`) and is evaluated on the `target`
+drawn to match their labels, `fedsim.learning.membership.match_labels`) and is evaluated on the `target`
 records, which it never trains on.
 
 A participant observes only the global models it was sent: those it trained from in the
@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from attackers.inference.observation import Observation
-from fedsim.layout import client_file
-from fedsim.membership import attacker_known, match_labels
-from fedsim.models import model_for
-from fedsim.run import Run
-from fedsim.training import resolve_device
+from fedsim.core.layout import client_file
+from fedsim.learning.membership import attacker_known, match_labels
+from fedsim.learning.models import model_for
+from fedsim.learning.training import resolve_device
+from fedsim.recording.run import Run
 
 
 @dataclass

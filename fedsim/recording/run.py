@@ -20,12 +20,12 @@ import yaml
 from safetensors.torch import load
 from torch import nn
 
-from fedsim.config import Config
-from fedsim.datasets import Pool, pool_for
-from fedsim.errors import FedsimError
-from fedsim.layout import LEDGER as LEDGER_FILE
-from fedsim.layout import MANIFEST, client_file, global_file
-from fedsim.models import model_for
+from fedsim.core.config import Config
+from fedsim.core.errors import FedsimError
+from fedsim.core.layout import LEDGER as LEDGER_FILE
+from fedsim.core.layout import MANIFEST, client_file, global_file
+from fedsim.learning.datasets import Pool, pool_for
+from fedsim.learning.models import model_for
 
 
 class Run:
@@ -38,7 +38,7 @@ class Run:
     ----------
     folder : pathlib.Path
         The run folder (the one `fedsim run` printed).
-    config : fedsim.config.Config
+    config : fedsim.core.config.Config
         The run's validated config.yaml.
     manifest : dict
         The parsed manifest.json: `status`, `rounds` (per round: the clients heard and their
@@ -110,7 +110,7 @@ class Run:
         -------
         pandas.DataFrame
             One row per record the run uses, with the columns `record_id`, `client` (Int64, <NA>
-            for records no client holds), `member`, `role` and `target` (see `fedsim.membership`).
+            for records no client holds), `member`, `role` and `target` (see `fedsim.learning.membership`).
 
         Raises
         ------
@@ -125,7 +125,7 @@ class Run:
 
         Returns
         -------
-        fedsim.datasets.Pool
+        fedsim.learning.datasets.Pool
             Every record of the data set, indexed by record id.
         """
         return pool_for(self.config.data)

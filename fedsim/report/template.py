@@ -1,10 +1,10 @@
-"""The report's HTML template (jinja2, autoescaped by fedsim.report).
+"""The report's HTML template (jinja2, autoescaped by fedsim.report.writer).
 
 Kept as a Python module rather than a .j2 file so that it travels wherever fedsim's code does:
 a Flower app bundle (`flwr run`) carries .py, .toml, .md, .yaml and .json files only.
 """
 
-REPORT_HTML = r'''{#- fedsim's report.html: the page, a run's summary, figures and tables (autoescaped; see fedsim/report.py). -#}
+REPORT_HTML = r'''{#- fedsim's report.html: the page, a run's summary, figures and tables (autoescaped; see fedsim/report/writer.py). -#}
 {% macro cell(tag, value, source, row, column) -%}
 <{{ tag }} data-source="{{ source }}" data-row="{{ row }}" data-column="{{ column }}">{{ value | display }}</{{ tag }}>
 {%- endmacro %}

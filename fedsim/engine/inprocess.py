@@ -136,7 +136,7 @@ def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: in
     Parameters
     ----------
     server_app, client_app : flwr.serverapp.ServerApp, flwr.clientapp.ClientApp
-        The apps, as the Ray engine (`fedsim.simulation.simulate`) would run them.
+        The apps, as the Ray engine (`fedsim.engine.simulation.simulate`) would run them.
     num_clients : int
         Nodes, partition ids 0..num_clients-1.
 

@@ -1,8 +1,8 @@
-"""The run configuration: YAML in, validated pydantic models out (DESIGN.md section 4).
+"""The run configuration: YAML in, validated pydantic models out (docs/design.md, section 3.1).
 
 Every key is public interface. Unknown keys are rejected, so a typo never silently falls back
 to a default. Names that a registry owns (dataset, model, strategy, attacks) are checked by
-that registry's layer (`fedsim.experiment.check_config`), not here, so this module imports
+that registry's layer (`fedsim.app.experiment.check_config`), not here, so this module imports
 nothing above the core. `--set a.b=value` overrides are parsed as YAML scalars and applied before
 validation, so they are checked exactly like the file.
 """
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: parameters and steps are float32
 QUICKSTART = "quickstart.yaml"  # shipped inside the package; configs/quickstart.yaml in the checkout links to it

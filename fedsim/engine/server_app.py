@@ -23,12 +23,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim.errors import FedsimError, fatal_message
-from fedsim.faults import DropoutGrid, FaultPlan
-from fedsim.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, array_record, config_record, int_list, metric_record, number, partition_of
-from fedsim.recorder import Recorder
-from fedsim.run import Run
-from fedsim.training import evaluate, torch_threads
+from fedsim.core.errors import FedsimError, fatal_message
+from fedsim.core.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, array_record, config_record, int_list, metric_record, number, partition_of
+from fedsim.engine.faults import DropoutGrid, FaultPlan
+from fedsim.learning.training import evaluate, torch_threads
+from fedsim.recording.recorder import Recorder
+from fedsim.recording.run import Run
 from strategies.secure_aggregation import SecureAggregation
 from strategies.wrapper import StrategyWrapper
 

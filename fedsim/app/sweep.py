@@ -7,7 +7,7 @@ the first run starts, so a bad grid value fails at once with one line.
 
 With `seeds=K` every grid point runs with seeds 0..K-1 (an extra `seed` axis); with a baseline
 `KEY=VALUE` each setting is compared with the point that differs only in KEY=VALUE, seed by
-seed, and `paired.csv` holds the mean difference and its paired t interval (fedsim.paired).
+seed, and `paired.csv` holds the mean difference and its paired t interval (fedsim.stats.paired).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.config import Config, load_config
-from fedsim.console import RunConsole
-from fedsim.errors import FedsimError
-from fedsim.paired import PAIRED_METRICS, paired_table
-from fedsim.recorder import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
+from fedsim.app.console import RunConsole
+from fedsim.core.config import Config, load_config
+from fedsim.core.errors import FedsimError
+from fedsim.recording.recorder import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
+from fedsim.stats.paired import PAIRED_METRICS, paired_table
 
 COMPARISON_CSV = "comparison.csv"
 PAIRED_CSV = "paired.csv"
 SEED_KEY = "seed"
-PLOT = "plots/privacy_utility.png"  # written by fedsim.report.write_sweep_report, with report.html
+PLOT = "plots/privacy_utility.png"  # written by fedsim.report.writer.write_sweep_report, with report.html
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def sweep_configs(config_path: str | Path | None, grid: list[str], overrides: li
     FedsimError
         One line for a malformed grid, two points sharing a folder, or any point's bad config.
     """
-    from fedsim.experiment import check_config
+    from fedsim.app.experiment import check_config
 
     return {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in parse_grid(grid, seeds)}
 
@@ -171,8 +171,8 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
     a grid key), paired.csv compares each setting with its baseline seed by seed (see
     `paired_table`) and the report shows it.
     """
-    from fedsim.experiment import run_experiment
-    from fedsim.report import write_sweep_report
+    from fedsim.app.experiment import run_experiment
+    from fedsim.report.writer import write_sweep_report
 
     console = console or RunConsole()
     configs = sweep_configs(config_path, grid, overrides, seeds)

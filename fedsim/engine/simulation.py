@@ -9,7 +9,7 @@ environment (Flower's init passes one with PYTHONPATH, which makes Ray route eve
 start through its runtime-env agent and forgo pre-starting workers; here the workers inherit
 PYTHONPATH from the driver's environment instead) and no usage-stats collection. Flower's Ray
 backend shuts Ray down at the end of every simulation (RayBackend.terminate), so each run of a
-sweep starts it again; the `in-process` engine (fedsim.inprocess) starts no Ray at all.
+sweep starts it again; the `in-process` engine (fedsim.engine.inprocess) starts no Ray at all.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from fedsim.config import BackendConfig
+from fedsim.core.config import BackendConfig
 
 
 def quiet_engine_logs() -> None:
@@ -64,7 +64,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
     Parameters
     ----------
     server_app, client_app : flwr.serverapp.ServerApp, flwr.clientapp.ClientApp
-        The apps (`fedsim.server_app.make_server_app`, `fedsim.experiment.client_app_for`).
+        The apps (`fedsim.engine.server_app.make_server_app`, `fedsim.app.experiment.client_app_for`).
     num_clients : int
         Virtual SuperNodes, partition ids 0..num_clients-1.
     backend : BackendConfig

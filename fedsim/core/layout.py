@@ -1,4 +1,4 @@
-"""The run folder's layout (DESIGN.md section 4): file names and table columns, nothing else.
+"""The run folder's layout (docs/design.md, section 3): file names and table columns, nothing else.
 
 A leaf of the import graph: the recorder writes these paths, `fedsim.Run` reads them, the
 report and the sweep find their tables by them, and none of those need import each other for it.

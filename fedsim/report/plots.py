@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.metrics import FPR_TARGETS, wilson_interval
+from fedsim.stats.metrics import FPR_TARGETS, wilson_interval
 
 WIDE, TALL = 7.5, 3.6  # inches; 100 dpi keeps a figure a few tens of KB
 

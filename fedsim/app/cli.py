@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 USAGE_ERROR = 2
 
@@ -133,8 +133,8 @@ def _notes(config) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     """Validate a config as `fedsim run` would (names, data files, ledger sizes, model, strategy)."""
-    from fedsim.config import load_config
-    from fedsim.experiment import prepare
+    from fedsim.app.experiment import prepare
+    from fedsim.core.config import load_config
 
     config = load_config(args.config, args.overrides)
     _notes(config)
@@ -148,9 +148,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedsim.config import load_config
-    from fedsim.console import RunConsole
-    from fedsim.experiment import resume_experiment, run_experiment
+    from fedsim.app.console import RunConsole
+    from fedsim.app.experiment import resume_experiment, run_experiment
+    from fedsim.core.config import load_config
 
     console = RunConsole(quiet=args.quiet)
     if args.resume:
@@ -168,8 +168,8 @@ def _run(args: argparse.Namespace) -> int:
 def _attack(args: argparse.Namespace) -> int:
     from attackers.inference.leakage import measure_leakage
     from attackers.inference.registry import check_attacks
-    from fedsim.console import RunConsole
-    from fedsim.run import Run
+    from fedsim.app.console import RunConsole
+    from fedsim.recording.run import Run
 
     check_attacks(args.attacks or [], "--attack")
     run = Run.open(args.run_dir)
@@ -189,9 +189,9 @@ def _attack(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """Regenerate a complete run's report (e.g. after a fedsim update) and relist it in the manifest."""
-    from fedsim.recorder import REPORT_HTML, relist_report
-    from fedsim.report import write_report
-    from fedsim.run import Run
+    from fedsim.recording.recorder import REPORT_HTML, relist_report
+    from fedsim.recording.run import Run
+    from fedsim.report.writer import write_report
 
     run = Run.open(args.run_dir)
     if run.status != "complete":
@@ -204,7 +204,7 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from fedsim.sweep import COMPARISON_CSV, PAIRED_CSV, format_paired, run_sweep
+    from fedsim.app.sweep import COMPARISON_CSV, PAIRED_CSV, format_paired, run_sweep
 
     folder = run_sweep(args.config, args.grid, args.overrides, args.out, seeds=args.seeds, baseline=args.baseline)
     table = pd.read_csv(folder / COMPARISON_CSV)
@@ -216,7 +216,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from fedsim.reproduce import reproduce
+    from fedsim.app.reproduce import reproduce
 
     print(reproduce(args.scale, args.seeds, args.out, args.configs, args.overrides))
     return 0

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.errors import FedsimError
-from fedsim.registry import Registry
+from fedsim.core.errors import FedsimError
+from fedsim.core.registry import Registry
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model", "model.name")
@@ -39,7 +39,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: d
 
 def model_for(config) -> nn.Module:
     """A fresh instance of a run config's model, shaped for its data set."""
-    from fedsim.datasets import pool_for
+    from fedsim.learning.datasets import pool_for
 
     pool = pool_for(config.data)
     return build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)

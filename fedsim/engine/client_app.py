@@ -15,12 +15,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
-from fedsim.config import Config
-from fedsim.datasets import pool_for
-from fedsim.dp_sgd import epsilon
-from fedsim.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU, array_record, config_record, number
-from fedsim.models import model_for
-from fedsim.training import evaluate, torch_threads, train_locally
+from fedsim.core.config import Config
+from fedsim.core.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU, array_record, config_record, number
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.dp_sgd import epsilon
+from fedsim.learning.models import model_for
+from fedsim.learning.training import evaluate, torch_threads, train_locally
 
 
 def client_seed(seed: int, server_round: int, partition: int) -> int:

@@ -22,10 +22,10 @@ import pandas as pd
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
-from fedsim.config import Config
-from fedsim.datasets import Pool
-from fedsim.errors import FedsimError
-from fedsim.layout import LEDGER
+from fedsim.core.config import Config
+from fedsim.core.errors import FedsimError
+from fedsim.core.layout import LEDGER
+from fedsim.learning.datasets import Pool
 
 ATTACK_TRAIN, ATTACK_EVAL, UTILITY_TEST, CANARY = "attack_train", "attack_eval", "utility_test", "canary"
 COLUMNS = ["record_id", "client", "member", "role", "target"]

@@ -1,7 +1,7 @@
 """The Python entry points for scripts and notebooks: the same objects the `fedsim` command uses.
 
 `simulate` runs an experiment and returns the recorded run; `measure` attacks a recorded run and
-returns its leakage rows. Bad input raises `fedsim.errors.FedsimError` with the same one-line
+returns its leakage rows. Bad input raises `fedsim.core.errors.FedsimError` with the same one-line
 message the command prints. Progress shows as bars in a terminal or notebook and as plain lines
 elsewhere (bars printed once, never redrawn); `quiet=True` silences it (the run's run.log still gets every line).
 """
@@ -15,10 +15,10 @@ import pandas as pd
 
 from attackers.inference.leakage import measure_leakage
 from attackers.inference.registry import check_attacks
-from fedsim.config import Config, config_from_tree, load_config
-from fedsim.console import RunConsole
-from fedsim.experiment import run_experiment
-from fedsim.run import Run
+from fedsim.app.console import RunConsole
+from fedsim.app.experiment import run_experiment
+from fedsim.core.config import Config, config_from_tree, load_config
+from fedsim.recording.run import Run
 
 
 def simulate(config: Config | str | Path | None = None, overrides: Sequence[str] = (), out: str | Path | None = None,

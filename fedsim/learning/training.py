@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsim.config import DPSGDConfig, TrainConfig
+from fedsim.core.config import DPSGDConfig, TrainConfig
 
 
 @contextmanager
@@ -86,7 +86,7 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: Tra
     sample_rate = min(1.0, train.batch_size / len(y))
     trained: nn.Module = model
     if dp_sgd is not None:
-        from fedsim.dp_sgd import make_private
+        from fedsim.learning.dp_sgd import make_private
 
         trained, optimizer, loader, sample_rate = make_private(model, optimizer, loader, dp_sgd)
     start = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedsim.errors import FedsimError
-from fedsim.registry import Registry
+from fedsim.core.errors import FedsimError
+from fedsim.core.registry import Registry
 
 
 @dataclass(frozen=True)

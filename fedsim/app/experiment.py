@@ -22,24 +22,24 @@ from attackers.active.crafted_model import check_crafted
 from attackers.inference.leakage import measure_leakage
 from attackers.inference.registry import attack_name, check_attacks
 from attackers.inference.threat_models import describe
-from fedsim.client_app import make_client_app
-from fedsim.config import Config, load_config
-from fedsim.console import RUN_LOG, RunConsole, summary_table
-from fedsim.datasets import DATASETS, Pool, pool_for
-from fedsim.dp_sgd import check_model
-from fedsim.errors import FedsimError
-from fedsim.faults import FaultPlan, failing_client_mod
-from fedsim.inprocess import run_in_process
-from fedsim.layout import LEAKAGE_SEEDS_CSV
-from fedsim.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
-from fedsim.messages import PARTITION_KEY
-from fedsim.models import MODELS, model_for
-from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
-from fedsim.report import run_summary, write_report
-from fedsim.run import Run
-from fedsim.server_app import ServerPlan, make_server_app
-from fedsim.simulation import engine_log, quiet_engine_logs, simulate
-from fedsim.summary import Summary
+from fedsim.app.console import RUN_LOG, RunConsole, summary_table
+from fedsim.core.config import Config, load_config
+from fedsim.core.errors import FedsimError
+from fedsim.core.layout import LEAKAGE_SEEDS_CSV
+from fedsim.core.messages import PARTITION_KEY
+from fedsim.engine.client_app import make_client_app
+from fedsim.engine.faults import FaultPlan, failing_client_mod
+from fedsim.engine.inprocess import run_in_process
+from fedsim.engine.server_app import ServerPlan, make_server_app
+from fedsim.engine.simulation import engine_log, quiet_engine_logs, simulate
+from fedsim.learning.datasets import DATASETS, Pool, pool_for
+from fedsim.learning.dp_sgd import check_model
+from fedsim.learning.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
+from fedsim.learning.models import MODELS, model_for
+from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
+from fedsim.recording.run import Run
+from fedsim.report.summary import Summary
+from fedsim.report.writer import run_summary, write_report
 from strategies.registry import STATELESS, build_strategy, check_strategy, is_stateless, train_mods
 
 RUNS = Path("runs")
@@ -48,20 +48,20 @@ CLIENTS_STAGE = "client training"
 
 Engine = Callable[[ServerPlan, ClientApp], None]
 """Runs the server's plan against the clients: Flower's simulation (`simulate_engine`), or,
-inside a ServerApp that `flwr run` started, `fedsim.server_app.serve` on the Grid it was given."""
+inside a ServerApp that `flwr run` started, `fedsim.engine.server_app.serve` on the Grid it was given."""
 
 
 def check_config(config: Config) -> Config:
     """Check the names a config gives against the registries that own them.
 
-    The pydantic schema (`fedsim.config`) checks types, ranges and consistency; the names of
+    The pydantic schema (`fedsim.core.config`) checks types, ranges and consistency; the names of
     the dataset, model, strategy (and its base, or import path) and attacks are checked here,
     by the layers that own those registries, so the schema imports nothing above the core.
 
     Parameters
     ----------
     config : Config
-        A config as `fedsim.config.load_config` returns it.
+        A config as `fedsim.core.config.load_config` returns it.
 
     Returns
     -------
@@ -83,7 +83,7 @@ def check_config(config: Config) -> Config:
 
 
 def load_checked_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """`fedsim.config.load_config`, then `check_config`: what `fedsim run` and `fedsim sweep` read."""
+    """`fedsim.core.config.load_config`, then `check_config`: what `fedsim run` and `fedsim sweep` read."""
     return check_config(load_config(path, overrides))
 
 
@@ -105,7 +105,7 @@ def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFram
     Returns
     -------
     ledger : pandas.DataFrame
-        The membership ledger, one row per record (`fedsim.membership.COLUMNS`).
+        The membership ledger, one row per record (`fedsim.learning.membership.COLUMNS`).
     model : torch.nn.Module
         The initial global model.
     strategy : flwr.serverapp.strategy.Strategy
@@ -167,7 +167,7 @@ def check_devices(config: Config) -> None:
 
 def simulate_engine(config: Config) -> Engine:
     """The configured engine (`backend.engine`): Flower's Ray simulation with one virtual SuperNode
-    per client, or the same apps run in this process (`fedsim.inprocess`).
+    per client, or the same apps run in this process (`fedsim.engine.inprocess`).
     """
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
@@ -236,7 +236,7 @@ def client_app_for(config: Config, ledger: pd.DataFrame, mods: list | tuple = ()
     config : Config
         The checked config of the run.
     ledger : pandas.DataFrame
-        The membership ledger (`fedsim.membership.build_ledger`), one row per record.
+        The membership ledger (`fedsim.learning.membership.build_ledger`), one row per record.
     mods : list
         Outermost ClientApp mods (e.g. injected faults).
 

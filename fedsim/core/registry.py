@@ -11,7 +11,7 @@ import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from fedsim.errors import FedsimError
+from fedsim.core.errors import FedsimError
 
 T = TypeVar("T")
 

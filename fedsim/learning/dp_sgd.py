@@ -16,8 +16,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fedsim.config import DPSGDConfig
-from fedsim.errors import FedsimError
+from fedsim.core.config import DPSGDConfig
+from fedsim.core.errors import FedsimError
 
 
 def check_model(model: nn.Module, model_name: str) -> None:

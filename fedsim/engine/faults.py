@@ -17,8 +17,8 @@ import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid
 
-from fedsim.config import FaultsConfig
-from fedsim.messages import config_record, number
+from fedsim.core.config import FaultsConfig
+from fedsim.core.messages import config_record, number
 
 RAISE, DROP = 0, 1
 

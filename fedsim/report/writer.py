@@ -31,12 +31,12 @@ from matplotlib.figure import Figure
 
 from attackers.inference.audit import accountant_epsilon
 from attackers.inference.threat_models import attacker_view, describe
-from fedsim import plots
-from fedsim.errors import FedsimError
-from fedsim.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
-from fedsim.report_template import REPORT_HTML as TEMPLATE
-from fedsim.run import Run
-from fedsim.summary import Summary, display, tpr_text
+from fedsim.core.errors import FedsimError
+from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
+from fedsim.recording.run import Run
+from fedsim.report import plots
+from fedsim.report.summary import Summary, display, tpr_text
+from fedsim.report.template import REPORT_HTML as TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
 
 @cache
 def _template() -> Template:
-    """The report template (fedsim.report_template), autoescaped: table values and captions are text."""
+    """The report template (fedsim.report.template), autoescaped: table values and captions are text."""
     environment = Environment(loader=DictLoader({"report.html.j2": TEMPLATE}), autoescape=True, undefined=StrictUndefined)
     environment.filters["display"] = display
     environment.filters["display_or_blank"] = lambda value: "" if pd.isna(value) else display(value)

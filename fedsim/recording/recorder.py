@@ -1,4 +1,4 @@
-"""The run folder on disk (DESIGN.md section 4): every round's parameters, the manifest, metrics.
+"""The run folder on disk (docs/design.md, section 3): every round's parameters, the manifest, metrics.
 
 Writes are atomic: each file goes to a temporary name and is renamed into place, and a round
 counts as complete only once all its files are in `rounds/NNNN/` and the manifest (itself
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from fedsim.config import Config
-from fedsim.errors import FedsimError
-from fedsim.layout import (  # noqa: F401  (re-exported: the run folder's names, for callers of the recorder)
+from fedsim.core.config import Config
+from fedsim.core.errors import FedsimError
+from fedsim.core.layout import (  # noqa: F401  (re-exported: the run folder's names, for callers of the recorder)
     LEAKAGE_COLUMNS,
     LEAKAGE_CSV,
     MANIFEST,
@@ -43,7 +43,7 @@ from fedsim.layout import (  # noqa: F401  (re-exported: the run folder's names,
     is_report_file,
     round_dir,
 )
-from fedsim.run import Run
+from fedsim.recording.run import Run
 
 
 def training_columns(config: Config) -> list[str]:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedsim.summary import Summary, display, tpr_text
+from fedsim.report.summary import Summary, display, tpr_text
 
 RUN_LOG = "run.log"
 

@@ -5,7 +5,7 @@ numbers, with the paper's orderings checked as paired differences.
 Each (config, threat model, seed) is one ordinary run folder; a complete one is skipped, so the
 command resumes like a sweep. Every number in the table is the mean over seeds of the last
 observed round (fixed in advance, never the best round) with a 95% t interval over seeds; every
-ordering is a paired difference on the same seeds (`fedsim.paired.paired_interval`).
+ordering is a paired difference on the same seeds (`fedsim.stats.paired.paired_interval`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.config import Config, load_config
-from fedsim.console import RunConsole
-from fedsim.errors import FedsimError
-from fedsim.experiment import check_config, run_experiment
-from fedsim.layout import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
-from fedsim.paired import paired_interval
+from fedsim.app.console import RunConsole
+from fedsim.app.experiment import check_config, run_experiment
+from fedsim.core.config import Config, load_config
+from fedsim.core.errors import FedsimError
+from fedsim.core.layout import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
+from fedsim.stats.paired import paired_interval
 
 REPRODUCTION_MD = "reproduction.md"
 PAPER_CONFIGS = Path("configs/paper")
@@ -39,7 +39,7 @@ class ThreatModel:
     name: str
     overrides: tuple[str, ...]
     attacker: str  # the attacker column of leakage.csv: server or participant
-    paper: str  # the paper's numbers for it (balanced attack accuracy), as DESIGN.md section 2 lists them
+    paper: str  # the paper's numbers for it (balanced attack accuracy), as docs/design.md, section 6.4 lists them
 
 
 _SERVER = ("adversary.role=server", "adversary.victim=0")
@@ -52,7 +52,7 @@ THREAT_MODELS: tuple[ThreatModel, ...] = (
     ThreatModel("global gradient ascent", (*_SERVER, "adversary.mode=gradient-ascent", "adversary.isolate=false"), "server",
                 "CIFAR100 AlexNet 88.2%*"),
     ThreatModel("global isolation", (*_SERVER, "adversary.mode=passive", "adversary.isolate=true"), "server",
-                "not listed in DESIGN.md"),
+                "not listed in docs/design.md"),
     ThreatModel("global isolation + ascent", (*_SERVER, "adversary.mode=gradient-ascent", "adversary.isolate=true"), "server",
                 "CIFAR100 DenseNet 87.3%"),
     ThreatModel("local passive", (*_PARTICIPANT, "adversary.mode=passive"), "participant", "CIFAR100 AlexNet 73.1%*"),
@@ -296,7 +296,7 @@ def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: 
         f"Made by `{command}` with seeds {', '.join(map(str, seeds))}. Every number is the mean over seeds of the last",
         "observed round (fixed in advance) ± the half-width of the 95% t interval over seeds. Attack accuracy is",
         "balanced (members and non-members equally many), threshold fitted on the attacker's known records. The paper's",
-        "numbers are balanced attack accuracy as DESIGN.md section 2 lists them: plain numbers are from the paper's",
+        "numbers are balanced attack accuracy as docs/design.md, section 6.4 lists them: plain numbers are from the paper's",
         "tables, numbers marked * are recalled and not checked against the paper. The paper used CIFAR-100, Purchase100",
         "and Texas100 at full scale on GPUs; what differs here is said under each config.",
         "",

@@ -21,17 +21,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from rich.text import Text
 
-from fedsim.config import Config
-from fedsim.console import RunConsole
-from fedsim.datasets import pool_for
-from fedsim.errors import FedsimError
-from fedsim.experiment import RUNS, client_app_for, load_checked_config, run_experiment
-from fedsim.faults import FaultPlan, failing_client_mod
-from fedsim.membership import build_ledger
-from fedsim.messages import PARTITION_KEY
-from fedsim.server_app import ServerPlan, serve
+from fedsim.app.console import RunConsole
+from fedsim.app.experiment import RUNS, client_app_for, load_checked_config, run_experiment
+from fedsim.core.config import Config
+from fedsim.core.errors import FedsimError
+from fedsim.core.messages import PARTITION_KEY
+from fedsim.engine.faults import FaultPlan, failing_client_mod
+from fedsim.engine.server_app import ServerPlan, serve
+from fedsim.learning.datasets import pool_for
+from fedsim.learning.membership import build_ledger
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where pyproject.toml and configs/ are (in a clone and in an installed FAB)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where pyproject.toml and configs/ are (in a clone and in an installed FAB)
 CONFIG_KEY = "config"  # run config: the fedsim config file
 OVERRIDES_KEY = "overrides"  # run config: `--set` assignments separated by ';'
 OUT_KEY = "out"  # run config: the run folder ('' = <runs>/<name>-<time>)
@@ -50,7 +50,7 @@ def config_path(value: str) -> Path:
     Returns
     -------
     pathlib.Path
-        The file (which may not exist: `fedsim.config.load_config` says so in one line).
+        The file (which may not exist: `fedsim.core.config.load_config` says so in one line).
     """
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists():
