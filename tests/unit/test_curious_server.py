@@ -25,21 +25,21 @@ from fedsim.core.config import AdversaryConfig
 from fedsim.core.errors import FedsimError
 from fedsim.core.messages import PARTITION_KEY, partition_of
 from fedsim.engine.client_app import make_client_app
+from fedsim.engine.inprocess import server_identity
 from fedsim.learning.datasets import pool_for
 from fedsim.learning.models import model_for
-from test_strategies import InProcessGrid
+from helpers import NODE, assert_states_close, assert_states_equal
+from helpers import RecordingGrid as InProcessGrid
+from helpers import fedavg_reference as _fedavg_reference
 
 NUM_CLIENTS = 4
 SIZES = (20, 35, 50, 65)  # unequal on purpose: an unweighted mean differs from FedAvg's
 
 
 @pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    """What Flower's ServerApp runtime sets before a strategy creates messages."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, key, value)
+def _server_identity():
+    with server_identity():
+        yield
 
 
 def expected_ascent(model: nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, gamma: float) -> dict:
@@ -51,16 +51,6 @@ def expected_ascent(model: nn.Module, state: dict, x: torch.Tensor, y: torch.Ten
     loss = nn.functional.cross_entropy(model(x), y)
     grads = dict(zip(names, torch.autograd.grad(loss, [dict(model.named_parameters())[n] for n in names])))
     return {k: (v + gamma * grads[k]) if k in grads else v.clone() for k, v in state.items()}
-
-
-def assert_states_close(actual: dict, expected: dict, **tolerance) -> None:
-    assert actual.keys() == expected.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], **(tolerance or {"rtol": 1e-5, "atol": 1e-6}))
-
-
-def assert_states_equal(actual: dict, expected: dict) -> None:
-    assert actual.keys() == expected.keys() and all(torch.equal(actual[k], expected[k]) for k in expected)
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +91,9 @@ def _grid_and_app(config, records, mods=()):
     return InProcessGrid(app, NUM_CLIENTS), app
 
 
-def _fedavg_reference(replies: list[Message], exclude: int | None = None) -> dict:
-    """FedAvg computed here: the example-weighted mean of the replies' arrays (float64)."""
-    kept = [r for r in replies if partition_of(r) != exclude]
-    weights = torch.tensor([float(r.content["metrics"]["num-examples"]) for r in kept], dtype=torch.float64)
-    weights /= weights.sum()
-    states = [r.content["arrays"].to_torch_state_dict() for r in kept]
-    return {k: sum(w * s[k].double() for w, s in zip(weights, states)) for k in states[0]}
-
-
 def _server(config, targets, **adversary):
     settings = AdversaryConfig(**{**config.adversary.model_dump(), **adversary})
-    partitions = {100 + i: i for i in range(NUM_CLIENTS)}
+    partitions = {NODE + i: i for i in range(NUM_CLIENTS)}
     return CuriousServer(FedAvg(fraction_evaluate=0.0), settings, partitions, lambda: model_for(config), targets)
 
 
@@ -134,10 +115,10 @@ def test_the_curious_server_sends_the_ascent_step_to_the_victim_only_in_its_acti
     server = _server(config, targets, victim=2, gamma=0.5, active_rounds=[2])
     for server_round in (1, 2):
         messages = list(server.configure_train(server_round, ArrayRecord(initial), ConfigRecord({"server-round": server_round}), grid))
-        assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102, 103]
+        assert sorted(m.metadata.dst_node_id for m in messages) == [NODE, NODE + 1, NODE + 2, NODE + 3]
         for message in messages:
             sent = message.content["arrays"].to_torch_state_dict()
-            if message.metadata.dst_node_id == 102 and server_round == 2:
+            if message.metadata.dst_node_id == NODE + 2 and server_round == 2:
                 assert_states_close(sent, expected_ascent(model_for(config), initial, *targets, 0.5))
             else:  # every other client, and the victim outside the active rounds, gets the aggregate itself
                 assert_states_equal(sent, initial)
@@ -150,7 +131,7 @@ def test_sent_to_all_sends_every_client_the_ascended_aggregate_in_the_active_rou
     ascended = expected_ascent(model_for(config), initial, *targets, 0.5)
     for server_round in (1, 2):
         messages = list(server.configure_train(server_round, ArrayRecord(initial), ConfigRecord({"server-round": server_round}), grid))
-        assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102, 103]
+        assert sorted(m.metadata.dst_node_id for m in messages) == [NODE, NODE + 1, NODE + 2, NODE + 3]
         for message in messages:
             sent = message.content["arrays"].to_torch_state_dict()
             if server_round == 2:  # the victim and the honest clients alike (Nasr et al.'s active global attacker)
@@ -167,7 +148,7 @@ def test_sent_to_all_under_isolation_ascends_the_victims_chain_and_the_others_ag
     aggregate, _ = server.aggregate_train(1, replies)
     victim_reply = next(r for r in replies if partition_of(r) == 1).content["arrays"].to_torch_state_dict()
     for message in server.configure_train(2, aggregate, ConfigRecord({"server-round": 2}), grid):
-        start = victim_reply if message.metadata.dst_node_id == 101 else aggregate.to_torch_state_dict()
+        start = victim_reply if message.metadata.dst_node_id == NODE + 1 else aggregate.to_torch_state_dict()
         assert_states_close(message.content["arrays"].to_torch_state_dict(), expected_ascent(model_for(config), start, *targets, 0.2))
 
 
@@ -177,7 +158,7 @@ def test_passive_server_leaves_the_messages_untouched(setting):
     server = _server(config, targets, mode="passive")
     inner = list(server.inner.configure_train(1, ArrayRecord(initial), ConfigRecord(), grid))
     wrapped = list(server.configure_train(1, ArrayRecord(initial), ConfigRecord(), grid))
-    assert sorted(m.metadata.dst_node_id for m in wrapped) == sorted(m.metadata.dst_node_id for m in inner) == [100, 101, 102, 103]
+    assert sorted(m.metadata.dst_node_id for m in wrapped) == sorted(m.metadata.dst_node_id for m in inner) == [NODE, NODE + 1, NODE + 2, NODE + 3]
     for message in wrapped:
         assert_states_equal(message.content["arrays"].to_torch_state_dict(), initial)
 
@@ -195,7 +176,7 @@ def test_isolation_keeps_the_victim_out_of_the_aggregate_and_continues_its_own_c
     messages = list(server.configure_train(2, aggregate, ConfigRecord({"server-round": 2}), grid))
     for message in messages:
         sent = message.content["arrays"].to_torch_state_dict()
-        if message.metadata.dst_node_id == 101:  # its own round-1 model plus the ascent step, not the aggregate
+        if message.metadata.dst_node_id == NODE + 1:  # its own round-1 model plus the ascent step, not the aggregate
             assert_states_close(sent, expected_ascent(model_for(config), victim_reply, *targets, 0.2))
         else:
             assert_states_equal(sent, aggregate.to_torch_state_dict())
@@ -217,7 +198,7 @@ def _message(kind: str, server_round: int, state: dict, node: int) -> Message:
 
 
 def _context(partition: int) -> Context:
-    return Context(run_id=1, node_id=100 + partition, node_config={PARTITION_KEY: partition}, state=RecordDict(), run_config={})
+    return Context(run_id=1, node_id=NODE + partition, node_config={PARTITION_KEY: partition}, state=RecordDict(), run_config={})
 
 
 def _mod(config, targets, **adversary):
@@ -230,7 +211,7 @@ def test_the_participant_mod_adds_the_ascent_step_to_its_own_upload_in_active_ro
     _, app = _grid_and_app(config, records)
     mod = _mod(config, targets, victim=3, gamma=0.7, active_rounds=[2, 3])
     for server_round in (1, 2, 3):
-        message = _message(MessageType.TRAIN, server_round, initial, 103)
+        message = _message(MessageType.TRAIN, server_round, initial, NODE + 3)
         honest = app(message, _context(3)).content["arrays"].to_torch_state_dict()
         reply = mod(message, _context(3), app)
         uploaded = reply.content["arrays"].to_torch_state_dict()
@@ -253,12 +234,12 @@ def test_the_participant_mod_passes_other_clients_and_other_messages_through_unt
         return reply
 
     for partition in (0, 1, 2):  # honest clients: their uploads are exactly their own training
-        assert mod(_message(MessageType.TRAIN, 1, initial, 100 + partition), _context(partition), call_next) is calls[-1][0]
+        assert mod(_message(MessageType.TRAIN, 1, initial, NODE + partition), _context(partition), call_next) is calls[-1][0]
         assert_states_equal(calls[-1][0].content["arrays"].to_torch_state_dict(), calls[-1][1])
-        assert_states_equal(calls[-1][1], app(_message(MessageType.TRAIN, 1, initial, 100 + partition), _context(partition))
+        assert_states_equal(calls[-1][1], app(_message(MessageType.TRAIN, 1, initial, NODE + partition), _context(partition))
                             .content["arrays"].to_torch_state_dict())
     # the attacker's own non-training message (evaluation) passes untouched
-    evaluate = _message(MessageType.EVALUATE, 1, initial, 103)
+    evaluate = _message(MessageType.EVALUATE, 1, initial, NODE + 3)
     seen = []
     reply = mod(evaluate, _context(3), lambda m, c: seen.append(m) or Message(content=RecordDict({"arrays": ArrayRecord(initial)}), reply_to=m))
     assert seen == [evaluate] and reply.content["arrays"].to_torch_state_dict().keys() == initial.keys()
@@ -268,7 +249,7 @@ def test_the_participant_mod_passes_other_clients_and_other_messages_through_unt
 def test_the_participant_mod_returns_an_error_reply_as_it_is(setting):
     config, _, targets, initial = setting
     mod = _mod(config, targets, victim=3, gamma=0.7)
-    message = _message(MessageType.TRAIN, 1, initial, 103)
+    message = _message(MessageType.TRAIN, 1, initial, NODE + 3)
     failed = Message(Error(code=0, reason="client crashed"), reply_to=message)
     reply = mod(message, _context(3), lambda m, c: failed)
     assert reply is failed and reply.has_error() and reply.error.reason == "client crashed"
@@ -279,4 +260,4 @@ def test_the_participant_mod_refuses_a_non_finite_ascent(setting):
     _, app = _grid_and_app(config, records)
     mod = _mod(config, targets, victim=3, gamma=1e38)
     with pytest.raises(FedsimError, match="of round 1 makes the target loss non-finite"):
-        mod(_message(MessageType.TRAIN, 1, initial, 103), _context(3), app)
+        mod(_message(MessageType.TRAIN, 1, initial, NODE + 3), _context(3), app)

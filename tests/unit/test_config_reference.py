@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from fedsim.core.config import AttackConfig, Config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _reference_block() -> str:

@@ -21,10 +21,12 @@ from fedsim.core.config import AdversaryConfig, load_config
 from fedsim.core.errors import FedsimError
 from fedsim.core.messages import partition_of
 from fedsim.engine.client_app import make_client_app
+from fedsim.engine.inprocess import server_identity
 from fedsim.learning.datasets import load_pool, pool_for
 from fedsim.learning.models import build_model, model_for
-from test_active_units import _fedavg_reference, assert_states_close, assert_states_equal
-from test_strategies import InProcessGrid
+from helpers import NODE, assert_states_close, assert_states_equal
+from helpers import RecordingGrid as InProcessGrid
+from helpers import fedavg_reference as _fedavg_reference
 
 NUM_CLIENTS, VICTIM, PER_CLIENT, WIDTH = 3, 1, 40, 64
 RELU = ["model.args={hidden: [64, 32], activation: relu}", "adversary.mode=crafted-model"]
@@ -32,12 +34,7 @@ RELU = ["model.args={hidden: [64, 32], activation: relu}", "adversary.mode=craft
 
 @pytest.fixture(scope="module")
 def _server_identity():
-    """What Flower's ServerApp runtime sets before a strategy creates messages."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-            patch.setattr(TaskIdentity, key, value)
+    with server_identity():
         yield
 
 
@@ -99,7 +96,7 @@ def trap_round(_server_identity):
     torch.manual_seed(0)
     initial = model_for(config).state_dict()
     adversary = AdversaryConfig(**config.adversary.model_dump())
-    server = CuriousServer(FedAvg(fraction_evaluate=0.0), adversary, {100 + i: i for i in range(NUM_CLIENTS)}, lambda: model_for(config),
+    server = CuriousServer(FedAvg(fraction_evaluate=0.0), adversary, {NODE + i: i for i in range(NUM_CLIENTS)}, lambda: model_for(config),
                            targets, centre=c)
     grid = InProcessGrid(make_client_app(config, records), NUM_CLIENTS)
     messages = list(server.configure_train(1, ArrayRecord(initial), ConfigRecord({"server-round": 1}), grid))
@@ -110,10 +107,10 @@ def trap_round(_server_identity):
 
 def test_only_the_victim_gets_the_trap_and_its_reply_stays_out_of_the_aggregate(trap_round):
     config, _, initial, (x, _), _, _, c, messages, replies, aggregate = trap_round
-    assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102]
+    assert sorted(m.metadata.dst_node_id for m in messages) == [NODE, NODE + 1, NODE + 2]
     for message in messages:
         sent = message.content["arrays"].to_torch_state_dict()
-        if message.metadata.dst_node_id == 100 + VICTIM:
+        if message.metadata.dst_node_id == NODE + VICTIM:
             assert_states_equal(sent, crafted_state(model_for(config), initial, x, c))
         else:  # honest clients: the aggregate itself
             assert_states_equal(sent, initial)
@@ -123,7 +120,7 @@ def test_only_the_victim_gets_the_trap_and_its_reply_stays_out_of_the_aggregate(
 
 def test_the_victims_training_moves_the_traps_of_its_members_and_no_other(trap_round):
     config, pool, _, (x, _), target_ids, is_member, _, messages, replies, _ = trap_round
-    sent_state = next(m for m in messages if m.metadata.dst_node_id == 100 + VICTIM).content["arrays"].to_torch_state_dict()
+    sent_state = next(m for m in messages if m.metadata.dst_node_id == NODE + VICTIM).content["arrays"].to_torch_state_dict()
     back_state = next(r for r in replies if partition_of(r) == VICTIM).content["arrays"].to_torch_state_dict()
     sent, returned = model_for(config), model_for(config)
     sent.load_state_dict(sent_state)

@@ -22,7 +22,7 @@ from fedsim.app.reproduce import (
 )
 from fedsim.core.errors import FedsimError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", SCALES["full"])

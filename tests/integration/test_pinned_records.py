@@ -14,7 +14,7 @@ from fedsim.app.cli import main
 
 pytestmark = pytest.mark.integration
 
-PINNED_CONFIG = Path(__file__).parent / "data" / "pinned.yaml"
+PINNED_CONFIG = Path(__file__).parents[1] / "data" / "pinned.yaml"
 
 PINNED_SHA256 = {
     "membership.parquet": "6eaf924e9906a0138617909192370f68f06cda0feced7ffe250f10aac7a82519",

@@ -4,60 +4,33 @@ the norm-bounding example; one-line errors for bad names."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, MessageType
 
 from conftest import small_config
 from fedsim.app.cli import main
 from fedsim.core.config import StrategyConfig
-from fedsim.core.messages import PARTITION_KEY
 from fedsim.engine.client_app import make_client_app
+from fedsim.engine.inprocess import server_identity
 from fedsim.learning.datasets import pool_for
 from fedsim.learning.membership import build_ledger
 from fedsim.learning.models import model_for
+from helpers import DP, STRATEGY_ARGS
+from helpers import RecordingGrid as InProcessGrid
 from strategies import STRATEGIES, build_strategy, train_mods
 from strategies.norm_bounded import NormBoundedFedAvg
 
 NUM_CLIENTS = 4
-DP = {"noise_multiplier": 0.1, "clipping_norm": 10.0}
-ARGS = {name: DP for name in ("dp-server-fixed", "dp-client-fixed")} | {
-    "dp-server-adaptive": {"noise_multiplier": 0.1}, "dp-client-adaptive": {"noise_multiplier": 0.1},
-    "fedprox": {"proximal_mu": 0.1}, "multikrum": {"num_nodes_to_select": 2}, "fedavg-normbound": {"max_update_norm": 0.5},
-}
-
-
-class InProcessGrid:
-    """Flower's Grid interface, delivering each message to a real ClientApp in this process:
-    one real round of any strategy without starting Ray."""
-
-    def __init__(self, app, num_nodes: int):
-        self.app = app
-        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={PARTITION_KEY: i}, state=RecordDict(), run_config={})
-                         for i in range(num_nodes)}
-        self.sent: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            replies.append(self.app(message, self.contexts[message.metadata.dst_node_id]))
-        return replies
+ARGS = STRATEGY_ARGS
 
 
 @pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    """What Flower's ServerApp runtime sets before a strategy creates messages."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, key, value)
+def _server_identity():
+    with server_identity():
+        yield
 
 
 def one_round(spec: StrategyConfig, *overrides: str):

@@ -17,7 +17,7 @@ from fedsim.app.sweep import sweep_configs
 from fedsim.core.config import load_config, quickstart_path
 from fedsim.core.errors import FedsimError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 COMMANDS = {"run", "check", "attack", "report", "sweep", "reproduce", "--help"}
 PLACEHOLDER = re.compile(r"\[|\.\.\.|\b(CONFIG|RUN_DIR|DIR|NAME|CSV|COMMAND)\b")

@@ -118,7 +118,7 @@ def _tpr_at_1e_3_is_measured(config, pool, least: int = 2000) -> None:
 
 @pytest.mark.parametrize(("name", "dataset", "root"), [("mnist", "mnist", ""), ("cifar10", "imagefolder", "cifar10/cifar10-jpeg.tar")])
 def test_shipped_image_configs_measure_tpr_at_fpr_1e_3(name, dataset, root):
-    config = load_checked_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml", [f"data.root={shared_data(root)}"])
+    config = load_checked_config(Path(__file__).parents[2] / "configs" / f"{name}.yaml", [f"data.root={shared_data(root)}"])
     _tpr_at_1e_3_is_measured(config, load_pool(dataset, str(shared_data(root))))
 
 
@@ -127,7 +127,7 @@ def test_shipped_image_configs_measure_tpr_at_fpr_1e_3_on_pools_of_the_real_size
     images: the ledger reads only the labels), and a pool of the CIFAR-10 export's 20,000 records,
     2,000 per class. With uniformly random labels the victim keeps 193..200 evaluation members
     (seeds 0..2), so MNIST's label-matched non-members fall just short of 2,000: 1,000 measure the TPR."""
-    configs = Path(__file__).parents[1] / "configs"
+    configs = Path(__file__).parents[2] / "configs"
     synthetic_mnist(tmp_path, train=60_000, test=10_000, size=1)
     mnist = load_pool("mnist", str(tmp_path))
     assert len(mnist) == 70_000

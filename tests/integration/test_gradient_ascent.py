@@ -72,7 +72,7 @@ def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step
     from fedsim.core.errors import FedsimError
     from fedsim.recording.run import Run
 
-    spec = importlib.util.spec_from_file_location("ascent_mechanism", Path(__file__).parents[1] / "benchmarks" / "ascent_mechanism.py")
+    spec = importlib.util.spec_from_file_location("ascent_mechanism", Path(__file__).parents[2] / "benchmarks" / "ascent_mechanism.py")
     assert spec is not None and spec.loader is not None
     mechanism = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mechanism)

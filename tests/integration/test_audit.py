@@ -285,7 +285,7 @@ def test_privacy_audit_references_reports_the_reference_models_membership_auc(tm
     from fedsim.recording.run import Run
     from fedsim.stats.paired import paired_interval
 
-    spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[1] / "benchmarks" / "privacy_audit.py")
+    spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[2] / "benchmarks" / "privacy_audit.py")
     assert spec is not None and spec.loader is not None
     audit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(audit)

@@ -20,8 +20,8 @@ from fedsim.learning.datasets import pool_for
 from fedsim.learning.membership import build_ledger, save_ledger
 from fedsim.learning.models import model_for
 from fedsim.recording.recorder import Recorder
+from helpers import STRATEGY_ARGS as ARGS
 from strategies import STRATEGIES
-from test_strategies import ARGS
 
 STATEFUL = sorted(name for name, spec in STRATEGIES.items() if not spec.resumable)
 DP_SGD = "defense.dp_sgd={noise_multiplier: 1.0, max_grad_norm: 1.0}"

@@ -19,9 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from launch import BIN, PROJECT, end, engine_env, free_port, start, superlink_connection, wait_for_port
+from safetensors.torch import load_file
 from test_pinned_records import PINNED_SHA256
 
 pytestmark = pytest.mark.integration

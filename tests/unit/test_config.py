@@ -17,7 +17,7 @@ def write(tmp_path, text, name="c.yaml"):
 def test_built_in_default_is_the_quickstart_file_on_digits():
     config = load_config(None)
     assert config.name == "quickstart" and config.data.dataset == "digits"
-    checkout_file = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    checkout_file = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     assert config == load_config(checkout_file) != Config()  # the file, not the schema's defaults
 
 
