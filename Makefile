@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/fedsim run
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedsim attackers strategies tests benchmarks
+	$(BIN)/ruff check fedsim attackers strategies tests benchmarks research
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

@@ -270,12 +270,9 @@ def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_
 
 
 def test_privacy_audit_references_reports_the_reference_models_membership_auc(tmp_path, capsys):
-    """benchmarks/privacy_audit.py references: the AUC of the other clients' mean logit-scaled confidence,
+    """research/privacy_audit.py references: the AUC of the other clients' mean logit-scaled confidence,
     recomputed here from each client's recorded model (float32 forward, as the attacks read them), and
     the interval over two runs of different seeds."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -284,11 +281,8 @@ def test_privacy_audit_references_reports_the_reference_models_membership_auc(tm
     from fedsim.app.experiment import run_experiment
     from fedsim.recording.run import Run
     from fedsim.stats.paired import paired_interval
+    from research import privacy_audit as audit
 
-    spec = importlib.util.spec_from_file_location("privacy_audit", Path(__file__).parents[2] / "benchmarks" / "privacy_audit.py")
-    assert spec is not None and spec.loader is not None
-    audit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(audit)
     folders = [run_experiment(small_config(f"seed={seed}"), tmp_path / f"run{seed}") for seed in (0, 1)]
     audit.references([str(folder) for folder in folders])
     out = capsys.readouterr().out

@@ -62,20 +62,14 @@ def test_known_records_are_ascended_with_the_targets(role):
 
 
 def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step_is_the_servers(tmp_path):
-    """benchmarks/ascent_mechanism.py: the replay of a real (in-process) run's last round gives the
+    """research/ascent_mechanism.py: the replay of a real (in-process) run's last round gives the
     recorded victim model exactly; with a step it starts from what curious_server would send; a run
     it cannot replay is refused."""
-    import importlib.util
-    from pathlib import Path
-
     from fedsim.app.experiment import run_experiment
     from fedsim.core.errors import FedsimError
     from fedsim.recording.run import Run
+    from research import ascent_mechanism as mechanism
 
-    spec = importlib.util.spec_from_file_location("ascent_mechanism", Path(__file__).parents[2] / "benchmarks" / "ascent_mechanism.py")
-    assert spec is not None and spec.loader is not None
-    mechanism = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mechanism)
     run = Run.open(run_experiment(small_config("adversary.step_norm=0.02"), tmp_path / "run"))
     error, rows = mechanism.round_effects(run, 2, [0.02])
     assert error == 0.0

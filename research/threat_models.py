@@ -1,7 +1,7 @@
 """The six threat-model settings of docs/design.md, section 2 on one config, side by side, over seeds.
 
-    python benchmarks/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
-    python benchmarks/threat_models.py configs/location.yaml --seeds 5 --out runs/threats --no-run   # summarise only
+    python research/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
+    python research/threat_models.py configs/location.yaml --seeds 5 --out runs/threats --no-run   # summarise only
 
 Runs `fedsim run` once per setting and seed (seeds 0..K-1; a complete run folder is kept and
 not run again) and prints, per setting and attack, the last round's AUC (fixed in advance) as

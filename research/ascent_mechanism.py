@@ -1,6 +1,6 @@
 """Why the server's gradient ascent adds leakage on one model and not on another: replay the round.
 
-    python benchmarks/ascent_mechanism.py RUN_DIR... [--round R] [--step-norm 0.005,0.02]
+    python research/ascent_mechanism.py RUN_DIR... [--round R] [--step-norm 0.005,0.02]
 
 Each RUN_DIR is a recorded passive curious-server run (one per seed, same setting). For the
 chosen round (default: the last) the script takes what the server sent the victim, trains the

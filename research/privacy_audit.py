@@ -1,10 +1,10 @@
 """Summarise recorded runs for the README's "Modern attacks and the privacy audit" tables.
 
-    python benchmarks/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
-    python benchmarks/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
-    python benchmarks/privacy_audit.py plot RUN_DIR OUT.png       # the report's privacy-audit figure
-    python benchmarks/privacy_audit.py pair A.csv B.csv ATTACK[:ATTACK_B] RUN_DIR...   # two leakage files
-    python benchmarks/privacy_audit.py references RUN_DIR...      # how much membership the references hold
+    python research/privacy_audit.py strength RUN_DIR...        # one run per seed, same setting
+    python research/privacy_audit.py dp RUN_DIR...              # DP-SGD runs (any noise, any seed)
+    python research/privacy_audit.py plot RUN_DIR OUT.png       # the report's privacy-audit figure
+    python research/privacy_audit.py pair A.csv B.csv ATTACK[:ATTACK_B] RUN_DIR...   # two leakage files
+    python research/privacy_audit.py references RUN_DIR...      # how much membership the references hold
 
 `strength`: every attack side by side (mean and standard deviation over the runs' last round:
 TPR at FPR 1e-2 and 1e-3 where measurable, i.e. with >= 1/FPR non-member targets, AUC,
