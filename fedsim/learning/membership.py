@@ -151,6 +151,46 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
         if not wanted_members:
             raise FedsimError("audit.canaries need records no one else uses: set data.records_per_client")
     parts = partition_members(members, pool.labels[members].numpy(), config)
+    canaries = rest[len(rest) - config.audit.canaries:] if config.audit.canaries else None
+    return ledger_from_parts(config, parts, nonmembers, test, pool.labels.numpy(), rng, notes, canaries)
+
+
+def ledger_from_parts(config: Config, parts: list[np.ndarray], nonmembers: np.ndarray, test: np.ndarray, labels: np.ndarray,
+                      rng: np.random.Generator, notes: list[str] | None = None, canaries: np.ndarray | None = None) -> pd.DataFrame:
+    """The ledger of a federation whose clients' records are given: `parts[c]` are client c's
+    members (exactly what it trains on), `nonmembers` the records no client trains on (split
+    between the attacker's training and evaluation), `test` the utility test split.
+
+    `build_ledger` draws these from a pool; an audited Flower app or a partitioned Hugging Face
+    data set gives them, and the roles and targets follow the same rules (label-matched).
+
+    Parameters
+    ----------
+    config : Config
+        The run's config (adversary, seed, canaries).
+    parts : list of numpy.ndarray
+        Record ids per client, partition id = list index.
+    nonmembers, test : numpy.ndarray
+        Record ids no client trains on, and those reserved to measure utility.
+    labels : numpy.ndarray
+        The label of every record, indexed by record id.
+    rng : numpy.random.Generator
+        Draws the attacker/evaluation halves and the targets.
+    notes : list of str, optional
+        Where one-line notes for the user go.
+    canaries : numpy.ndarray, optional
+        Canary record ids (each in the victim's data with probability 1/2).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per record, columns `COLUMNS`, sorted by record id.
+
+    Raises
+    ------
+    FedsimError
+        A client with fewer than 2 records, or too few records for the targets.
+    """
     for client, part in enumerate(parts):
         if len(part) < 2:
             raise FedsimError(f"data: client {client} got {len(part)} records; give each client at least 2 (more records or fewer clients)")
@@ -159,14 +199,13 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
     rows += [(i, pd.NA, False, role) for i, role in _split_roles(nonmembers, rng).items()]
     for client, part in enumerate(parts):
         rows += [(i, client, True, role) for i, role in _split_roles(part, rng).items()]
-    if config.audit.canaries:  # drawn after everything else, so a run without canaries keeps its ledger
-        canaries = rest[len(rest) - config.audit.canaries:]
+    if canaries is not None:  # drawn after everything else, so a run without canaries keeps its ledger
         included = np.random.default_rng([config.seed, 15]).random(len(canaries)) < 0.5
         rows += [(int(i), config.adversary.victim if inside else pd.NA, bool(inside), CANARY) for i, inside in zip(canaries, included)]
     ledger = pd.DataFrame(rows, columns=COLUMNS[:-1])
     ledger["client"] = ledger["client"].astype("Int64")
     ledger["target"] = False
-    _mark_targets(ledger, config, rng, pool.labels.numpy(), notes if notes is not None else [])
+    _mark_targets(ledger, config, rng, labels, notes if notes is not None else [])
     return ledger.sort_values("record_id", ignore_index=True)
 
 
