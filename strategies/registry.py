@@ -10,11 +10,11 @@ aggregate XGBoost trees, not tensors, so they are not offered.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
 from flwr.serverapp.strategy import (
     Bulyan,
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -65,7 +65,7 @@ class StrategySpec:
 
     cls: type[Strategy]
     wraps: bool = False
-    client_mods: tuple[Callable[..., Any], ...] = ()
+    client_mods: tuple[Mod, ...] = ()
     needs_individual_updates: bool = False
     resumable: bool = False
 
@@ -221,7 +221,7 @@ def check_strategy(config: Config) -> None:
                               f"choose one of {able}")
 
 
-def train_mods(spec: StrategyConfig) -> list:
+def train_mods(spec: StrategyConfig) -> list[Mod]:
     """The ClientApp mods the strategy expects around the clients' `train`.
 
     Parameters

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from flwr.clientapp.typing import Mod
 from flwr.serverapp.strategy import Strategy
 
 from attackers.active.crafted_model import centre
-from attackers.active.curious_participant import Mod, make_participant_mod
+from attackers.active.curious_participant import make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from fedsim.core.config import Config
 from fedsim.learning.datasets import pool_for

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import nn
 
 from attackers.active.gradient_ascent import ascent_step
@@ -19,12 +20,10 @@ from fedsim.core.config import AdversaryConfig
 from fedsim.core.errors import FatalClientError, FedsimError
 from fedsim.core.messages import PARTITION_KEY, array_record, config_record, number
 
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
-
 
 def make_participant_mod(adversary: AdversaryConfig, make_model: Callable[[], nn.Module],
                          load_targets: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Mod:
-    def curious_participant(message: Message, context: Context, call_next) -> Message:
+    def curious_participant(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
         is_attacker = int(context.node_config[PARTITION_KEY]) == adversary.victim
         if not is_attacker or message.metadata.message_type != MessageType.TRAIN or reply.has_error():

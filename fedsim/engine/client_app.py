@@ -7,13 +7,14 @@ whichever simulation worker runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedsim.core.config import Config
 from fedsim.core.messages import CLIENT_RECORD, DP_STATE, PARTITION_KEY, PROXIMAL_MU, array_record, config_record, number
@@ -28,7 +29,7 @@ def client_seed(seed: int, server_round: int, partition: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition]).generate_state(1)[0])
 
 
-def threads_mod(count: float) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
+def threads_mod(count: float) -> Mod:
     """A ClientApp mod (outermost) that runs the client's handlers and mods on `count` torch threads.
 
     Parameters
@@ -42,7 +43,7 @@ def threads_mod(count: float) -> Callable[[Message, Context, Callable[[Message, 
         The mod; the process's own thread setting is restored after each message.
     """
 
-    def fixed_threads(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    def fixed_threads(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         with torch_threads(count):
             return call_next(message, context)
 

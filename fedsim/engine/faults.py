@@ -10,11 +10,12 @@ reply from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid
 
 from fedsim.core.config import FaultsConfig
@@ -55,10 +56,10 @@ def _training_round(message: Message) -> int | None:
     return int(number(config_record(message.content)["server-round"]))
 
 
-def failing_client_mod(plan: FaultPlan, partition_key: str) -> Callable:
+def failing_client_mod(plan: FaultPlan, partition_key: str) -> Mod:
     """A ClientApp mod that raises in the training rounds the plan picks for this client."""
 
-    def inject_failure(message: Message, context: Context, call_next) -> Message:
+    def inject_failure(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         server_round = _training_round(message)
         partition = int(context.node_config[partition_key])
         if server_round is not None and plan.raises(server_round, partition):
