@@ -87,7 +87,18 @@ class CuriousServer(StrategyWrapper):
         return self._ascend(start, server_round, memo)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        return self.tamper(server_round, list(self.inner.configure_train(server_round, arrays, config, grid)))
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, self.keep(server_round, replies))
+
+    def tamper(self, server_round: int, messages: list[Message]) -> list[Message]:
+        """The round's training messages as the adversary sends them: the victim's (or, with
+        `sent_to: all`, everyone's) arrays replaced; every other message as it was.
+
+        The strategy wrapper calls it on what the inner strategy configured; an audited Flower
+        app's Grid (`fedsim.engine.audited_app`) calls it on what the app's own strategy sent.
+        """
         if self.adversary.mode == "passive" and not self.adversary.isolate:
             return messages
         # sent_to all: every other client gets what the inner strategy sent it, ascended
@@ -105,7 +116,10 @@ class CuriousServer(StrategyWrapper):
             out.append(message)
         return out
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def keep(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The round's replies the aggregate may see: the crafted-model victim's trap and the
+        isolated victim's update stay out (the latter continues the victim's own chain).
+        """
         replies = list(replies)
         if self.crafted_round == server_round:  # the victim trained a trap, not the model: its reply stays out
             self.crafted_round = None
@@ -115,4 +129,4 @@ class CuriousServer(StrategyWrapper):
             if victim:
                 self.victim_chain = array_record(victim[0].content)
             replies = [r for r in replies if r.has_error() or partition_of(r) != self.adversary.victim]
-        return self.inner.aggregate_train(server_round, replies)
+        return replies
