@@ -39,6 +39,7 @@ from fedsim.learning.models import MODELS, model_for
 from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
 from fedsim.recording.run import Run
 from fedsim.report.summary import Summary
+from fedsim.report.tensorboard import check_tensorboard, write_tensorboard
 from fedsim.report.writer import run_summary, write_report
 from strategies.registry import STATELESS, build_strategy, check_strategy, is_stateless, train_mods
 
@@ -77,6 +78,7 @@ def check_config(config: Config) -> Config:
     MODELS.get_or_fail(config.model.name)
     check_strategy(config)
     check_attacks(config.attacks, references=config.adversary.role == "server" and not config.defense.secure_aggregation)
+    check_tensorboard(config)
     if config.adversary.mode != "crafted-model" and any(attack_name(a) == "crafted" for a in config.attacks):
         raise FedsimError("attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model or remove it")
     return config
@@ -349,6 +351,8 @@ def _attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
         recorder.write_metrics({LEAKAGE_CSV: leakage.rows, LEAKAGE_SEEDS_CSV: leakage.seed_rows, ROC_CSV: leakage.roc,
                                 PER_CLASS_CSV: leakage.per_class})
         recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
+        if config.export.tensorboard:
+            recorder.list_at_finish(write_tensorboard(run))
         return run_summary(run)
     except BaseException as exc:
         _mark_failed(recorder, f"attacks or report: {type(exc).__name__}: {exc}")

@@ -167,6 +167,13 @@ class AuditConfig(Section):
     guesses: int = Field(20, ge=1, description="the audit guesses the guesses/2 highest-scored canaries in, as many lowest out")
 
 
+class ExportConfig(Section):
+    """Copies of a run's per-round metrics for other tools; they change nothing the run records."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files under RUN/tensorboard/: per round the training metrics and "
+                              "each attack's AUC and TPR@FPR (needs the tensorboard package: pip install 'fedsim[tensorboard]')")
+
+
 class Config(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder")
     seed: int = Field(0, description="seeds the ledger, the initial model, client shuffling and sampling")
@@ -186,6 +193,7 @@ class Config(Section):
     faults: FaultsConfig = Field(default_factory=FaultsConfig, description="injected client faults, drawn from (seed, round, client)")
     record: RecordConfig = Field(default_factory=RecordConfig, description="how the run folder stores parameters")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="canaries of the one-run privacy audit (Steinke et al. 2023)")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="exports of the per-round metrics to other tools (TensorBoard)")
 
     _notes: list[str] = PrivateAttr(default_factory=list)
 
@@ -270,7 +278,8 @@ class Config(Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        unset = {"export"} if self.export == ExportConfig() else None  # a config without exports hashes as before the key existed
+        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_yaml(self) -> str:

@@ -15,6 +15,7 @@ PER_CLASS_CSV = "metrics/leakage_per_class.csv"
 LEAKAGE_SEEDS_CSV = "metrics/leakage_seeds.csv"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
+TENSORBOARD = "tensorboard"  # event files of export.tensorboard (not in the manifest until the run finishes)
 TRAINING_COLUMNS = ["round", "test_loss", "test_accuracy", "train_loss", "clients", "failures", "dropouts", "seconds", "record_seconds"]
 LEAKAGE_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "auc", "accuracy",
