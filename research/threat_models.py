@@ -3,8 +3,10 @@
     python research/threat_models.py configs/location.yaml [--seeds 3] [--out runs/threats] [--set k=v ...]
     python research/threat_models.py configs/location.yaml --seeds 5 --out runs/threats --no-run   # summarise only
 
-Runs `fedsim run` once per setting and seed (seeds 0..K-1; a complete run folder is kept and
-not run again) and prints, per setting and attack, the last round's AUC (fixed in advance) as
+The settings are `fedsim reproduce`'s federated threat models (`FEDERATED_THREAT_MODELS`: global
+= the server, local = a participant; `--set` assignments apply after them). Runs `fedsim run`
+once per setting and seed, each in a fresh process (seeds 0..K-1; a complete run folder is kept
+and not run again) and prints, per setting and attack, the last round's AUC (fixed in advance) as
 the mean over seeds +- its standard deviation over seeds, nasr's TPR at FPR 1e-3 where it is
 measurable (>= 1000 non-member targets, else "n/a"), and the global model's test accuracy; then
 the paired differences of AUC between settings on the same seeds (95% t interval).
@@ -13,7 +15,6 @@ the paired differences of AUC between settings on the same seeds (95% t interval
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,26 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SETTINGS = {
-    "server passive": ["adversary.role=server", "adversary.mode=passive", "adversary.isolate=false"],
-    "server gradient ascent": ["adversary.role=server", "adversary.mode=gradient-ascent", "adversary.isolate=false"],
-    "server isolation": ["adversary.role=server", "adversary.mode=passive", "adversary.isolate=true"],
-    "server isolation + ascent": ["adversary.role=server", "adversary.mode=gradient-ascent", "adversary.isolate=true"],
-    "participant passive": ["adversary.role=participant", "adversary.mode=passive", "adversary.isolate=false"],
-    "participant gradient ascent": ["adversary.role=participant", "adversary.mode=gradient-ascent", "adversary.isolate=false"],
-}
+from fedsim.app.reproduce import FEDERATED_THREAT_MODELS
+from fedsim.recording.run import Run
 
-
-def _complete(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "manifest.json").read_text()).get("status") == "complete"
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
+SETTINGS = {threat.name: threat for threat in FEDERATED_THREAT_MODELS}
 
 
 def run_setting(config: str, folder: Path, assignments: list[str]) -> None:
     """Run one setting and seed with `fedsim run`, unless its folder already holds a complete run."""
-    if _complete(folder):
+    if Run.status_of(folder) == "complete":
         return
     command = [sys.executable, "-m", "fedsim.app.cli", "run", config, "--out", str(folder), "--quiet"]
     for assignment in assignments:
@@ -86,9 +76,9 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + f"\n\n(last round, mean +- standard deviation over {over})"
 
 
-PAIRS = (("server gradient ascent", "server passive"), ("server isolation + ascent", "server isolation"),
-         ("participant gradient ascent", "participant passive"), ("server isolation", "server passive"),
-         ("server passive", "participant passive"))
+PAIRS = (("global gradient ascent", "global passive"), ("global isolation + ascent", "global isolation"),
+         ("local gradient ascent", "local passive"), ("global isolation", "global passive"),
+         ("global passive", "local passive"))
 
 
 def paired(table: pd.DataFrame) -> str:
@@ -122,12 +112,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for seed in range(args.seeds):
-        for setting, keys in SETTINGS.items():
-            folder = args.out / setting.replace(" + ", "-").replace(" ", "-") / f"seed-{seed}"
-            if args.no_run and not _complete(folder):
+        for setting, threat in SETTINGS.items():
+            folder = args.out / threat.folder / f"seed-{seed}"
+            if args.no_run and Run.status_of(folder) != "complete":
                 continue
             if not args.no_run:
-                run_setting(args.config, folder, [*keys, *args.overrides, f"seed={seed}"])
+                run_setting(args.config, folder, [*threat.overrides, *args.overrides, f"seed={seed}"])
             rows.extend(last_rounds(folder, setting, seed))
     if not rows:
         sys.exit(f"threat_models: no complete run in {args.out} for seeds 0..{args.seeds - 1}")

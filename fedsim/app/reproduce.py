@@ -1,31 +1,34 @@
-"""`fedsim reproduce`: every threat model of Nasr, Shokri and Houmansadr (IEEE S&P 2019) on the
-configs of `configs/paper/`, over several seeds, written as `reproduction.md` beside the paper's
-numbers, with the paper's orderings checked as paired differences.
+"""`fedsim reproduce`: a preset of the sweep runner. Every threat model of Nasr, Shokri and
+Houmansadr (IEEE S&P 2019) on the configs of `configs/paper/`, over several seeds, written as
+`reproduction.md` beside the paper's numbers, with the paper's orderings checked as paired
+differences.
 
-Each (config, threat model, seed) is one ordinary run folder; a complete one is skipped, so the
-command resumes like a sweep. Every number in the table is the mean over seeds of the last
-observed round (fixed in advance, never the best round) with a 95% t interval over seeds; every
-ordering is a paired difference on the same seeds (`fedsim.stats.paired.paired_interval`).
+The preset is the grid (config x threat model x seed); each point is one ordinary run folder,
+run by the sweep's loop (`fedsim.app.sweep.run_planned`: a complete one is skipped, so the
+command resumes). Every number in the table is the mean over seeds of the last observed round
+(fixed in advance, never the best round) with a 95% t interval over seeds; every ordering is a
+paired difference on the same seeds (both from `fedsim.stats.paired.paired_interval`). Only the
+paper's numbers checked against its tables are printed beside the results (docs/design.md,
+section 6.4).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from fedsim.app.console import RunConsole
-from fedsim.app.experiment import check_config, run_experiment
+from fedsim.app.experiment import check_config
+from fedsim.app.sweep import SweepRun, run_planned
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
-from fedsim.core.layout import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
+from fedsim.core.layout import LEAKAGE_CSV, TRAINING_CSV
+from fedsim.recording.run import Run
 from fedsim.stats.paired import paired_interval
 
 REPRODUCTION_MD = "reproduction.md"
@@ -39,26 +42,34 @@ class ThreatModel:
     name: str
     overrides: tuple[str, ...]
     attacker: str  # the attacker column of leakage.csv: server or participant
-    paper: str  # the paper's numbers for it (balanced attack accuracy), as docs/design.md, section 6.4 lists them
+    paper: tuple[tuple[str, str], ...] = ()  # (attack, the paper's balanced attack accuracy): only numbers checked against its tables
+
+    @property
+    def folder(self) -> str:
+        """The threat model's folder name, e.g. 'global-isolation-and-ascent'."""
+        return self.name.replace(" + ", "-and-").replace(" ", "-")
+
+    def paper_for(self, attack: str) -> str:
+        """The paper's checked number for this threat model and attack ('' where there is none)."""
+        return dict(self.paper).get(attack, "")
 
 
 _SERVER = ("adversary.role=server", "adversary.victim=0")
 _PARTICIPANT = ("adversary.role=participant", "adversary.victim=0", "adversary.isolate=false")
 THREAT_MODELS: tuple[ThreatModel, ...] = (
     ThreatModel("stand-alone", ("data.num_clients=1", *_SERVER, "adversary.mode=passive", "adversary.isolate=false"), "server",
-                "CIFAR100 DenseNet 67.7% black-box, 74.3%* white-box; AlexNet 74.2%* / 74.6%*; Purchase100 67.6%* / 73.4%*"),
+                (("nasr_blackbox", "CIFAR100 DenseNet 67.7%"),)),
     ThreatModel("global passive", (*_SERVER, "adversary.mode=passive", "adversary.isolate=false"), "server",
-                "CIFAR100 DenseNet 79.2%; AlexNet 85.1%*"),
-    ThreatModel("global gradient ascent", (*_SERVER, "adversary.mode=gradient-ascent", "adversary.isolate=false"), "server",
-                "CIFAR100 AlexNet 88.2%*"),
-    ThreatModel("global isolation", (*_SERVER, "adversary.mode=passive", "adversary.isolate=true"), "server",
-                "not listed in docs/design.md"),
+                (("nasr", "CIFAR100 DenseNet 79.2%"),)),
+    ThreatModel("global gradient ascent", (*_SERVER, "adversary.mode=gradient-ascent", "adversary.isolate=false"), "server"),
+    ThreatModel("global isolation", (*_SERVER, "adversary.mode=passive", "adversary.isolate=true"), "server"),
     ThreatModel("global isolation + ascent", (*_SERVER, "adversary.mode=gradient-ascent", "adversary.isolate=true"), "server",
-                "CIFAR100 DenseNet 87.3%"),
-    ThreatModel("local passive", (*_PARTICIPANT, "adversary.mode=passive"), "participant", "CIFAR100 AlexNet 73.1%*"),
-    ThreatModel("local gradient ascent", (*_PARTICIPANT, "adversary.mode=gradient-ascent"), "participant", "CIFAR100 AlexNet 76.3%*"),
+                (("nasr", "CIFAR100 DenseNet 87.3%"),)),
+    ThreatModel("local passive", (*_PARTICIPANT, "adversary.mode=passive"), "participant"),
+    ThreatModel("local gradient ascent", (*_PARTICIPANT, "adversary.mode=gradient-ascent"), "participant"),
 )
 THREAT_MODEL_NAMES = {t.name: t for t in THREAT_MODELS}
+FEDERATED_THREAT_MODELS = THREAT_MODELS[1:]  # the six settings of docs/design.md, section 2: server or participant, four clients
 
 SCALES: dict[str, tuple[str, ...]] = {
     "cpu": ("location_cpu", "cifar10_alexnet_cpu"),
@@ -81,14 +92,12 @@ METRICS = ("accuracy", "auc", "tpr_at_fpr_1e-2")
 
 
 @dataclass(frozen=True)
-class PlannedRun:
-    """One run of the reproduction: a config, a threat model, a seed, and its folder."""
+class PlannedRun(SweepRun):
+    """One run of the reproduction (a point of the sweep): a config, a threat model and a seed."""
 
     config_name: str
     threat: ThreatModel
     seed: int
-    config: Config
-    folder: Path
 
 
 def paper_config_path(name: str) -> Path:
@@ -140,34 +149,13 @@ def plan(config_names: Sequence[str], seeds: int, out: Path, threat_models: Sequ
         for threat in threat_models:
             for seed in range(seeds):
                 config = check_config(loader(name, [*overrides, *threat.overrides, f"seed={seed}"]))
-                folder = out / name / threat.name.replace(" + ", "-and-").replace(" ", "-") / f"seed-{seed}"
-                planned.append(PlannedRun(name, threat, seed, config, folder))
+                planned.append(PlannedRun(f"{name} {threat.name} seed {seed}", config, out / name / threat.folder / f"seed-{seed}",
+                                          name, threat, seed))
     return planned
 
 
 def _available() -> list[str]:
     return sorted(p.stem for p in PAPER_CONFIGS.glob("*.yaml")) or list(SCALES["cpu"])
-
-
-def _status(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / MANIFEST).read_text())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def run_planned(planned: Sequence[PlannedRun], console: RunConsole) -> None:
-    """Run what is not yet complete (an incomplete folder is redone from the start)."""
-    import shutil
-
-    for number, run in enumerate(planned, 1):
-        label = f"reproduce {number}/{len(planned)}: {run.config_name} {run.threat.name} seed {run.seed}"
-        if _status(run.folder) == "complete":
-            console.print(f"{label}: complete, skipped")
-            continue
-        shutil.rmtree(run.folder, ignore_errors=True)
-        console.print(label)
-        run_experiment(run.config, run.folder, console)
 
 
 def _row(leakage: pd.DataFrame, attacker: str, attack: str, which: str) -> pd.Series | None:
@@ -189,7 +177,7 @@ def results(planned: Sequence[PlannedRun]) -> pd.DataFrame:
     """
     rows = []
     for run in planned:
-        if _status(run.folder) != "complete":
+        if Run.status_of(run.folder) != "complete":
             continue
         leakage = pd.read_csv(run.folder / LEAKAGE_CSV)
         test_accuracy = float(pd.read_csv(run.folder / TRAINING_CSV)["test_accuracy"].iloc[-1])
@@ -203,29 +191,6 @@ def results(planned: Sequence[PlannedRun]) -> pd.DataFrame:
                          "first_auc": float(first["auc"]), "test_accuracy": test_accuracy})
     return pd.DataFrame(rows, columns=["config", "threat_model", "attacker", "attack", "seed", "round", "first_round", *METRICS,
                                        "first_auc", "test_accuracy"])
-
-
-def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean over seeds and the half-width of its t interval (nan with fewer than 2 seeds).
-
-    Parameters
-    ----------
-    values : np.ndarray
-        `(n_seeds,)` one number per seed (NaNs dropped).
-
-    Returns
-    -------
-    tuple of float
-        `(mean, half_width)`: mean +- t_{n-1} * sd / sqrt(n) (scipy.stats.t), sd with ddof=1.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) < 2:
-        return float(v.mean()), math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), half
 
 
 def orderings(table: pd.DataFrame, config_name: str, metric: str = "auc", attack: str = "nasr") -> pd.DataFrame:
@@ -264,10 +229,11 @@ def orderings(table: pd.DataFrame, config_name: str, metric: str = "auc", attack
 
 
 def _cell(values: pd.Series) -> str:
-    mean, half = mean_interval(values.to_numpy())
+    """'mean ± half-width of the 95% t interval' over seeds ('mean' alone with one seed)."""
+    mean, low, high = paired_interval(values.to_numpy())
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 
 def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: str, out: Path) -> Path:
@@ -295,10 +261,11 @@ def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: 
         "",
         f"Made by `{command}` with seeds {', '.join(map(str, seeds))}. Every number is the mean over seeds of the last",
         "observed round (fixed in advance) ± the half-width of the 95% t interval over seeds. Attack accuracy is",
-        "balanced (members and non-members equally many), threshold fitted on the attacker's known records. The paper's",
-        "numbers are balanced attack accuracy as docs/design.md, section 6.4 lists them: plain numbers are from the paper's",
-        "tables, numbers marked * are recalled and not checked against the paper. The paper used CIFAR-100, Purchase100",
-        "and Texas100 at full scale on GPUs; what differs here is said under each config.",
+        "balanced (members and non-members equally many), threshold fitted on the attacker's known records. The paper",
+        "column holds the paper's balanced attack accuracy only where docs/design.md, section 6.4 lists it as read off",
+        "the paper's tables (CIFAR100 DenseNet); numbers that were not checked against the paper are left out, not",
+        "guessed. The paper used CIFAR-100, Purchase100 and Texas100 at full scale on GPUs; what differs here is said",
+        "under each config.",
         "",
     ]
     for config_name in dict.fromkeys(run.config_name for run in planned):
@@ -320,7 +287,7 @@ def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: 
                 if rows.empty:
                     continue
                 lines.append(f"| {threat.name} | {attack} | {_cell(rows['accuracy'])} | {_cell(rows['auc'])} | "
-                             f"{_cell(rows['tpr_at_fpr_1e-2'])} | {_cell(rows['test_accuracy'])} | {threat.paper if attack == 'nasr' else ''} |")
+                             f"{_cell(rows['tpr_at_fpr_1e-2'])} | {_cell(rows['test_accuracy'])} | {threat.paper_for(attack)} |")
         lines += ["", "Orderings of the paper, as paired differences of AUC on the same seeds (a minus b, 95% paired t interval),",
                   "read off the white-box attack (nasr) and off the loss threshold:", "",
                   "| ordering | attack | mean difference | 95% interval | seeds | verdict |", "|---|---|---|---|---|---|"]
@@ -375,7 +342,7 @@ def reproduce(scale: str = "cpu", seeds: int = 3, out: Path | None = None, confi
     console = console or RunConsole()
     planned = plan(names, seeds, out, overrides=overrides)
     out.mkdir(parents=True, exist_ok=True)
-    run_planned(planned, console)
+    run_planned(planned, console, title="reproduce")
     table = results(planned)
     table.to_csv(out / "reproduction.csv", index=False)
     if command is None:

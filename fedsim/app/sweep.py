@@ -13,9 +13,9 @@ seed, and `paired.csv` holds the mean difference and its paired t interval (feds
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ import pandas as pd
 from fedsim.app.console import RunConsole
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
-from fedsim.recording.recorder import LEAKAGE_CSV, MANIFEST, TRAINING_CSV
+from fedsim.recording.recorder import LEAKAGE_CSV, TRAINING_CSV
+from fedsim.recording.run import Run
 from fedsim.stats.paired import PAIRED_METRICS, paired_table
 
 COMPARISON_CSV = "comparison.csv"
@@ -126,13 +127,6 @@ def pairs_of(points: list[GridPoint], key: str, value: str) -> dict[str, str]:
     return pairs
 
 
-def _status(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / MANIFEST).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 def sweep_configs(config_path: str | Path | None, grid: list[str], overrides: list[str], seeds: int | None = None) -> dict[GridPoint, Config]:
     """Every grid point's validated config, checked before the first run starts.
 
@@ -162,6 +156,42 @@ def sweep_configs(config_path: str | Path | None, grid: list[str], overrides: li
     return {point: check_config(load_config(config_path, [*overrides, *point.overrides()])) for point in parse_grid(grid, seeds)}
 
 
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: what the console calls it, its validated config and its folder."""
+
+    label: str
+    config: Config
+    folder: Path
+
+
+def run_planned(runs: Sequence[SweepRun], console: RunConsole, title: str = "sweep") -> None:
+    """The sweep's run loop: run, one after another, every run whose folder holds no complete run.
+
+    A complete run (`Run.status_of`) is skipped, so a sweep started again resumes; an incomplete
+    attempt (crashed or interrupted) is removed and redone from the start.
+
+    Parameters
+    ----------
+    runs : sequence of SweepRun
+        The runs, in order, their configs already validated.
+    console : RunConsole
+        Progress: one line per run, "<title> N/M: <label>".
+    title : str
+        The progress lines' first word (the command: sweep, reproduce).
+    """
+    from fedsim.app.experiment import run_experiment
+
+    for number, run in enumerate(runs, 1):
+        label = f"{title} {number}/{len(runs)}: {run.label}"
+        if Run.status_of(run.folder) == "complete":
+            console.print(f"{label}: complete, skipped")
+            continue
+        shutil.rmtree(run.folder, ignore_errors=True)
+        console.print(label)
+        run_experiment(run.config, run.folder, console)
+
+
 def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], out: Path | None = None,
               console: RunConsole | None = None, seeds: int | None = None, baseline: str | None = None) -> Path:
     """Run every grid point not yet complete; write comparison.csv and the sweep's report
@@ -171,7 +201,6 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
     a grid key), paired.csv compares each setting with its baseline seed by seed (see
     `paired_table`) and the report shows it.
     """
-    from fedsim.app.experiment import run_experiment
     from fedsim.report.writer import write_sweep_report
 
     console = console or RunConsole()
@@ -180,14 +209,7 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
     baseline_value = parse_baseline(baseline, points) if baseline is not None else None
     folder = out or Path("runs") / f"sweep-{next(iter(configs.values())).name}"
     folder.mkdir(parents=True, exist_ok=True)
-    for number, (point, config) in enumerate(configs.items(), 1):
-        run_folder = folder / point.name
-        if _status(run_folder) == "complete":
-            console.print(f"sweep {number}/{len(points)}: {point.name}: complete, skipped")
-            continue
-        shutil.rmtree(run_folder, ignore_errors=True)  # an incomplete attempt is redone from the start
-        console.print(f"sweep {number}/{len(points)}: {point.name}")
-        run_experiment(config, run_folder, console)
+    run_planned([SweepRun(point.name, config, folder / point.name) for point, config in configs.items()], console)
     table = comparison_table({point: folder / point.name for point in points}, configs)
     table.to_csv(folder / COMPARISON_CSV, index=False)
     paired = None
@@ -205,7 +227,7 @@ def sweep_paired_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Con
     """
     leakage = {}
     for point, folder in runs.items():
-        if _status(folder) != "complete":
+        if Run.status_of(folder) != "complete":
             continue
         rows = pd.read_csv(folder / LEAKAGE_CSV)
         training = pd.read_csv(folder / TRAINING_CSV)

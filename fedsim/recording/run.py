@@ -91,6 +91,29 @@ class Run:
         """
         return self.manifest["status"]
 
+    @staticmethod
+    def status_of(folder: str | Path) -> str | None:
+        """The state a folder's manifest records, read without opening the run.
+
+        What a sweep asks before running a point again: it neither validates the config nor
+        checks any record, so it also answers for a folder whose run was killed early.
+
+        Parameters
+        ----------
+        folder : str or pathlib.Path
+            A run folder, or where one may be.
+
+        Returns
+        -------
+        str or None
+            "running", "complete" or "failed"; None when the folder holds no readable manifest.
+        """
+        try:
+            status = json.loads((Path(folder) / MANIFEST).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return status if isinstance(status, str) else None
+
     @property
     def rounds(self) -> list[int]:
         """The complete rounds.

@@ -22,10 +22,13 @@ PAIRED_COLUMNS = ["setting", "baseline", "attacker", "attack", "round", "metric"
 def paired_interval(differences: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of per-seed differences and its paired t interval.
 
+    fedsim's one Student t interval: given one value per seed instead of a difference, it is the
+    interval of that value's mean over seeds (what `fedsim reproduce` prints as mean ± half-width).
+
     Parameters
     ----------
     differences : np.ndarray
-        `(n_seeds,)` setting minus baseline, one per seed (NaNs are dropped).
+        `(n_seeds,)` setting minus baseline, one per seed (NaNs are dropped), or any one value per seed.
     confidence : float
         Two-sided coverage of the interval.
 

@@ -24,6 +24,10 @@ def test_the_paired_interval_is_scipys_paired_t_interval():
     assert mean == pytest.approx((setting - baseline).mean())
     assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-10)
     assert np.isnan(paired_interval(np.array([0.1]))[1])  # one seed: no interval
+    # one value per seed (fedsim reproduce's mean ± half-width): the one-sample t interval of its mean
+    mean, low, high = paired_interval(setting)
+    reference = stats.ttest_1samp(setting, 0.0).confidence_interval(0.95)
+    assert mean == pytest.approx(setting.mean()) and (low, high) == pytest.approx((reference.low, reference.high), rel=1e-10)
 
 
 def _leakage(auc: float, tpr: float, round_number: int = 1) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import pytest
 from fedsim.app.cli import main
 from fedsim.app.sweep import COMPARISON_CSV, PLOT, parse_grid
 from fedsim.core.errors import FedsimError
+from fedsim.recording.run import Run
 
 SMALL = ["data.records_per_client=40", "data.nonmembers=40", "data.test_records=100", "adversary.target_records=20",
          "train.rounds=2", "model.args={hidden: [16]}", "attacks=[loss]", "backend.engine=in-process"]
@@ -69,6 +70,7 @@ def test_a_real_sweep_writes_the_comparison_and_resumes(tmp_path, capsys):
     done, interrupted = folder / "strategy.name=fedavg", folder / "strategy.name=fedmedian"
     manifest = json.loads((interrupted / "manifest.json").read_text())
     (interrupted / "manifest.json").write_text(json.dumps(manifest | {"status": "running"}))
+    assert Run.status_of(interrupted) == "running" and Run.status_of(done) == "complete" and Run.status_of(folder / "absent") is None
     kept = (done / "manifest.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert (done / "manifest.json").stat().st_mtime_ns == kept  # a complete run is skipped
