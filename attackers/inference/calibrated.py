@@ -47,6 +47,7 @@ from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import gradient_alignment
 from attackers.inference.observation import Observation, records_key
 from fedsim.core.errors import FedsimError
+from fedsim.core.threat_model import ThreatModel
 from fedsim.stats.metrics import best_threshold
 
 
@@ -77,8 +78,7 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
         in the observation, so every calibrated attack reads the models once.
     """
     if observation.reference_models is None:
-        raise FedsimError("attacks fedmia, lira and rmia need the other clients' models as references: use them with "
-                          "adversary.role: server without defense.secure_aggregation")
+        raise FedsimError(ThreatModel.refusal("attacks fedmia, lira and rmia calibrate against the other clients' models"))
     key = ("calibrated", round_number, records_key(ids))
     if key not in observation._cache:
         references = _reference_models(observation, round_number)
@@ -137,8 +137,7 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
         When the view does not hold what each client was sent, or no other client's model.
     """
     if observation.load_sent is None or observation.reference_sent is None or observation.reference_models is None:
-        raise FedsimError("fedmia with measurement: cosine needs what every client was sent and returned: "
-                          "use it with adversary.role: server without defense.secure_aggregation")
+        raise FedsimError(ThreatModel.refusal("fedmia with measurement: cosine reads what every client was sent and returned"))
     key = ("update-cosines", round_number, records_key(ids))
     if key not in observation._cache:
         returned = [observation.model(round_number), *_reference_models(observation, round_number)]
@@ -186,8 +185,7 @@ def victim_update_cosines(observation: Observation, ids: np.ndarray, round_numbe
     if full in observation._cache:
         return observation._cache[full][0]
     if observation.load_sent is None:
-        raise FedsimError("grad_cosine needs what the victim was sent and returned: use it with adversary.role: server "
-                          "without defense.secure_aggregation")
+        raise FedsimError(ThreatModel.refusal("grad_cosine reads what the victim was sent and returned"))
     key = ("victim-update-cosines", round_number, full[2])
     if key not in observation._cache:
         sent, returned = observation.load_sent(round_number), observation.model(round_number)

@@ -32,6 +32,7 @@ from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import ATTACKS, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
 from fedsim.core.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_SEEDS_COLUMNS, PER_CLASS_COLUMNS, ROC_COLUMNS
+from fedsim.core.threat_model import ThreatModel
 from fedsim.learning.membership import CANARY
 from fedsim.recording.run import Run
 from fedsim.stats.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
@@ -351,7 +352,7 @@ def _why_empty(run: Run, view, names: Sequence[str], attacked: Sequence[int]) ->
     if not names:
         return "no attack configured (attacks: [])"
     if not view.observation.rounds:
-        if view.attacker == "server" and view.target != "global":
+        if ThreatModel.of(run.config).sees_individual_updates:
             return (f"the server never received client {adversary.victim}'s model (client sampling left it out of every round, "
                     "or it failed or dropped out); raise the strategy's fraction_train or run more rounds")
         return (f"the curious participant (client {adversary.victim}) never received a global model (client sampling left it out of "

@@ -28,6 +28,7 @@ from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
 from attackers.inference.unsupervised import UnsupervisedNasrAttack
 from fedsim.core.errors import FedsimError
 from fedsim.core.registry import Registry
+from fedsim.core.threat_model import ThreatModel
 
 ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
 for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
@@ -146,5 +147,4 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
         seen.add(name)
         if getattr(ATTACKS[name], "needs_references", False) and not references:
             need = getattr(ATTACKS[name], "reads", "calibrates against the other clients' models")
-            raise FedsimError(f"{key}: {name} {need}, which only a curious server that sees "
-                              "individual updates holds; use adversary.role: server without defense.secure_aggregation, or remove it")
+            raise FedsimError(ThreatModel.refusal(f"{key}: {name} {need}") + ", or remove it")

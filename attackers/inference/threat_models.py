@@ -12,7 +12,8 @@ records, which it never trains on.
 
 A participant observes only the global models it was sent: those it trained from in the
 rounds it was sampled in (the model of round r-1 for round r), never the final aggregate,
-which no client receives.
+which no client receives. Which of these views a config sets up is decided by
+`fedsim.core.threat_model.ThreatModel`, which also puts it in words.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from attackers.inference.observation import Observation
 from fedsim.core.layout import client_file
+from fedsim.core.threat_model import ThreatModel
 from fedsim.learning.membership import attacker_known, match_labels
 from fedsim.learning.models import model_for
 from fedsim.learning.training import resolve_device
@@ -57,35 +59,6 @@ class AttackerView:
     train_members: np.ndarray
     eval_ids: np.ndarray
     eval_members: np.ndarray
-
-
-def describe(config) -> str:
-    """The configured threat model in words, for the console and the report.
-
-    Parameters
-    ----------
-    config : Config
-        A run's config.
-
-    Returns
-    -------
-    str
-        One sentence (threat models of Nasr, Shokri and Houmansadr, S&P 2019, section III).
-    """
-    adversary = config.adversary
-    if adversary.role == "none":
-        return "no adversary: honest run, no leakage measured"
-    if adversary.role == "participant":
-        action = "adds gradient ascent on the targets to its uploads" if adversary.mode == "gradient-ascent" else "trains honestly"
-        return f"curious participant (client {adversary.victim}) observes the global models and {action}; targets: the other clients' members"
-    if config.defense.secure_aggregation:
-        seen = "sees only the aggregate (secure aggregation), so it attacks the global models"
-    else:
-        seen = f"observes client {adversary.victim}'s local models"
-    ascent = f"sends {'every client' if adversary.sent_to == 'all' else 'it'} a gradient-ascent step"
-    actions = [a for a, on in (("isolates the victim", adversary.isolate), (ascent, adversary.mode == "gradient-ascent"),
-                               ("sends it a crafted model (one first-layer neuron per target)", adversary.mode == "crafted-model")) if on]
-    return f"curious server {seen}" + (f"; it {' and '.join(actions)}" if actions else "; passive")
 
 
 def _balanced(ids: np.ndarray, members: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +151,7 @@ def sent_mean(run: Run, round_number: int, client: int):
     torch.nn.Module
         The model in eval mode.
     """
-    contributors = max(1, len(run.manifest["rounds"][str(round_number)].get("secure_sum", [])))  # the replies summed, not the failed
+    contributors = max(1, len(run.manifest.rounds[round_number].secure_sum or ()))  # the replies summed, not the failed
     sent = sent_model(run, round_number, client).state_dict()
     previous = run.model(round_number - 1).state_dict()
     with torch.random.fork_rng(devices=[]):
@@ -200,9 +173,10 @@ def attacker_view(run: Run) -> AttackerView | None:
     AttackerView or None
         None when the run has no adversary (`adversary.role: none`).
     """
-    adversary = run.config.adversary
-    if adversary.role == "none":
+    threat = ThreatModel.of(run.config)
+    if threat.target is None:
         return None
+    adversary = run.config.adversary
     ledger: pd.DataFrame = run.membership
     victim = adversary.victim
     known = attacker_known(ledger, run.config)  # the records an active attacker also ascends
@@ -214,7 +188,7 @@ def attacker_view(run: Run) -> AttackerView | None:
     trained = [r for r in run.rounds if r >= 1]
     budget = int(run.config.features.memory_budget_gib * (1 << 30))
     device = resolve_device(run.config.features.device)
-    if adversary.role == "server" and not run.config.defense.secure_aggregation:
+    if threat.observes == "client updates":
         rounds = [r for r in trained if victim in run.clients(r)]
 
         def references(round_number: int):
@@ -227,17 +201,14 @@ def attacker_view(run: Run) -> AttackerView | None:
                                   device=device, load_sent=lambda r: sent_model(run, r, victim),
                                   manipulated=_broadcast_rounds(run, rounds, victim),
                                   load_before=lambda r: before_ascent(run, r, victim), reference_sent=references_sent)
-        target = f"client-{victim:03d}"
-    elif adversary.role == "server" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
-        summed = [r for r in trained if victim in run.manifest["rounds"][str(r)].get("secure_sum", [])]  # its trap's reply is in the sum
+    elif threat.observes == "aggregates" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
+        summed = [r for r in trained if victim in (run.manifest.rounds[r].secure_sum or ())]  # its trap's reply is in the sum
         crafted = _broadcast_rounds(run, summed, victim)
         observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device,
                                   load_sent=lambda r: sent_model(run, r, victim), manipulated=crafted,
                                   load_baseline=lambda r: sent_mean(run, r, victim))
-        target = "global"
-    elif adversary.role == "server":  # under secure aggregation: the aggregates it computes
+    elif threat.observes == "aggregates":  # the aggregates it computes
         observation = Observation(trained, lambda r: run.model(r), run.records, budget, device=device)
-        target = "global"
     else:  # round r: the global model of round r - 1, which the participant trained from
         received = [r for r in trained if victim in run.received(r)]
 
@@ -245,5 +216,4 @@ def attacker_view(run: Run) -> AttackerView | None:
             return run.model(r - 1, victim) if r >= 2 and victim in run.clients(r - 1) else run.model(r - 1)
 
         observation = Observation(received, lambda r: run.model(r - 1), run.records, budget, device=device, load_sent=own_upload)
-        target = "others"
-    return AttackerView(adversary.role, target, observation, train_ids, train_members, eval_ids, eval_members)
+    return AttackerView(adversary.role, threat.target, observation, train_ids, train_members, eval_ids, eval_members)

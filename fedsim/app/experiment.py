@@ -21,12 +21,12 @@ from attackers.active.adversary import participant_mods, server_wrapper
 from attackers.active.crafted_model import check_crafted
 from attackers.inference.leakage import measure_leakage
 from attackers.inference.registry import attack_name, check_attacks
-from attackers.inference.threat_models import describe
 from fedsim.app.console import RUN_LOG, RunConsole, summary_table
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
 from fedsim.core.layout import LEAKAGE_SEEDS_CSV
 from fedsim.core.messages import PARTITION_KEY
+from fedsim.core.threat_model import ThreatModel
 from fedsim.engine.client_app import make_client_app
 from fedsim.engine.faults import FaultPlan, failing_client_mod
 from fedsim.engine.inprocess import run_in_process
@@ -77,7 +77,7 @@ def check_config(config: Config) -> Config:
     DATASETS.get_or_fail(config.data.dataset)
     MODELS.get_or_fail(config.model.name)
     check_strategy(config)
-    check_attacks(config.attacks, references=config.adversary.role == "server" and not config.defense.secure_aggregation)
+    check_attacks(config.attacks, references=ThreatModel.of(config).sees_individual_updates)
     check_tensorboard(config)
     if config.adversary.mode != "crafted-model" and any(attack_name(a) == "crafted" for a in config.attacks):
         raise FedsimError("attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model or remove it")
@@ -210,7 +210,7 @@ def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     recorder = Recorder.reopen(folder)
     config = recorder.config
     run = Run.open(folder)
-    last = recorder.manifest["rounds_completed"]
+    last = recorder.manifest.rounds_completed
     torch.manual_seed(config.seed)
     model = model_for(config)
     strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
@@ -271,17 +271,17 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     config, folder = recorder.config, recorder.folder
     pool = pool_for(config.data)
     if resumed is not None:
-        console.print(f"fedsim: resuming {folder} after round {recorder.manifest['rounds_completed']}")
+        console.print(f"fedsim: resuming {folder} after round {recorder.manifest.rounds_completed}")
     plan, client_app, faults = _apps(recorder, ledger, pool, model, strategy, resumed, console)
     console.print(
         f"fedsim: {config.name}: {config.data.num_clients} clients on {config.data.dataset}, "
         f"{config.model.name}, {config.strategy.name}, {config.train.rounds} rounds -> {folder}"
     )
     console.start(ROUNDS_STAGE, config.train.rounds)
-    if recorder.manifest["rounds_completed"] < config.train.rounds:
+    if recorder.manifest.rounds_completed < config.train.rounds:
         _simulate(recorder, plan, client_app, engine)
     _check_rounds_completed(recorder, faults)
-    console.print(f"threat model: {describe(config)}")
+    console.print(f"threat model: {ThreatModel.of(config).describe()}")
     summary = _attack_and_report(recorder, console)
     recorder.finish("complete")
     console.print(f"report: {folder / REPORT_HTML}")
@@ -327,17 +327,18 @@ def _simulate(recorder: Recorder, plan: ServerPlan, client_app: ClientApp, engin
 def _check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
     """Refuse (and mark failed) a run whose curious participant failed or that stopped early."""
     config = recorder.config
-    attacker_failed = [r for r, info in recorder.manifest["rounds"].items()
-                       if config.adversary.victim in info.get("failed", []) and not faults.raises(int(r), config.adversary.victim)]
+    attacker_failed = [str(r) for r, info in recorder.manifest.rounds.items()
+                       if config.adversary.victim in info.failed and not faults.raises(r, config.adversary.victim)]
     if config.adversary.role == "participant" and config.adversary.mode == "gradient-ascent" and attacker_failed:
         _mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
         raise FedsimError(
             f"adversary: the curious participant (client {config.adversary.victim}) failed in rounds {', '.join(attacker_failed)}, "
             "most likely a gradient-ascent step with a non-finite loss; lower adversary.gamma"
         )
-    if recorder.manifest["rounds_completed"] != config.train.rounds:
-        _mark_failed(recorder, f"only {recorder.manifest['rounds_completed']} of {config.train.rounds} rounds completed")
-        raise RuntimeError(f"the simulation stopped after round {recorder.manifest['rounds_completed']} of {config.train.rounds}")
+    completed = recorder.manifest.rounds_completed
+    if completed != config.train.rounds:
+        _mark_failed(recorder, f"only {completed} of {config.train.rounds} rounds completed")
+        raise RuntimeError(f"the simulation stopped after round {completed} of {config.train.rounds}")
 
 
 def _attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:

@@ -27,6 +27,7 @@ from fedsim.core.errors import FedsimError, fatal_message
 from fedsim.core.messages import AGGREGATE, CLIENT_RECORD, CONTRIBUTORS, array_record, config_record, int_list, metric_record, number, partition_of
 from fedsim.engine.faults import DropoutGrid, FaultPlan
 from fedsim.learning.training import evaluate, torch_threads
+from fedsim.recording.manifest import RoundEntry
 from fedsim.recording.recorder import Recorder
 from fedsim.recording.run import Run
 from strategies.secure_aggregation import SecureAggregation
@@ -319,7 +320,7 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
 def _serve(plan: ServerPlan, grid: Grid) -> None:
     """The body of `serve`, on the planned thread count."""
     partitions = discover_partitions(grid, plan.num_clients)
-    first_round = 1 if plan.resumed is None else plan.resumed.manifest["rounds_completed"] + 1
+    first_round = 1 if plan.resumed is None else plan.resumed.manifest.rounds_completed + 1
     stack = wrapper_stack(plan, partitions, first_round)
     clock = stack[0]
     assert isinstance(clock, RoundClock)
@@ -336,17 +337,17 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
         plan.model.load_state_dict(state)
         result = evaluate(plan.model, *plan.test_data)
         check_finite(server_round, result.loss, state, plan.adversary_gamma)
-        info = plan.recorder.manifest["rounds"].get(str(server_round), {})
+        info = plan.recorder.manifest.rounds.get(server_round, RoundEntry())
         row = {
             "round": server_round,
             "test_loss": round(result.loss, 6),
             "test_accuracy": round(result.accuracy, 6),
-            "train_loss": info.get("train_loss", ""),
-            "clients": len(info.get("clients", {})) or len(info.get("secure_sum", [])),
-            "failures": len(info.get("failed", [])),
-            "dropouts": len(info.get("dropped", [])),
+            "train_loss": "" if info.train_loss is None else info.train_loss,
+            "clients": len(info.clients) or len(info.secure_sum or ()),
+            "failures": len(info.failed),
+            "dropouts": len(info.dropped),
             "seconds": round(time.perf_counter() - started, 3),
-            "record_seconds": info.get("record_seconds", ""),
+            "record_seconds": "" if info.record_seconds is None else info.record_seconds,
         }
         row |= recording.privacy_columns(server_round)
         plan.recorder.append_training(row)

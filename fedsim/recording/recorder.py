@@ -17,9 +17,8 @@ import shutil
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import save
@@ -43,6 +42,7 @@ from fedsim.core.layout import (  # noqa: F401  (re-exported: the run folder's n
     is_report_file,
     round_dir,
 )
+from fedsim.recording.manifest import ClientEntry, Manifest, RoundEntry, Status, now
 from fedsim.recording.run import Run
 
 
@@ -106,8 +106,15 @@ class Recorder:
     def __init__(self, folder: Path, config: Config):
         self.folder = folder
         self.config = config
-        self.manifest: dict[str, Any] = {}
+        self._manifest: Manifest | None = None
         self.outputs = {TRAINING_CSV, LEAKAGE_CSV}  # listed with their sha256 when the run finishes
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as last written (`start` or `reopen` creates it)."""
+        if self._manifest is None:
+            raise RuntimeError("the recorder has no manifest before start() or reopen()")
+        return self._manifest
 
     def start(self, ledger_writer, force: bool = False) -> None:
         """Create the folder with config, ledger, empty metrics and a 'running' manifest.
@@ -130,23 +137,12 @@ class Recorder:
             self._create(ledger_writer)
 
     def _create(self, ledger_writer) -> None:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        self.manifest = {
-            "format": 1,
-            "name": self.config.name,
-            "status": "running",
-            "seed": self.config.seed,
-            "config_sha256": self.config.digest(),
-            "versions": _versions(),
-            "created": now,
-            "updated": now,
-            "rounds_completed": -1,
-            "rounds": {},
-            "files": {},
-        }
+        created = now()
+        self._manifest = Manifest(name=self.config.name, status="running", seed=self.config.seed, config_sha256=self.config.digest(),
+                                  versions=_versions(), created=created, updated=created)
         self._write_file("config.yaml", self.config.to_yaml().encode())
         ledger_path = ledger_writer(self.folder)
-        self.manifest["files"][ledger_path.name] = sha256_of(ledger_path)
+        self.manifest.files[ledger_path.name] = sha256_of(ledger_path)
         for name, columns in ((TRAINING_CSV, training_columns(self.config)), (LEAKAGE_CSV, LEAKAGE_COLUMNS)):
             self._write_file(name, (",".join(columns) + "\n").encode(), listed=False)
         self._save_manifest()
@@ -162,18 +158,18 @@ class Recorder:
         run = Run.open(folder)
         if run.status == "complete":
             raise FedsimError(f"--resume: {folder} is already complete; nothing to resume")
-        if run.config.digest() != run.manifest["config_sha256"]:
+        if run.config.digest() != run.manifest.config_sha256:
             raise FedsimError(f"--resume: {folder}/config.yaml does not match the manifest's config_sha256; the folder was edited")
         recorder = cls(folder, run.config)
-        recorder.manifest = run.manifest
-        files = recorder.manifest["files"]
+        recorder._manifest = run.manifest
+        files = recorder.manifest.files
         for relative in [r for r in files if r.startswith("metrics/") or is_report_file(r)]:
             del files[relative]  # written again when the run completes
         for relative, expected in files.items():
             path = folder / relative
             if not path.is_file() or sha256_of(path) != expected:
                 raise FedsimError(f"--resume: {path} is missing or does not match its sha256 in the manifest; the run cannot be continued")
-        last = run.manifest["rounds_completed"]
+        last = run.manifest.rounds_completed
         with recorder._disk("the resumed run"):
             for leftover in (folder / "rounds").glob("*"):
                 if not leftover.name.isdigit() or int(leftover.name) > last:  # staged, or never listed
@@ -181,8 +177,8 @@ class Recorder:
             for temporary in folder.rglob(".*.tmp"):
                 temporary.unlink()
             recorder._keep_training_rows(before=last)
-            recorder.manifest["status"] = "running"
-            recorder.manifest.pop("error", None)
+            recorder.manifest.status = "running"
+            recorder.manifest.error = None
             recorder._save_manifest()
         return recorder
 
@@ -196,11 +192,11 @@ class Recorder:
     def _write_file(self, relative: str, payload: bytes, listed: bool = True) -> None:
         write_atomically(self.folder / relative, payload)
         if listed:
-            self.manifest["files"][relative] = hashlib.sha256(payload).hexdigest()
+            self.manifest.files[relative] = hashlib.sha256(payload).hexdigest()
 
     def _save_manifest(self) -> None:
-        self.manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_atomically(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        self.manifest.updated = now()
+        write_atomically(self.folder / MANIFEST, self.manifest.to_json())
 
     def record_round(
         self,
@@ -222,17 +218,13 @@ class Recorder:
         manifest lists them: only then is the round complete. A failed write (disk full, folder
         gone) raises a FedsimError naming the round and the cause.
         """
-        info: dict[str, Any] = {"clients": {}, "failed": sorted(failed or []), "dropped": sorted(dropped or [])}
-        if train_loss is not None:
-            info["train_loss"] = train_loss
-        if secure_sum is not None:
-            info["secure_sum"] = secure_sum
         with self._disk(f"round {round_number}"):
             started = time.perf_counter()
-            info["clients"] = self._write_round(round_number, global_state, clients or {}, broadcast or {})
-            info["record_seconds"] = round(time.perf_counter() - started, 4)
-            self.manifest["rounds"][str(round_number)] = info
-            self.manifest["rounds_completed"] = round_number
+            heard = self._write_round(round_number, global_state, clients or {}, broadcast or {})
+            self.manifest.rounds[round_number] = RoundEntry(clients=heard, failed=sorted(failed or []), dropped=sorted(dropped or []),
+                                                            train_loss=train_loss, secure_sum=secure_sum,
+                                                            record_seconds=round(time.perf_counter() - started, 4))
+            self.manifest.rounds_completed = round_number
             self._save_manifest()
 
     @contextmanager
@@ -245,7 +237,7 @@ class Recorder:
                               "free disk space or fix the folder, then continue with `fedsim run --resume`") from None
 
     def _write_round(self, round_number: int, global_state: StateDict, clients: Mapping[int, tuple[StateDict, int]],
-                     broadcast: Mapping[int, StateDict]) -> dict[str, dict[str, int]]:
+                     broadcast: Mapping[int, StateDict]) -> dict[int, ClientEntry]:
         final = self.folder / round_dir(round_number)
         staging = final.with_name(f".{final.name}.partial")
         dtype = torch.float16 if self.config.record.dtype == "float16" else None
@@ -263,12 +255,12 @@ class Recorder:
         for client, (state, num_examples) in sorted(clients.items()):
             meta = {"round": str(round_number), "source": f"client-{client:03d}", "num_examples": str(num_examples)}
             stage(client_file(round_number, client), state, meta)
-            client_info[str(client)] = {"num_examples": num_examples}
+            client_info[client] = ClientEntry(num_examples=num_examples)
         for client, state in sorted(broadcast.items()):
             meta = {"round": str(round_number), "source": f"broadcast-{client:03d}"}
             stage(client_file(round_number, client, "broadcast"), state, meta)
         os.replace(staging, final)
-        self.manifest["files"].update(hashes)
+        self.manifest.files.update(hashes)
         return client_info
 
     def append_training(self, row: Mapping[str, Any]) -> None:
@@ -295,13 +287,13 @@ class Recorder:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the run complete or failed; list the metrics and report files with their checksums."""
-        self.manifest["status"] = status
+        self.manifest.status = cast(Status, status)  # checked on assignment: running, complete or failed
         if error:
-            self.manifest["error"] = error
+            self.manifest.error = error
         with self._disk(f"the manifest ({status})"):
             for relative in sorted(self.outputs):
                 if (self.folder / relative).exists():
-                    self.manifest["files"][relative] = sha256_of(self.folder / relative)
+                    self.manifest.files[relative] = sha256_of(self.folder / relative)
             self._save_manifest()
 
 
@@ -311,9 +303,9 @@ def relist_report(folder: Path, written: list[str]) -> None:
     tables, so this is the one change a finished manifest accepts; records are never relisted.
     """
     path = folder / MANIFEST
-    manifest = json.loads(path.read_text())
-    files = {k: v for k, v in manifest["files"].items() if not is_report_file(k)}
+    manifest = Manifest.from_json(path.read_bytes())
+    files = {k: v for k, v in manifest.files.items() if not is_report_file(k)}
     files.update({relative: sha256_of(folder / relative) for relative in sorted(written)})
-    manifest["files"] = files
-    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    write_atomically(path, json.dumps(manifest, indent=1).encode())
+    manifest.files = files
+    manifest.updated = now()
+    write_atomically(path, manifest.to_json())

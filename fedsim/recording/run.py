@@ -26,6 +26,7 @@ from fedsim.core.layout import LEDGER as LEDGER_FILE
 from fedsim.core.layout import MANIFEST, client_file, global_file
 from fedsim.learning.datasets import Pool, pool_for
 from fedsim.learning.models import model_for
+from fedsim.recording.manifest import Manifest, RoundEntry
 
 
 class Run:
@@ -40,12 +41,13 @@ class Run:
         The run folder (the one `fedsim run` printed).
     config : fedsim.core.config.Config
         The run's validated config.yaml.
-    manifest : dict
-        The parsed manifest.json: `status`, `rounds` (per round: the clients heard and their
-        example counts) and `files` (relative path -> sha256 hex digest).
+    manifest : fedsim.recording.manifest.Manifest
+        The parsed manifest.json: `status`, `rounds_completed`, `rounds` (per round: the clients
+        heard and their example counts, e.g. `manifest.rounds[1].clients`) and `files` (relative
+        path -> sha256 hex digest).
     """
 
-    def __init__(self, folder: Path, config: Config, manifest: dict):
+    def __init__(self, folder: Path, config: Config, manifest: Manifest):
         self.folder = folder
         self.config = config
         self.manifest = manifest
@@ -74,7 +76,7 @@ class Run:
         if not manifest_path.is_file():
             raise FedsimError(f"{folder}: not a fedsim run folder (no {MANIFEST}); give the folder `fedsim run` printed")
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = Manifest.from_json(manifest_path.read_bytes())
             config = Config.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
         except (json.JSONDecodeError, yaml.YAMLError, OSError, ValueError) as exc:
             raise FedsimError(f"{folder}: the manifest or config.yaml is unreadable ({type(exc).__name__}); the run folder is damaged") from None
@@ -89,7 +91,7 @@ class Run:
         str
             "running", "complete" or "failed".
         """
-        return self.manifest["status"]
+        return self.manifest.status
 
     @staticmethod
     def status_of(folder: str | Path) -> str | None:
@@ -123,7 +125,7 @@ class Run:
         list of int
             Round numbers in increasing order, 0 (the initial model) included.
         """
-        return sorted(int(r) for r in self.manifest["rounds"])
+        return sorted(self.manifest.rounds)
 
     @cached_property
     def membership(self) -> pd.DataFrame:
@@ -188,7 +190,7 @@ class Run:
         FedsimError
             If the round is not recorded.
         """
-        return sorted(int(c) for c in self._round(round_number)["clients"])
+        return sorted(self._round(round_number).clients)
 
     def received(self, round_number: int) -> list[int]:
         """The clients that received the round's training message (the global model of the round
@@ -210,8 +212,7 @@ class Run:
         FedsimError
             If the round is not recorded.
         """
-        info = self._round(round_number)
-        return sorted({int(c) for c in info["clients"]} | set(info.get("secure_sum", [])) | set(info.get("failed", [])) - {-1})
+        return sorted(self._round(round_number).received())
 
     def num_examples(self, round_number: int, client: int) -> int:
         """How many examples a client reported training on in a round (FedAvg's weight).
@@ -233,10 +234,10 @@ class Run:
         FedsimError
             If the round is not recorded.
         """
-        return int(self._round(round_number)["clients"][str(client)]["num_examples"])
+        return self._round(round_number).clients[client].num_examples
 
-    def _round(self, round_number: int) -> dict:
-        info = self.manifest["rounds"].get(str(round_number))
+    def _round(self, round_number: int) -> RoundEntry:
+        info = self.manifest.rounds.get(round_number)
         if info is None:
             raise FedsimError(f"{self.folder}: round {round_number} is not recorded; complete rounds are {self.rounds}")
         return info
@@ -264,7 +265,7 @@ class Run:
             If the file is missing, its sha256 does not match, or it is not a readable CSV.
         """
         path = self.folder / relative
-        if relative in self.manifest["files"]:
+        if relative in self.manifest.files:
             payload = self._read_verified(relative)
         elif path.is_file():
             payload = path.read_bytes()
@@ -276,7 +277,7 @@ class Run:
             raise FedsimError(f"{path}: not a readable CSV table ({type(exc).__name__}); the run folder is damaged") from None
 
     def _read_verified(self, relative: str) -> bytes:
-        expected = self.manifest["files"].get(relative)
+        expected = self.manifest.files.get(relative)
         path = self.folder / relative
         if expected is None or not path.is_file():
             raise FedsimError(f"{path}: not recorded in this run")

@@ -30,8 +30,9 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from attackers.inference.audit import accountant_epsilon
-from attackers.inference.threat_models import attacker_view, describe
+from attackers.inference.threat_models import attacker_view
 from fedsim.core.errors import FedsimError
+from fedsim.core.threat_model import ThreatModel
 from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
 from fedsim.recording.run import Run
 from fedsim.report import plots
@@ -261,7 +262,7 @@ def _write_plots(folder: Path, figures: list[Plot]) -> list[str]:
 
 
 def run_summary(run: Run) -> Summary:
-    return Summary(run.table(LEAKAGE_CSV), run.table(TRAINING_CSV), describe(run.config))
+    return Summary(run.table(LEAKAGE_CSV), run.table(TRAINING_CSV), ThreatModel.of(run.config).describe())
 
 
 def write_report(run: Run) -> list[str]:
@@ -276,7 +277,7 @@ def write_report(run: Run) -> list[str]:
     config = run.config
     meta = (f"{run.folder.name}: {config.data.num_clients} clients on {config.data.dataset}, {config.model.name}, "
             f"{config.strategy.name}, {config.train.rounds} rounds, seed {config.seed}; "
-            f"fedsim {run.manifest.get('versions', {}).get('fedsim', '?')}, created {run.manifest.get('created', '?')}")
+            f"fedsim {run.manifest.versions.get('fedsim', '?')}, created {run.manifest.created}")
     tables = [_details_html(LEAKAGE_CSV, summary.leakage)] if not summary.leakage.empty else []
     tables.append(_details_html(TRAINING_CSV, summary.training))
     page = _page(f"fedsim report: {config.name}", meta, [summary_html(summary), *map(_figure_html, figures), "<h2>Tables</h2>", *tables])

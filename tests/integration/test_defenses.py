@@ -63,7 +63,7 @@ def test_under_secure_aggregation_the_server_attacker_never_receives_an_individu
     assert seen == [AGGREGATE, AGGREGATE]  # one aggregate per round, never a client's update
     assert run.status == "complete" and not list(run.folder.glob("rounds/*/clients"))
     for round_number in (1, 2):
-        assert run.clients(round_number) == [] and run.manifest["rounds"][str(round_number)]["secure_sum"] == [0, 1, 2]
+        assert run.clients(round_number) == [] and run.manifest.rounds[round_number].secure_sum == [0, 1, 2]
         assert (run.folder / f"rounds/{round_number:04d}/broadcast/client-000.safetensors").is_file()  # the active step
     training = pd.read_csv(run.folder / "metrics/training.csv")
     assert training["clients"].tolist()[1:] == [3, 3]

@@ -124,7 +124,7 @@ def test_reopen_removes_what_a_crash_left_and_keeps_complete_rounds(recorded):
     assert sorted(p.name for p in (folder / "rounds").iterdir()) == ["0000", "0001"]
     assert not list(folder.rglob("*.tmp"))
     assert (folder / "metrics/training.csv").read_text().splitlines()[1:] == ["0,,0.1,,,,,,"]  # round 1's row is written again
-    assert reopened.manifest["rounds_completed"] == 1 and reopened.manifest["status"] == "running"
+    assert reopened.manifest.rounds_completed == 1 and reopened.manifest.status == "running"
     assert all(torch.equal(v, states[2][k]) for k, v in Run.open(folder).state(1, 1).items())
 
 
@@ -155,7 +155,7 @@ def test_a_failed_write_names_the_round_and_leaves_it_incomplete(recorded, monke
     monkeypatch.setattr(recorder_module, "write_atomically", disk_full)
     with pytest.raises(FedsimError, match=r"cannot write round 2 to .*No space left on device.*--resume"):
         recorder.record_round(2, states[0], {0: (states[1], 60)})
-    assert recorder.manifest["rounds_completed"] == 1 and "2" not in recorder.manifest["rounds"]
+    assert recorder.manifest.rounds_completed == 1 and 2 not in recorder.manifest.rounds
     assert Run.open(recorder.folder).rounds == [0, 1]
 
 

@@ -109,5 +109,5 @@ def test_a_run_with_no_complete_training_round_is_continued(tmp_path, handed, ov
 def test_a_resumable_run_is_continued_from_its_last_complete_round(tmp_path, handed):
     states = interrupted(tmp_path / "run", rounds=2)
     resume_experiment(tmp_path / "run")
-    assert handed["resumed"].rounds == [0, 1, 2] and handed["recorder"].manifest["status"] == "running"
+    assert handed["resumed"].rounds == [0, 1, 2] and handed["recorder"].manifest.status == "running"
     assert all(torch.equal(handed["model"].state_dict()[k], v) for k, v in states[2].items())

@@ -85,7 +85,10 @@ def test_isolation_under_secure_aggregation_is_refused():
 
 
 def test_threat_model_in_words():
-    from attackers.inference.threat_models import describe
+    from fedsim.core.threat_model import ThreatModel
+
+    def describe(config):
+        return ThreatModel.of(config).describe()
 
     assert "only the aggregate" in describe(small_config("defense.secure_aggregation=true"))
     assert "isolates the victim and sends it a gradient-ascent step" in describe(small_config("adversary.isolate=true", "adversary.mode=gradient-ascent"))

@@ -28,7 +28,7 @@ SETTINGS = [
 
 
 def _records(run: Run) -> dict[str, str]:
-    return {k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/") and not is_report_file(k)}
+    return {k: v for k, v in run.manifest.files.items() if not k.startswith("metrics/") and not is_report_file(k)}
 
 
 def _kill_after_round(folder, round_number: int, process: subprocess.Popen) -> None:
@@ -60,21 +60,21 @@ def reference(tmp_path_factory):
 
 def test_faults_are_injected_counted_and_the_run_goes_on(reference):
     plan = FaultPlan(reference.config.seed, 0.2, 0.15)
-    rounds = reference.manifest["rounds"]
-    failed = {r: info["failed"] for r, info in rounds.items() if r != "0"}
-    dropped = {r: info["dropped"] for r, info in rounds.items() if r != "0"}
+    rounds = reference.manifest.rounds
+    failed = {r: info.failed for r, info in rounds.items() if r != 0}
+    dropped = {r: info.dropped for r, info in rounds.items() if r != 0}
     assert reference.status == "complete" and any(failed.values()) and any(dropped.values())
     sampled_per_round = []
     for r in failed:
-        sampled = set(failed[r]) | set(dropped[r]) | set(reference.clients(int(r)))
+        sampled = set(failed[r]) | set(dropped[r]) | set(reference.clients(r))
         assert len(sampled) == 3  # fraction_train 0.75 of 4
         sampled_per_round.append(frozenset(sampled))
-        assert failed[r] == sorted(c for c in sampled if plan.raises(int(r), c))
-        assert dropped[r] == sorted(c for c in sampled if plan.drops(int(r), c))
+        assert failed[r] == sorted(c for c in sampled if plan.raises(r, c))
+        assert dropped[r] == sorted(c for c in sampled if plan.drops(r, c))
     assert len(set(sampled_per_round)) > 1  # Flower's seeded sampling picks different clients in different rounds
     training = pd.read_csv(reference.folder / "metrics/training.csv").set_index("round")
-    assert training.loc[1:, "failures"].tolist() == [len(failed[str(r)]) for r in range(1, 7)]
-    assert training.loc[1:, "dropouts"].tolist() == [len(dropped[str(r)]) for r in range(1, 7)]
+    assert training.loc[1:, "failures"].tolist() == [len(failed[r]) for r in range(1, 7)]
+    assert training.loc[1:, "dropouts"].tolist() == [len(dropped[r]) for r in range(1, 7)]
     leakage = pd.read_csv(reference.folder / "metrics/leakage.csv")
     observed = [r for r in range(1, 7) if 0 in reference.clients(r)]
     assert leakage["round"].tolist() == observed  # the server attacks the rounds in which it received the victim's model
@@ -88,7 +88,7 @@ def test_a_run_killed_mid_run_resumes_to_the_same_bytes(reference, tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_after_round(folder, 2, process)
     killed = Run.open(folder)
-    assert killed.status == "running" and 2 <= killed.manifest["rounds_completed"] < 6, "the kill did not land mid-run"
+    assert killed.status == "running" and 2 <= killed.manifest.rounds_completed < 6, "the kill did not land mid-run"
 
     # resumed in a fresh process too, as a user would after a crash (see the reference fixture on process history)
     assert subprocess.run([sys.executable, "-m", "fedsim.app.cli", "run", "--resume", str(folder), "--quiet"], cwd=tmp_path,

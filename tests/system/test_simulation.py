@@ -33,7 +33,7 @@ def test_same_seed_gives_identical_recorded_bytes_on_ray_and_in_process(digits_r
     assert first.status == second.status == "complete" and first.rounds == [0, 1, 2, 3]
     for round_number in first.rounds:
         assert (first.folder / global_file(round_number)).read_bytes() == (second.folder / global_file(round_number)).read_bytes()
-    records = [{k: v for k, v in run.manifest["files"].items() if not k.startswith("metrics/") and not is_report_file(k) and k != "config.yaml"}
+    records = [{k: v for k, v in run.manifest.files.items() if not k.startswith("metrics/") and not is_report_file(k) and k != "config.yaml"}
                for run in (first, second)]
     assert records[0] == records[1]  # the same sha256 for every record (metrics, and the report from them, carry wall times)
     configs = [(run.folder / "config.yaml").read_text().replace(f"engine: {engine}\n", "engine: ENGINE\n")
@@ -178,4 +178,4 @@ def test_a_write_failing_mid_run_is_one_clear_error_and_the_run_is_marked_failed
     with pytest.raises(FedsimError, match="cannot write round 2 .*No space left on device"):
         run_experiment(small_config("train.rounds=3"), tmp_path / "run")
     run = Run.open(tmp_path / "run")
-    assert run.status == "failed" and run.rounds == [0, 1] and "No space left" in run.manifest["error"]
+    assert run.status == "failed" and run.rounds == [0, 1] and "No space left" in (run.manifest.error or "")
