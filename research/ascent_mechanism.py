@@ -18,6 +18,10 @@ victim's training from there. Over the targets it reports:
 - per step, the paired difference (ascent minus no step, same run) over the runs, with a
   two-sided 95% t interval (scipy).
 
+Training and the step run on the run's `backend.cpus_per_client` torch threads, as the client
+and the server ran them (parallel reductions round differently with another count), so the
+replay does not depend on this process's thread count.
+
 Everything but the step is held fixed (same start, same batches), so a difference is the step's
 effect on that round alone; it is not a full run's, where the step also changes later rounds.
 Runs it cannot replay exactly (FedProx, strategy mods, GPU clients, secure aggregation) are
@@ -41,7 +45,7 @@ from fedsim.core.errors import FedsimError
 from fedsim.engine.client_app import client_seed
 from fedsim.learning.membership import client_records
 from fedsim.learning.models import model_for
-from fedsim.learning.training import train_locally
+from fedsim.learning.training import torch_threads, train_locally
 from fedsim.recording.run import Run
 from fedsim.stats.paired import paired_interval
 from strategies.registry import train_mods
@@ -78,7 +82,8 @@ def replay_victim(run: Run, round_number: int, state: dict[str, torch.Tensor]) -
     model.load_state_dict(state)
     seed = client_seed(config.seed, round_number, victim)
     torch.manual_seed(seed)
-    train_locally(model, x, y, config.train, seed, dp_sgd=config.defense.dp_sgd)
+    with torch_threads(config.backend.cpus_per_client):  # the client's thread count, whatever this process holds
+        train_locally(model, x, y, config.train, seed, dp_sgd=config.defense.dp_sgd)
     return model.eval()
 
 
@@ -156,7 +161,7 @@ def round_effects(run: Run, round_number: int, step_norms: list[float]) -> tuple
     xa, ya = run.records(ascended_ids(ledger, config))
     rows = []
     for step_norm in [0.0, *step_norms]:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch_threads(config.backend.cpus_per_client):  # the server's thread count
             start = ascent_step(model_for(config), sent_state, xa, ya, config.adversary.gamma, step_norm=step_norm) if step_norm else sent_state
         with torch.random.fork_rng(devices=[]):
             stepped = model_for(config)

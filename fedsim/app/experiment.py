@@ -32,10 +32,10 @@ from fedsim.engine.faults import FaultPlan, failing_client_mod
 from fedsim.engine.inprocess import run_in_process
 from fedsim.engine.server_app import ServerPlan, make_server_app
 from fedsim.engine.simulation import engine_log, quiet_engine_logs, simulate
-from fedsim.learning.datasets import DATASETS, Pool, pool_for
+from fedsim.learning.datasets import Pool, local_root, pool_for, resolve_dataset
 from fedsim.learning.dp_sgd import check_model
 from fedsim.learning.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
-from fedsim.learning.models import MODELS, model_for
+from fedsim.learning.models import model_for, resolve_model
 from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, REPORT_HTML, ROC_CSV, Recorder
 from fedsim.recording.run import Run
 from fedsim.report.summary import Summary
@@ -56,7 +56,7 @@ def check_config(config: Config) -> Config:
     """Check the names a config gives against the registries that own them.
 
     The pydantic schema (`fedsim.core.config`) checks types, ranges and consistency; the names of
-    the dataset, model, strategy (and its base, or import path) and attacks are checked here,
+    the dataset and model (or their import paths), strategy (and its base, or import path) and attacks are checked here,
     by the layers that own those registries, so the schema imports nothing above the core.
 
     Parameters
@@ -74,8 +74,8 @@ def check_config(config: Config) -> Config:
     FedsimError
         One line naming the first unknown name, the key it came from and the choices.
     """
-    DATASETS.get_or_fail(config.data.dataset)
-    MODELS.get_or_fail(config.model.name)
+    resolve_dataset(config.data.dataset)
+    resolve_model(config.model.name)
     check_strategy(config)
     check_attacks(config.attacks, references=ThreatModel.of(config).sees_individual_updates)
     check_tensorboard(config)
@@ -120,8 +120,7 @@ def prepare(config: Config, notes: list[str] | None = None) -> tuple[pd.DataFram
     """
     check_config(config)
     check_devices(config)
-    if config.data.root:
-        config.data.root = str(Path(config.data.root).expanduser().resolve())
+    config.data.root = local_root(config.data)
     pool = pool_for(config.data)
     ledger = build_ledger(config, pool, notes)
     torch.manual_seed(config.seed)

@@ -28,7 +28,7 @@ from fedsim.core.errors import FedsimError
 from fedsim.core.messages import PARTITION_KEY
 from fedsim.engine.faults import FaultPlan, failing_client_mod
 from fedsim.engine.server_app import ServerPlan, serve
-from fedsim.learning.datasets import pool_for
+from fedsim.learning.datasets import local_root, pool_for
 from fedsim.learning.membership import build_ledger
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where pyproject.toml and configs/ are (in a clone and in an installed FAB)
@@ -138,8 +138,7 @@ def _client_app(context: Context) -> ClientApp:
     key = (tuple(sorted((k, str(v)) for k, v in context.run_config.items())), str(context.node_config.get(DATA_ROOT_KEY, "")))
     if key not in _client_apps:
         config = config_from_run_config(dict(context.run_config), dict(context.node_config))
-        if config.data.root:
-            config.data.root = str(Path(config.data.root).expanduser().resolve())
+        config.data.root = local_root(config.data)
         ledger = build_ledger(config, pool_for(config.data))
         faults = FaultPlan.from_config(config.seed, config.faults)
         _client_apps[key] = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])

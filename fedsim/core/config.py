@@ -36,15 +36,32 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: str = Field("digits", description="data set registry name: digits, mnist, cifar10, cifar100, imagefolder, location, purchase100, texas100, adult")
-    root: str | None = Field(None, description="folder of the data set's files (torchvision's root; class folders or a .tar for imagefolder); null: built in")
-    download: bool = Field(False, description="let torchvision download mnist/cifar into root")
+    dataset: str = Field("digits", description="data set registry name: digits, mnist, cifar10, cifar100, imagefolder, location, purchase100, "
+                         "texas100, adult, huggingface; or \"package.module:name\", a loader called with no arguments (root=data.root "
+                         "if it declares root) that returns (features, labels) arrays, a datasets.Dataset or a torch Dataset of (x, y) pairs")
+    root: str | None = Field(None, description="folder of the data set's files (torchvision's root; class folders or a .tar for imagefolder); "
+                             "huggingface: a save_to_disk folder, a .parquet or .csv file, an image folder, or a Hub name; null: built in")
+    download: bool = Field(False, description="let torchvision download mnist/cifar into root; huggingface: let a Hub name be loaded from the Hub")
+    features: str | None = Field(None, description="huggingface (or a loader's datasets.Dataset): the input column; null: image, img or x, "
+                                 "else every column but label and partition_by (tabular rows)")
+    label: str = Field("label", description="huggingface (or a loader's datasets.Dataset): the label column")
     num_clients: int = Field(4, ge=1, description="clients in the federation")
-    partition: Literal["iid", "dirichlet"] = Field("iid", description="members over clients: iid, or dirichlet by label (flwr-datasets' DirichletPartitioner)")
+    partition: Literal["iid", "dirichlet", "shard", "natural"] = Field(
+        "iid", description="members over clients (flwr-datasets' partitioners): iid, dirichlet by label (DirichletPartitioner), shard "
+        "(classes_per_client classes each, PathologicalPartitioner) or natural (one client per partition_by value, NaturalIdPartitioner)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller: more skewed label mixes)")
+    classes_per_client: int = Field(2, ge=1, description="shard: the classes each client's members come from")
+    partition_by: str | None = Field(None, description="natural: the column of each record's writer/user id (huggingface or a loader's "
+                                     "datasets.Dataset); client c holds the c-th smallest id; never a feature")
     records_per_client: int | None = Field(200, ge=1, description="member records per client; null: split all member records")
     nonmembers: int = Field(400, ge=0, description="records no client trains on: half for the attacker's training, half for evaluation")
     test_records: int = Field(500, ge=1, description="utility test split (accuracy of the global model)")
+
+    @model_validator(mode="after")
+    def _natural_needs_ids(self) -> DataConfig:
+        if self.partition == "natural" and not self.partition_by:
+            raise ValueError("partition natural gives one client per writer/user id; set data.partition_by to the column holding it")
+        return self
 
 
 def _float32_step(value: float) -> float:
@@ -56,7 +73,9 @@ def _float32_step(value: float) -> float:
 
 
 class ModelConfig(Section):
-    name: str = Field("fcn", description="model registry name: fcn, mnist_cnn, alexnet_cifar, resnet18, resnet34, densenet121")
+    name: str = Field("fcn", description="model registry name: fcn, mnist_cnn, alexnet_cifar, resnet18, resnet34, densenet121; or "
+                      "\"package.module:name\", an nn.Module subclass or factory called with args as keywords, plus input_shape (tuple, "
+                      "no batch) and num_classes where its signature names them, returning a torch.nn.Module")
     args: dict[str, Any] = Field(default_factory=dict, description="arguments of the model's constructor (e.g. fcn: hidden, activation)")
 
 

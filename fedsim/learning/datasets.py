@@ -5,29 +5,39 @@ pool is train followed by test). Which records are members, non-members or test 
 decided by the membership ledger, not by the files' own split: the attack needs its own split.
 Images stay uint8 in memory and are normalised on the way out, so a pool is cheap to hold
 in every simulation worker.
+
+Besides the registered loaders, a user's own loader (`data.dataset: package.module:name`) and
+Hugging Face data sets (`huggingface`: saved folders, parquet/CSV files, image folders, Hub
+names) become pools through one conversion, so every pool obeys the same rules; a pool may
+carry each record's writer/user id (`groups`) for natural-ID partitioning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from fedsim.core.errors import FedsimError
-from fedsim.core.registry import Registry
+from fedsim.core.registry import Registry, resolve_import
 
 
 @dataclass(frozen=True)
 class Pool:
-    """All records of a data set: features (uint8 images or float32 rows) and int64 labels."""
+    """All records of a data set: features (uint8 images or float32 rows) and int64 labels,
+    optionally each record's writer/user id (`groups`, for natural-ID partitioning).
+    """
 
     name: str
     features: torch.Tensor
@@ -35,6 +45,7 @@ class Pool:
     num_classes: int
     mean: tuple[float, ...] | None = None  # per channel; set for image pools
     std: tuple[float, ...] | None = None
+    groups: np.ndarray | None = None  # (N,) writer/user ids, where the data set has them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,22 +64,233 @@ class Pool:
         return x.float(), self.labels[index]
 
 
-Loader = Callable[[Path | None, bool], Pool]
+Loader = Callable[..., Pool]  # (root: Path | None, download: bool[, columns: Columns]) -> Pool
 DATASETS: Registry[Loader] = Registry("dataset", "data.dataset")
 register = DATASETS.register
+HUGGINGFACE = "huggingface"
+_IMPORT_HINT = " or 'package.module:name' (your own loader)"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a Hugging Face data set hold the inputs, labels and writer/user ids.
+
+    `features` None: the first of image, img and x present, else every column but the label
+    and group columns (tabular rows). `groups` None: the pool carries no ids.
+    """
+
+    features: str | None = None
+    label: str = "label"
+    groups: str | None = None
+
+
+def resolve_dataset(name: str) -> Loader:
+    """The loader a config's `data.dataset` names: a registered one, or a user's by import path.
+
+    Parameters
+    ----------
+    name : str
+        A registry name (e.g. "digits") or "package.module:name" (a callable).
+
+    Returns
+    -------
+    callable
+        The loader (a user's is called by `load_pool` as its protocol says).
+
+    Raises
+    ------
+    FedsimError
+        Unknown name, unimportable path, missing attribute, or something not callable: one line.
+    """
+    if ":" not in name:
+        return DATASETS.get_or_fail(name, hint=_IMPORT_HINT)
+    found = resolve_import(name, "data.dataset")
+    if not callable(found):
+        raise FedsimError(f"data.dataset: {name!r} is a {type(found).__name__}, not a function; give a loader that returns "
+                          "(features, labels), a datasets.Dataset or a torch Dataset of (x, y) pairs")
+    return found
 
 
 @lru_cache(maxsize=2)
-def load_pool(name: str, root: str | None, download: bool = False) -> Pool:
-    """Load a registered data set once per process (simulation workers call this per round)."""
-    loader = DATASETS.get_or_fail(name)
+def load_pool(name: str, root: str | None, download: bool = False, columns: Columns = Columns()) -> Pool:
+    """Load a data set once per process (simulation workers call this per round).
+
+    Parameters
+    ----------
+    name : str
+        A registered data set or a user's loader, "package.module:name" (`resolve_dataset`).
+    root : str, optional
+        Where its files are (`data.root`).
+    download : bool
+        Whether torchvision (or the Hugging Face Hub) may fetch it.
+    columns : Columns
+        The columns of a Hugging Face data set (`data.features`, `data.label`, `data.partition_by`).
+
+    Returns
+    -------
+    Pool
+        Every record of the data set.
+    """
+    loader = resolve_dataset(name)
+    if ":" in name:
+        return _own_pool(name, loader, root, columns)
     path = Path(root).expanduser() if root else None
+    if "columns" in inspect.signature(loader).parameters:
+        return loader(path, download, columns=columns)
     return loader(path, download)
 
 
 def pool_for(data) -> Pool:
     """The pool a config's `data` section names (loaded once per process)."""
-    return load_pool(data.dataset, data.root, data.download)
+    return load_pool(data.dataset, data.root, data.download, Columns(data.features, data.label, data.partition_by))
+
+
+def local_root(data) -> str | None:
+    """`data.root` made absolute where it names a local path (the run folder records it, so it
+    reads back from anywhere); a Hugging Face Hub name, which is no local path, is kept as given.
+    """
+    if not data.root:
+        return data.root
+    local = Path(data.root).expanduser()
+    if data.dataset == HUGGINGFACE and not local.exists():
+        return data.root
+    return str(local.resolve())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) standard deviation of uint8 images (N, C, H, W) scaled to
+    [0, 1], summed in float64 over chunks of records so large pools need no float copy.
+    """
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to(torch.float64) / 255.0
+        total += part.sum(dim=(0, 2, 3))
+        squares += (part * part).sum(dim=(0, 2, 3))
+    count = images.numel() // channels
+    mean = total / count
+    variance = (squares - count * mean * mean) / max(count - 1, 1)
+    return tuple(mean.tolist()), tuple(variance.clamp_min(0).sqrt().tolist())
+
+
+def pool_from_arrays(name: str, features: Any, labels: Any, groups: Any = None, num_classes: int | None = None,
+                     channels_last: bool = False, where: str = "data.dataset") -> Pool:
+    """A pool from array-likes (numpy or torch), checked as the own-loader protocol says.
+
+    Parameters
+    ----------
+    name : str
+        The pool's name (the data set or loader).
+    features : array-like
+        (N, ...) numbers as float rows or tensors, or uint8 images (N, C, H, W) or (N, H, W)
+        (normalised per channel by the pool's own mean and standard deviation).
+    labels : array-like
+        (N,) non-negative integer class labels.
+    groups : array-like, optional
+        (N,) writer/user ids, for natural-ID partitioning.
+    num_classes : int, optional
+        At least max label + 1; default max label + 1.
+    channels_last : bool
+        uint8 images come as (N, H, W, C) (PIL's layout), not (N, C, H, W).
+    where : str
+        The config key an error points at.
+
+    Returns
+    -------
+    Pool
+        Float32 rows, or uint8 images with their per-channel mean and std.
+
+    Raises
+    ------
+    FedsimError
+        Shapes that disagree, non-numeric features, or labels that are not class indices: one line.
+    """
+    try:
+        x = features.detach().cpu() if isinstance(features, torch.Tensor) else torch.from_numpy(np.require(np.asarray(features), requirements="W"))
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FedsimError(f"{where}: {name!r} gave features or labels that are not numeric arrays ({_first_line(exc)}); "
+                          "give (N, ...) numbers and (N,) integer labels") from None
+    if x.dim() < 2 or y.ndim != 1 or len(x) != len(y) or not len(y):
+        raise FedsimError(f"{where}: {name!r} gave features of shape {tuple(x.shape)} and labels of shape {y.shape}; "
+                          "give features (N, ...) and labels (N,) for the same N > 0 records")
+    if not (x.is_floating_point() or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise FedsimError(f"{where}: {name!r} gave features of dtype {x.dtype}; give numbers (float rows or uint8 images)")
+    if not np.issubdtype(y.dtype, np.integer):
+        as_int = y.astype(np.int64) if np.issubdtype(y.dtype, np.number) else None
+        if as_int is None or not np.array_equal(as_int, y):
+            raise FedsimError(f"{where}: {name!r} gave labels of dtype {y.dtype}; give integer class indices 0..K-1")
+        y = as_int
+    if y.min() < 0:
+        raise FedsimError(f"{where}: {name!r} gave label {y.min()}; labels are class indices 0..K-1")
+    classes = int(y.max()) + 1 if num_classes is None else max(num_classes, int(y.max()) + 1)
+    ids = None
+    if groups is not None:
+        ids = np.asarray(groups)
+        if ids.shape != y.shape:
+            raise FedsimError(f"{where}: {name!r} gave {len(ids)} writer/user ids for {len(y)} records")
+    label_tensor = torch.from_numpy(y.astype(np.int64))
+    if x.dtype == torch.uint8 and x.dim() in (3, 4):
+        images = x.unsqueeze(1) if x.dim() == 3 else (x.permute(0, 3, 1, 2) if channels_last else x)
+        images = images.contiguous()
+        mean, std = _channel_stats(images)
+        return Pool(name, images, label_tensor, classes, mean, std, ids)
+    return Pool(name, x.to(torch.float32).contiguous(), label_tensor, classes, groups=ids)
+
+
+def _records_of(name: str, dataset: Any) -> tuple[torch.Tensor, np.ndarray, bool]:
+    """(x, y) of every item of a torch Dataset, and whether x came as PIL images (then uint8 (N, H, W[, C]))."""
+    from PIL import Image
+
+    xs, ys, pil = [], [], False
+    try:
+        for i in range(len(dataset)):
+            x, y = dataset[i]
+            pil = pil or isinstance(x, Image.Image)
+            xs.append(x.detach().cpu() if isinstance(x, torch.Tensor) else np.asarray(x))
+            ys.append(int(y))
+    except Exception as exc:  # a user's Dataset may fail in any way; say which, in one line
+        raise FedsimError(f"data.dataset: {name!r} returned a torch Dataset whose items are not (x, y) pairs with integer y "
+                          f"({_first_line(exc)})") from None
+    shapes = {tuple(x.shape) for x in xs}
+    if len(shapes) > 1:
+        raise FedsimError(f"data.dataset: {name!r} returned items of different shapes ({sorted(shapes)[:3]}...); give one shape")
+    stacked = torch.stack([torch.as_tensor(x) for x in xs]) if xs else torch.empty(0)
+    return stacked, np.asarray(ys, dtype=np.int64), pil
+
+
+def _own_pool(name: str, loader: Loader, root: str | None, columns: Columns) -> Pool:
+    """Call a user's loader as the protocol says and turn what it returns into a pool."""
+    from datasets import Dataset as HFDataset
+    from datasets import DatasetDict
+
+    try:
+        declared = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        declared = {}  # type: ignore[assignment]
+    try:
+        loaded = loader(root=root) if "root" in declared else loader()
+    except FedsimError:
+        raise
+    except Exception as exc:  # a user's loader may fail in any way; say which, in one line
+        raise FedsimError(f"data.dataset: {name!r} raised {_first_line(exc)}") from None
+    if isinstance(loaded, (HFDataset, DatasetDict)):
+        return _hf_pool(name, loaded, columns, where="data.dataset")
+    if isinstance(loaded, torch.utils.data.Dataset):
+        if not hasattr(loaded, "__len__"):
+            raise FedsimError(f"data.dataset: {name!r} returned a torch Dataset without a length; return a map-style Dataset")
+        features, labels, pil = _records_of(name, loaded)
+        return pool_from_arrays(name, features, labels, channels_last=pil)
+    if isinstance(loaded, (tuple, list)) and len(loaded) == 2:
+        return pool_from_arrays(name, *loaded)
+    raise FedsimError(f"data.dataset: {name!r} returned {type(loaded).__name__}; return (features, labels) arrays, "
+                      "a datasets.Dataset or a torch Dataset of (x, y) pairs")
 
 
 def _need_root(name: str, root: Path | None, expected: str) -> Path:
@@ -284,3 +506,106 @@ def load_adult(root: Path | None, download: bool) -> Pool:
     features = np.concatenate([numeric.to_numpy(np.float32), categorical.to_numpy(np.float32)], axis=1)
     labels = (income == ">50K").to_numpy(np.int64)
     return Pool("adult", torch.from_numpy(features), torch.from_numpy(labels), 2)
+
+
+_SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")  # what Dataset(Dict).save_to_disk writes
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars from `datasets` while a pool loads (the console owns stderr); the setting is restored."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def _read_huggingface(root: Path | None, download: bool) -> Any:
+    """The Hugging Face data set (or DatasetDict) `data.root` names, read as Flower users read it."""
+    import datasets
+
+    if root is None:
+        raise FedsimError("data.root: dataset 'huggingface' needs data.root: a folder saved with Dataset.save_to_disk, a .parquet "
+                          "or .csv file, a folder of images, or a Hub name (with data.download: true)")
+    try:
+        if root.is_file():
+            if root.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                return datasets.Dataset(pq.read_table(root))  # features (images included) come from the file's metadata
+            if root.suffix == ".csv":
+                return datasets.Dataset.from_pandas(pd.read_csv(root), preserve_index=False)
+            raise FedsimError(f"data.root: {root} is neither .parquet nor .csv; give a parquet or CSV file, or a save_to_disk folder")
+        if root.is_dir():
+            if any((root / marker).is_file() for marker in _SAVED):
+                return datasets.load_from_disk(str(root))
+            return datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(_cache_dir() / "huggingface"))
+        if not download:
+            raise FedsimError(f"data.root: {root} is no local file or folder; to load the Hugging Face Hub data set of that name "
+                              "set data.download: true (the machine must reach the Hub)")
+        return datasets.load_dataset(str(root))
+    except FedsimError:
+        raise
+    except Exception as exc:  # arrow, pandas, the Hub: any of them may refuse the input
+        raise FedsimError(f"data.root: cannot read {root} as a Hugging Face data set ({_first_line(exc)})") from None
+
+
+def _hf_pool(name: str, loaded: Any, columns: Columns, where: str) -> Pool:
+    """A pool from a datasets.Dataset (a DatasetDict's splits in order: train, validation, test, others)."""
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = sorted(loaded, key=lambda s: (_SPLIT_ORDER.index(s) if s in _SPLIT_ORDER else len(_SPLIT_ORDER), s))
+        try:
+            loaded = datasets.concatenate_datasets([loaded[s] for s in splits])
+        except ValueError as exc:
+            raise FedsimError(f"{where}: the splits {splits} of {name!r} differ in their columns ({_first_line(exc)})") from None
+    present = list(loaded.column_names)
+    for key, column in (("data.label", columns.label), ("data.partition_by", columns.groups), ("data.features", columns.features)):
+        if column is not None and column not in present:
+            raise FedsimError(f"{key}: {name!r} has no column {column!r}; its columns are {present}")
+    feature_column = columns.features or next((c for c in ("image", "img", "x") if c in present), None)
+    tabular = [c for c in present if c not in (columns.label, columns.groups)] if feature_column is None else [feature_column]
+    if not tabular:
+        raise FedsimError(f"data.features: {name!r} has no column besides the label; its columns are {present}")
+    label_type = loaded.features[columns.label]
+    num_classes = label_type.num_classes if isinstance(label_type, datasets.ClassLabel) else None
+    table = loaded.select_columns([*tabular, columns.label, *([columns.groups] if columns.groups else [])]).with_format("numpy")[:]
+    labels = table[columns.label]
+    if labels.dtype.kind in "USO":  # names as labels: classes in sorted order
+        names, labels = np.unique(labels.astype(str), return_inverse=True)
+        num_classes = len(names)
+    groups = table[columns.groups] if columns.groups else None
+    image = feature_column is not None and isinstance(loaded.features[feature_column], datasets.Image)
+    if feature_column is not None:
+        features = table[feature_column]
+        if features.dtype == object:
+            raise FedsimError(f"data.features: the {feature_column!r} column of {name!r} holds records of different shapes "
+                              "(images of different sizes or modes?); give it one shape")
+    else:
+        frame = pd.DataFrame({c: table[c] for c in tabular})
+        numeric = frame.apply(pd.to_numeric, errors="coerce")
+        bad = [c for c in tabular if numeric[c].isna().any()]
+        if bad:
+            raise FedsimError(f"data.features: column {bad[0]!r} of {name!r} is not numbers; name the input column with data.features, "
+                              "or drop the column")
+        features = numeric.to_numpy(np.float32)
+    return pool_from_arrays(name, features, labels, groups, num_classes, channels_last=image, where=where)
+
+
+@register(HUGGINGFACE)
+def load_huggingface(root: Path | None, download: bool, columns: Columns = Columns()) -> Pool:
+    """A Hugging Face data set as Flower users load it: a `save_to_disk` folder, a parquet or CSV
+    file, a folder of images (`load_dataset("imagefolder")`), or a Hub name (with `download`).
+    PIL images become uint8 (C, H, W) arrays, normalised by the pool's per-channel mean and std;
+    a DatasetDict's splits are concatenated (train first), so record ids run over all of them.
+    """
+    with _quiet_datasets():
+        return _hf_pool(HUGGINGFACE, _read_huggingface(root, download), columns, where="data.root")
+

@@ -2,11 +2,12 @@
 
 One row per record used by the run (`record_id`, `client`, `member`, `role`, `target`), the
 ground truth every attack is scored against. Members are spread over clients with
-flwr-datasets' partitioners (IID or Dirichlet over labels); the records no client trains on
+flwr-datasets' partitioners (IID, Dirichlet over labels, k classes per client, or one client per
+writer/user id); the records no client trains on
 form disjoint non-member pools for the attacker's training and for evaluation, and a utility
 test split measures accuracy. Everything follows from the config's seed.
 
-Under label skew (Dirichlet) a client's members come from few classes; non-members drawn from
+Under label skew (Dirichlet, shards) a client's members come from few classes; non-members drawn from
 all classes would let the label alone answer "member?". So the non-members an attack is
 scored on, and those its attacker knows, are drawn stratified by label to match the members
 they are compared with (`match_labels`); a class short of non-members gets fewer targets.
@@ -14,13 +15,15 @@ they are compared with (`match_labels`); a class short of non-members gets fewer
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, PathologicalPartitioner
 
 from fedsim.core.config import Config
 from fedsim.core.errors import FedsimError
@@ -32,25 +35,81 @@ COLUMNS = ["record_id", "client", "member", "role", "target"]
 FILENAME = LEDGER
 
 
-def partition_members(ids: np.ndarray, labels: np.ndarray, config: Config) -> list[np.ndarray]:
-    """Split member record ids over the clients with a flwr-datasets partitioner."""
+GROUP = "group"  # the partitioner's column of writer/user ids (natural-ID partitioning)
+
+
+def partition_members(ids: np.ndarray, labels: np.ndarray, config: Config, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Split member record ids over the clients with a flwr-datasets partitioner.
+
+    The partitioner sees a table of the members in the order given (`record_id`, `label`, and
+    `group` under natural-ID partitioning) and client c gets exactly its partition c:
+
+    - `iid`: `IidPartitioner`;
+    - `dirichlet`: `DirichletPartitioner` by label (`data.alpha`, seeded by `seed`);
+    - `shard`: `PathologicalPartitioner` by label, `data.classes_per_client` classes per client,
+      the first deterministic (client c gets class c mod K), the rest drawn with `seed`; members
+      of a class no client draws are left out of the run;
+    - `natural`: `NaturalIdPartitioner` by `groups`; client c holds the c-th smallest id.
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        Member record ids, shape (n,).
+    labels : numpy.ndarray
+        Their labels, shape (n,).
+    config : Config
+        The run's config (`data.partition`, `data.num_clients` and the partitioner's settings; `seed`).
+    groups : numpy.ndarray, optional
+        Their writer/user ids, shape (n,); needed by `natural`.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Record ids per client, partition id = list index.
+
+    Raises
+    ------
+    FedsimError
+        A partitioner that cannot split the members as configured: one line naming the key to change.
+    """
     data = config.data
-    table = Dataset.from_dict({"record_id": ids, "label": labels})
+    columns = {"record_id": ids, "label": labels}
     if data.partition == "iid":
         partitioner = IidPartitioner(num_partitions=data.num_clients)
-    else:
+        key, fix = "data.num_clients", "lower data.num_clients"
+    elif data.partition == "dirichlet":
         min_size = max(2, min(10, len(ids) // (4 * data.num_clients)))
         partitioner = DirichletPartitioner(
             num_partitions=data.num_clients, partition_by="label", alpha=data.alpha,
             min_partition_size=min_size, seed=config.seed,
         )
-    partitioner.dataset = table
+        key, fix = "data.alpha", "raise data.alpha or lower data.num_clients"
+    elif data.partition == "shard":
+        partitioner = PathologicalPartitioner(
+            num_partitions=data.num_clients, partition_by="label", num_classes_per_partition=data.classes_per_client,
+            class_assignment_mode="first-deterministic", seed=config.seed,
+        )
+        key, fix = "data.classes_per_client", "lower data.classes_per_client or data.num_clients"
+    else:
+        if groups is None:
+            raise FedsimError(f"data.partition: natural needs each record's writer/user id, which dataset {data.dataset!r} does not give; "
+                              "use dataset huggingface (or a loader returning a datasets.Dataset) with data.partition_by")
+        found = len(np.unique(groups))
+        if found != data.num_clients:
+            raise FedsimError(f"data.num_clients: natural partitioning gives one client per {data.partition_by!r} value and the members "
+                              f"hold {found}, but data.num_clients is {data.num_clients}; set data.num_clients: {found} (or give every "
+                              "id members: set data.records_per_client: null, lower data.test_records or data.nonmembers)")
+        columns[GROUP] = groups.tolist()
+        partitioner = NaturalIdPartitioner(partition_by=GROUP)
+        key, fix = "data.partition_by", "check the column"
+    partitioner.dataset = Dataset.from_dict(columns)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # NaturalIdPartitioner draws a progress bar
             warnings.simplefilter("ignore")
             parts = [np.asarray(partitioner.load_partition(c)["record_id"], dtype=np.int64) for c in range(data.num_clients)]
     except ValueError as exc:
-        raise FedsimError(f"data.alpha: Dirichlet partitioning failed ({exc}); raise data.alpha or lower data.num_clients") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FedsimError(f"{key}: {data.partition} partitioning failed ({first}); {fix}") from None
     return parts
 
 
@@ -134,6 +193,10 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
         When the data set or the clients' shares are too small for the config.
     """
     data = config.data
+    if data.partition == "natural" and pool.groups is not None and len(np.unique(pool.groups)) != data.num_clients:
+        raise FedsimError(f"data.num_clients: natural partitioning gives one client per {data.partition_by!r} value and {data.dataset} "
+                          f"has {len(np.unique(pool.groups))}, but data.num_clients is {data.num_clients}; "
+                          f"set data.num_clients: {len(np.unique(pool.groups))}")
     rng = np.random.default_rng(config.seed)
     wanted_members = data.num_clients * data.records_per_client if data.records_per_client else None
     needed = data.test_records + data.nonmembers + (wanted_members or 2 * data.num_clients) + config.audit.canaries
@@ -150,8 +213,12 @@ def build_ledger(config: Config, pool: Pool, notes: list[str] | None = None) -> 
     if config.audit.canaries:
         if not wanted_members:
             raise FedsimError("audit.canaries need records no one else uses: set data.records_per_client")
-    parts = partition_members(members, pool.labels[members].numpy(), config)
+    groups = pool.groups[members] if pool.groups is not None else None
+    parts = partition_members(members, pool.labels[members].numpy(), config, groups)
     canaries = rest[len(rest) - config.audit.canaries:] if config.audit.canaries else None
+    if data.partition == "shard" and notes is not None and sum(len(p) for p in parts) < len(members):
+        notes.append(f"data.partition shard: {len(members) - sum(len(p) for p in parts)} of {len(members)} member records belong to "
+                     "classes no client drew and are left out of the run; raise data.num_clients or data.classes_per_client to use them")
     return ledger_from_parts(config, parts, nonmembers, test, pool.labels.numpy(), rng, notes, canaries)
 
 

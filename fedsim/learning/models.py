@@ -2,11 +2,14 @@
 
 Each builder takes the input shape and number of classes of the data set and the config's
 `model.args`. ResNet and DenseNet come from torchvision, adapted to 32x32 inputs the usual
-way (3x3 stem, no initial max-pool).
+way (3x3 stem, no initial max-pool). A user's own model is named by import path
+(`package.module:name`) and built through the same entry point, so every layer that builds a
+model (clients, the curious server, the attacks) takes it without knowing.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from fedsim.core.errors import FedsimError
-from fedsim.core.registry import Registry
+from fedsim.core.registry import Registry, resolve_import
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model", "model.name")
@@ -26,9 +29,87 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 register = MODELS.register
 
 
+def resolve_model(name: str) -> Builder:
+    """The builder a config's `model.name` names: a registered one, or a user's by import path.
+
+    Parameters
+    ----------
+    name : str
+        A registry name (e.g. "fcn") or "package.module:name": an `nn.Module` subclass or a
+        factory function.
+
+    Returns
+    -------
+    callable
+        The registered builder, or the user's class or function.
+
+    Raises
+    ------
+    FedsimError
+        Unknown name, unimportable path, missing attribute, a class that is not an `nn.Module`,
+        or something not callable: one line naming `model.name`.
+    """
+    if ":" not in name:
+        return MODELS.get_or_fail(name, hint=" or 'package.module:name' (your own nn.Module or factory)")
+    found = resolve_import(name, "model.name")
+    if inspect.isclass(found) and not issubclass(found, nn.Module):
+        raise FedsimError(f"model.name: {name!r} is a class but not a torch.nn.Module subclass; give an nn.Module or a factory function")
+    if not callable(found):
+        raise FedsimError(f"model.name: {name!r} is a {type(found).__name__}, not an nn.Module subclass or factory function")
+    return found
+
+
+def _own_model(name: str, found: Builder, input_shape: tuple[int, ...], num_classes: int, args: dict[str, Any]) -> nn.Module:
+    """Call a user's class or factory: `args` as keywords, plus `input_shape` and `num_classes`
+    where its signature names them; it must return an `nn.Module`.
+    """
+    try:
+        declared = inspect.signature(found).parameters
+    except (TypeError, ValueError):
+        declared = {}  # type: ignore[assignment]
+    given = {"input_shape": input_shape, "num_classes": num_classes}
+    keywords = {**{k: v for k, v in given.items() if k in declared and k not in args}, **args}
+    try:
+        model = found(**keywords)
+    except TypeError as exc:
+        raise FedsimError(f"model.args: {exc} (model {name!r})") from None
+    except FedsimError:
+        raise
+    except Exception as exc:  # a user's constructor may fail in any way; say which, in one line
+        text = str(exc).strip().splitlines()
+        raise FedsimError(f"model.name: building {name!r} raised {type(exc).__name__}{': ' + text[0] if text else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise FedsimError(f"model.name: {name!r} returned {type(model).__name__}, not a torch.nn.Module; return the model")
+    return model
+
+
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate a registered model; a wrong name or argument is a user error."""
-    builder = MODELS.get_or_fail(name)
+    """Instantiate a registered model or a user's (`package.module:name`).
+
+    Parameters
+    ----------
+    name : str
+        A registry name or an import path (`resolve_model`).
+    input_shape : sequence of int
+        One record's shape, without the batch dimension.
+    num_classes : int
+        Outputs of the model.
+    args : dict, optional
+        Keyword arguments of the builder (`model.args`).
+
+    Returns
+    -------
+    torch.nn.Module
+        A fresh model (its parameters drawn from torch's global generator).
+
+    Raises
+    ------
+    FedsimError
+        A wrong name, path or argument, or a user's builder that returns no `nn.Module`: one line.
+    """
+    builder = resolve_model(name)
+    if ":" in name:
+        return _own_model(name, builder, tuple(input_shape), num_classes, dict(args or {}))
     try:
         return builder(tuple(input_shape), num_classes, **(args or {}))
     except TypeError as exc:

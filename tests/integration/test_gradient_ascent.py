@@ -61,17 +61,24 @@ def test_known_records_are_ascended_with_the_targets(role):
     assert (ledger.loc[ledger["record_id"].isin(known), "role"] == ATTACK_TRAIN).all()
 
 
+@pytest.mark.determinism
 def test_the_mechanism_replay_reproduces_the_victims_recorded_model_and_its_step_is_the_servers(tmp_path):
     """research/ascent_mechanism.py: the replay of a real (in-process) run's last round gives the
-    recorded victim model exactly; with a step it starts from what curious_server would send; a run
-    it cannot replay is refused."""
+    recorded victim model exactly, whatever torch threads this process holds (the replay computes on
+    the run's `backend.cpus_per_client`, as the client did); with a step it starts from what
+    curious_server would send; a run it cannot replay is refused."""
     from fedsim.app.experiment import run_experiment
     from fedsim.core.errors import FedsimError
     from fedsim.recording.run import Run
     from research import ascent_mechanism as mechanism
 
     run = Run.open(run_experiment(small_config("adversary.step_norm=0.02"), tmp_path / "run"))
-    error, rows = mechanism.round_effects(run, 2, [0.02])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(run.config.backend.cpus_per_client) + 3)  # not the run's count: the replay must not take the process's
+    try:
+        error, rows = mechanism.round_effects(run, 2, [0.02])
+    finally:
+        torch.set_num_threads(previous)
     assert error == 0.0
     none, step = rows
     assert none["raise_members"] == 0 and none["raise_nonmembers"] == 0
