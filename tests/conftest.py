@@ -69,6 +69,23 @@ def small_config(*overrides: str) -> Config:
     return load_config(None, [*SMALL, *overrides], default_file=False)
 
 
+PINNED_CONFIG = Path(__file__).resolve().parent / "data" / "pinned.yaml"
+
+
+@pytest.fixture(scope="session")
+def pinned_run(tmp_path_factory) -> Path:
+    """`fedsim run tests/data/pinned.yaml` on the in-process engine, made once per session in this
+    process: the same machine's reference that other engines' runs of that config must equal byte
+    for byte (docs/design.md, section 4.2)."""
+    from fedsim.app.cli import main
+
+    folder = tmp_path_factory.mktemp("pinned")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert main(["run", str(PINNED_CONFIG), "--out", str(folder / "run"), "--quiet", "--set", "backend.engine=in-process"]) == 0
+    return folder / "run"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
     """Tests run in a temporary folder so runs/ and configs/ of the checkout are not touched."""

@@ -4,12 +4,15 @@
   sent, for one real round of any strategy without Ray;
 - `fedavg_reference`: FedAvg computed here, in float64, to check aggregates against;
 - `assert_states_close` / `assert_states_equal`: state dicts compared key by key;
-- `STRATEGY_ARGS`: constructor arguments that make each registered strategy run on 4 clients.
+- `STRATEGY_ARGS`: constructor arguments that make each registered strategy run on 4 clients;
+- `record_hashes`: the sha256 of a run folder's records, to compare two runs by bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from flwr.app import Message
@@ -56,3 +59,9 @@ def assert_states_close(actual: dict, expected: dict, **tolerance) -> None:
 
 def assert_states_equal(actual: dict, expected: dict) -> None:
     assert actual.keys() == expected.keys() and all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
+def record_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every record of a run folder (parameters and the ledger), by path relative to it."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.suffix == ".safetensors" or p.name == "membership.parquet"}

@@ -22,6 +22,7 @@ def _record_hashes(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.safetensors"))}
 
 
+@pytest.mark.determinism
 def test_records_are_the_same_whatever_torch_threads_the_process_held(tmp_path):
     config = small_config("data.num_clients=3", "adversary.isolate=true", "adversary.mode=gradient-ascent")
     previous = torch.get_num_threads()

@@ -3,12 +3,13 @@ Flower's deployment engine (a SuperLink and SuperNodes), and an existing Ray clu
 
 Each test starts its servers on 127.0.0.1 with free ports, in its own FLWR_HOME / Ray temp dir,
 and ends every process it started by its id (tests/launch.py). The run config is the pinned
-short run (tests/data/pinned.yaml), whose records tests/test_pinned_records.py pins for `fedsim run`.
+short run (tests/data/pinned.yaml); `flwr run` and the attached cluster must record the bytes of
+that config's in-process `fedsim run` made in this session on this machine (the `pinned_run`
+fixture), as bytes are equal only on one machine with the same process settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,16 +22,12 @@ import pytest
 import torch
 from launch import BIN, PROJECT, end, engine_env, free_port, start, superlink_connection, wait_for_port
 from safetensors.torch import load_file
-from test_pinned_records import PINNED_SHA256
+
+from helpers import record_hashes
 
 pytestmark = pytest.mark.integration
 
 PINNED = "tests/data/pinned.yaml"
-
-
-def record_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.suffix == ".safetensors" or p.name == "membership.parquet"}
 
 
 def flwr_run(env: dict, connection: str, run_config: str, log: Path, *extra: str, timeout: float = 300) -> str:
@@ -42,7 +39,7 @@ def flwr_run(env: dict, connection: str, run_config: str, log: Path, *extra: str
     return done.stdout + done.stderr
 
 
-def test_flwr_run_on_the_local_simulation_runtime_records_what_fedsim_run_records(tmp_path):
+def test_flwr_run_on_the_local_simulation_runtime_records_what_fedsim_run_records(tmp_path, pinned_run):
     home, port = tmp_path / "flwr", free_port()
     superlink_connection(home, "fedsim-test", port)
     env = engine_env(home)
@@ -62,7 +59,7 @@ def test_flwr_run_on_the_local_simulation_runtime_records_what_fedsim_run_record
     assert f"fedsim: run folder {folder}" in printed  # the path is logged (streamed by --stream)
     assert json.loads((folder / "manifest.json").read_text())["status"] == "complete"
     assert (folder / "report.html").is_file()
-    assert record_hashes(folder) == PINNED_SHA256  # byte-identical to `fedsim run` on the same config and seed
+    assert record_hashes(folder) == record_hashes(pinned_run)  # byte-identical to `fedsim run` (in-process) on the same config and seed
 
 
 def test_deployment_engine_superlink_and_two_supernodes_run_the_quickstart(tmp_path):
@@ -119,7 +116,7 @@ def cluster_actors(env: dict, address: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_fedsim_run_attaches_to_an_existing_ray_cluster_and_leaves_it_up(tmp_path):
+def test_fedsim_run_attaches_to_an_existing_ray_cluster_and_leaves_it_up(tmp_path, pinned_run):
     env = engine_env(tmp_path / "flwr")
     port = free_port()
     ports = {flag: str(free_port()) for flag in ("--ray-client-server-port", "--dashboard-port", "--dashboard-agent-listen-port",
@@ -147,4 +144,4 @@ def test_fedsim_run_attaches_to_an_existing_ray_cluster_and_leaves_it_up(tmp_pat
     finally:
         end([head])
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
-    assert record_hashes(out) == PINNED_SHA256  # the same records as on fedsim's own Ray instance
+    assert record_hashes(out) == record_hashes(pinned_run)  # the same records as the in-process engine's
