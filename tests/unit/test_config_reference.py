@@ -1,66 +1,99 @@
-"""README's configuration reference stays the config model's: every key, its default, a description.
+"""The configuration reference stays the config model's: every key, its default, a description.
 
-The reference is the YAML block under "## Configuration reference"; the model is
-`fedsim.core.config.Config`. A key added to the model without the README (or left in the README after
-it was removed) fails here, as does a field without `Field(description=...)`.
+The reference is the page that docs/hooks/config_reference.py generates from
+`fedsim.core.config.Config` at every `mkdocs build` (the documentation site's Reference >
+Configuration). A key the generator misses (a section inside an optional one, the adversary roles,
+the attacks list), a default shown other than the model's, a key shown that the model lacks, or a
+field without `Field(description=...)` fails here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
-from fedsim.core.config import AttackConfig, Config
+from fedsim.core.config import AttackConfig, Config, ParticipantAdversary
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+HOOK = Path(__file__).resolve().parents[2] / "docs" / "hooks" / "config_reference.py"
+SECTION = object()  # a section documented by its heading: its keys carry the defaults
+ROW = re.compile(r"^\| `([^`]+)` \| .*? \| (\(required\)|`.*?`) \| (.*) \|$")
 
 
-def _reference_block() -> str:
-    text = README.read_text()
-    section = text.split("## Configuration reference", 1)[1]
-    match = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
-    assert match, "README's Configuration reference has no ```yaml block"
-    return match.group(1)
+def _page() -> str:
+    spec = importlib.util.spec_from_file_location("config_reference_hook", HOOK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.markdown()
+
+
+def _documented(page: str) -> dict[str, tuple[Any, str]]:
+    """key -> (default as the page shows it, parsed back from JSON; description) for every table row."""
+    rows = {}
+    for line in page.splitlines():
+        match = ROW.match(line)
+        if match:
+            key, default, description = match.groups()
+            value = default if default == "(required)" else json.loads(default.strip("`").replace("\\|", "|"))
+            rows[key] = (value, description.strip())
+        heading = re.match(r"^## `([^`]+)`", line)  # a top-level section is a heading over its own table
+        if heading:
+            rows[heading.group(1)] = (SECTION, "its heading")
+    return rows
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
-    """The config section class of a field (through `X | None`), or None for a plain value."""
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel) and candidate is not AttackConfig:
-            return candidate
+    """The config section class of a field (through `X | None` and the adversary's tagged union: its
+    first role), or None for a plain value or the attacks list."""
+    stack = [annotation]
+    while stack:
+        candidate = stack.pop(0)
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return None if candidate is AttackConfig else candidate
+        if typing.get_origin(candidate) in (typing.Union, types.UnionType, typing.Annotated):
+            stack.extend(typing.get_args(candidate))
     return None
 
 
-def _mismatches(model: type[BaseModel], documented: dict, defaults: dict, block: str, where: str = "") -> list[str]:
-    problems = [f"{where}{key}: in the README but not a config key" for key in documented if key not in model.model_fields]
+def _expected(model: type[BaseModel], defaults: dict | None, where: str = "", seen: tuple = ()) -> dict[str, Any]:
+    """key -> default for every key of `model`, walked independently of the generator: from the
+    model's own dump where the section is present, from the fields' defaults where it is optional."""
+    keys: dict[str, Any] = {}
     for key, field in model.model_fields.items():
         path = f"{where}{key}"
-        if key not in documented:
-            problems.append(f"{path}: a config key missing from the README")
-            continue
+        if defaults is not None:
+            value = defaults[key]
+        elif field.default is PydanticUndefined and field.default_factory is None:
+            value = "(required)"
+        else:
+            value = field.get_default(call_default_factory=True)
+            value = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        keys[path] = value
         section = _section_type(field.annotation)
-        value, default = documented[key], defaults[key]
-        if section is not None and isinstance(value, dict):
-            problems += _mismatches(section, value, default, block, f"{path}.")
-        elif section is not None and value is None:  # an optional section (dp_sgd): its keys are named in the comment
-            problems += [f"{path}.{sub}: not mentioned in the README" for sub in section.model_fields if sub not in block]
-        elif value != default:
-            problems.append(f"{path}: the README shows {value!r}, the default is {default!r}")
-    return problems
+        if section is not None and section not in (*seen, model):  # strategy.base holds a strategy: listed, not walked again
+            keys.update(_expected(section, value if isinstance(value, dict) else None, f"{path}.", (*seen, model)))
+    return keys
 
 
-def test_readme_config_reference_lists_every_key_with_its_default():
-    block = _reference_block()
-    documented = yaml.safe_load(block)
-    problems = _mismatches(Config, documented, Config().model_dump(mode="json"), block)
-    assert not problems, "README config reference is out of date:\n" + "\n".join(problems)
+def test_the_generated_config_reference_lists_every_key_with_its_default_and_description():
+    documented = _documented(_page())
+    expected = _expected(Config, Config().model_dump(mode="json"))
+    expected.update({f"attacks[].{key}": value for key, value in _expected(AttackConfig, None).items()})
+    expected.update({key: value for key, value in _expected(ParticipantAdversary, None, "adversary.").items() if key not in expected})
+    problems = [f"{key}: a config key missing from the reference" for key in expected if key not in documented]
+    problems += [f"{key}: in the reference but not a config key" for key in documented if key not in expected]
+    problems += [f"{key}: the reference shows {documented[key][0]!r}, the default is {value!r}"
+                 for key, value in expected.items() if key in documented and documented[key][0] not in (value, SECTION)]
+    problems += [f"{key}: no description" for key, (_, description) in documented.items() if not description]
+    assert not problems, "the generated configuration reference is out of date:\n" + "\n".join(problems)
+    assert {"adversary.sent_to", "defense.dp_sgd.noise_multiplier", "strategy.base", "export.tensorboard"} <= documented.keys()
 
 
 def _models(model: type[BaseModel], seen: set) -> set:
