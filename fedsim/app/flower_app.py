@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from rich.text import Text
 
+from fedsim.app.audit import audited_client, prepare_audit, run_audit
 from fedsim.app.console import RunConsole
 from fedsim.app.experiment import RUNS, client_app_for, load_checked_config, run_experiment
 from fedsim.core.config import Config
@@ -36,6 +37,7 @@ CONFIG_KEY = "config"  # run config: the fedsim config file
 OVERRIDES_KEY = "overrides"  # run config: `--set` assignments separated by ';'
 OUT_KEY = "out"  # run config: the run folder ('' = <runs>/<name>-<time>)
 RUNS_KEY = "runs"  # run config: the folder holding run folders and the `latest` link
+AUDIT_KEY = "audit"  # run config: a Flower app's folder to audit (`fedsim audit` through `flwr run`); "": fedsim's own federation
 DATA_ROOT_KEY = "data-root"  # node config: where this SuperNode's copy of the data set lives
 
 
@@ -116,15 +118,31 @@ def _serve_on(grid: Grid, config: Config):
     return engine
 
 
+def _audit_on(grid: Grid, context: Context):
+    """The engine for `run_audit` inside a ServerApp: the audited ServerApp runs on the Grid Flower gave us."""
+
+    def engine(audited_server: ServerApp, _client_app: ClientApp) -> None:
+        logging.getLogger("flwr").setLevel(logging.INFO)  # run_audit quietened it; this process's log is the user's view
+        audited_server(grid, context)
+
+    return engine
+
+
 server_app = ServerApp()
 
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
     """Record the run, attack it and write its report, as `fedsim run` does; log the run folder."""
-    config = config_from_run_config(dict(context.run_config))
     runs = Path(str(context.run_config.get(RUNS_KEY, "") or RUNS)).expanduser()
     out = str(context.run_config.get(OUT_KEY, "") or "")
+    if context.run_config.get(AUDIT_KEY):
+        folder = run_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(context.run_config.get(OVERRIDES_KEY, "")),
+                           out=Path(out).expanduser() if out else None, console=_FlowerLogConsole(), runs=runs,
+                           engine=_audit_on(grid, context))
+        log(INFO, "fedsim: run folder %s", folder.resolve())
+        return
+    config = config_from_run_config(dict(context.run_config))
     folder = run_experiment(config, Path(out).expanduser() if out else None, _FlowerLogConsole(), engine=_serve_on(grid, config),
                             runs=runs)
     log(INFO, "fedsim: run folder %s", folder.resolve())
@@ -136,6 +154,9 @@ _client_apps: dict[tuple, ClientApp] = {}  # per process: one app per (run confi
 def _client_app(context: Context) -> ClientApp:
     """The run's ClientApp, built once per process from the run config (the ledger comes from the seed)."""
     key = (tuple(sorted((k, str(v)) for k, v in context.run_config.items())), str(context.node_config.get(DATA_ROOT_KEY, "")))
+    if key not in _client_apps and context.run_config.get(AUDIT_KEY):
+        audit = prepare_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(context.run_config.get(OVERRIDES_KEY, "")))
+        _client_apps[key] = audited_client(audit)
     if key not in _client_apps:
         config = config_from_run_config(dict(context.run_config), dict(context.node_config))
         config.data.root = local_root(config.data)

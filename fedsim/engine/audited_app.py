@@ -276,6 +276,15 @@ def discover(grid: Grid, expected: int, timeout: float = 600) -> dict[int, int]:
     return {r.metadata.src_node_id: partition_of(r) for r in replies}
 
 
+def with_run_config(context: Context, run_config: Mapping) -> Context:
+    """The context the app is given: the engine's, with the app's own run config under the keys
+    the engine did not set. A new Context sharing the node's state (Flower forbids changing a
+    context's run config in place); what the app keeps in `context.state` persists as usual.
+    """
+    merged = {**run_config, **context.run_config}
+    return Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config, state=context.state, run_config=merged)
+
+
 def audited_server_app(app: ServerApp, plan: AuditPlan) -> ServerApp:
     """A ServerApp that runs `app` on an `AuditGrid` over the Grid it is given.
 
@@ -295,15 +304,13 @@ def audited_server_app(app: ServerApp, plan: AuditPlan) -> ServerApp:
     @audited.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            for key, value in plan.run_config.items():
-                context.run_config.setdefault(key, value)
             partitions = discover(grid, plan.num_clients, plan.connect_timeout)
             missing = sorted(set(range(plan.num_clients)) - set(partitions.values()))
             if missing:
                 raise FedsimError(f"partition {missing[0]} never connected: the app's SuperNodes answered with partitions "
                                   f"{sorted(partitions.values())}; check the federation's num-supernodes and data.num_clients")
             audit_grid = AuditGrid(grid, plan, partitions)
-            app(audit_grid, context)
+            app(audit_grid, with_run_config(context, plan.run_config))
             audit_grid.finish()
         except BaseException as exc:
             plan.error = exc
@@ -321,9 +328,7 @@ def audit_mod(run_config: Mapping) -> Callable[[Message, Context, Callable[[Mess
         partition = int(context.node_config[PARTITION_KEY])
         if _kind(message) == MessageType.QUERY and DISCOVER in message.content:
             return Message(content=RecordDict({CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition})}), reply_to=message)
-        for key, value in run_config.items():
-            context.run_config.setdefault(key, value)
-        reply = call_next(message, context)
+        reply = call_next(message, with_run_config(context, run_config))
         if not reply.has_error():
             reply.content[CLIENT_RECORD] = ConfigRecord({PARTITION_KEY: partition})
         return reply

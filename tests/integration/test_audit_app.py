@@ -220,3 +220,16 @@ def test_a_victim_the_federation_does_not_have_is_one_line(tmp_path, capsys):
     app = _copy_app(tmp_path)
     err = _one_line_exit_2(capsys, _audit(app, tmp_path / "run", "--set", "adversary.victim=7"))
     assert "adversary.victim is 7" in err and not (tmp_path / "run").exists()
+
+
+def test_a_curious_participant_audits_the_app_through_its_clientapp_mod(tmp_path):
+    app = _copy_app(tmp_path)
+    out = tmp_path / "run"
+    assert _audit(app, out, "--set", "adversary.role=participant", "--set", "adversary.mode=gradient-ascent", "--set", "adversary.gamma=0.2",
+                  "--run-config", "num-server-rounds=2", "--set", "attacks=[loss]") == 0
+    leakage = pd.read_csv(out / "metrics" / "leakage.csv")
+    assert set(leakage["attacker"]) == {"participant"} and set(leakage["round"]) == {1, 2}
+    run = Run.open(out)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert not any((out / f"rounds/{r:04d}/broadcast").exists() for r in (1, 2))  # the server is honest: it sent everyone the aggregate
+    assert run.clients(2) == [0, 1, 2, 3]
