@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint docs notebooks bench clean
+.PHONY: install demo test test-profile lint docs notebooks bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ notebooks: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The determinism tests again on a second machine profile: ATen's portable kernels instead of the
+# CPU's widest vector instructions, and one OpenMP thread. Bytes must still be equal within the
+# profile, and the short run's models within tolerance of reference values taken on another CPU.
+test-profile: $(STAMP)
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(BIN)/python -c "import torch; print('torch CPU capability:', torch.backends.cpu.get_cpu_capability())"
+	ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m determinism
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
