@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from fedsim.core.config import Config
 from fedsim.core.errors import FedsimError
 from fedsim.core.layout import LEDGER as LEDGER_FILE
 from fedsim.core.layout import MANIFEST, client_file, global_file
-from fedsim.learning.datasets import Pool, pool_for
+from fedsim.learning.datasets import Pool, load_pool, pool_for
 from fedsim.learning.models import model_for
 from fedsim.recording.manifest import Manifest, RoundEntry
 
@@ -80,6 +81,8 @@ class Run:
             config = Config.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
         except (json.JSONDecodeError, yaml.YAMLError, OSError, ValueError) as exc:
             raise FedsimError(f"{folder}: the manifest or config.yaml is unreadable ({type(exc).__name__}); the run folder is damaged") from None
+        if config.app is not None and config.app.dir and config.app.dir not in sys.path:
+            sys.path.insert(0, config.app.dir)  # an audited app's model (model.name) is a class of the app's own package
         return cls(folder, config, manifest)
 
     @property
@@ -151,8 +154,11 @@ class Run:
         Returns
         -------
         fedsim.learning.datasets.Pool
-            Every record of the data set, indexed by record id.
+            Every record of the data set, indexed by record id (an audited app's: the records
+            saved in this folder, wherever the folder now is).
         """
+        if self.config.data.dataset == "records":
+            return load_pool("records", str(self.folder))
         return pool_for(self.config.data)
 
     def records(self, ids: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
