@@ -137,7 +137,7 @@ def server_main(grid: Grid, context: Context) -> None:
     runs = Path(str(context.run_config.get(RUNS_KEY, "") or RUNS)).expanduser()
     out = str(context.run_config.get(OUT_KEY, "") or "")
     if context.run_config.get(AUDIT_KEY):
-        folder = run_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(context.run_config.get(OVERRIDES_KEY, "")),
+        folder = run_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(str(context.run_config.get(OVERRIDES_KEY, ""))),
                            out=Path(out).expanduser() if out else None, console=_FlowerLogConsole(), runs=runs,
                            engine=_audit_on(grid, context))
         log(INFO, "fedsim: run folder %s", folder.resolve())
@@ -155,7 +155,7 @@ def _client_app(context: Context) -> ClientApp:
     """The run's ClientApp, built once per process from the run config (the ledger comes from the seed)."""
     key = (tuple(sorted((k, str(v)) for k, v in context.run_config.items())), str(context.node_config.get(DATA_ROOT_KEY, "")))
     if key not in _client_apps and context.run_config.get(AUDIT_KEY):
-        audit = prepare_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(context.run_config.get(OVERRIDES_KEY, "")))
+        audit = prepare_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(str(context.run_config.get(OVERRIDES_KEY, ""))))
         _client_apps[key] = audited_client(audit)
     if key not in _client_apps:
         config = config_from_run_config(dict(context.run_config), dict(context.node_config))
