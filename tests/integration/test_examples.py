@@ -1,4 +1,4 @@
-"""Every example runs as shown: the command lines of README.md and of `fedsim --help` are
+"""Every example runs as shown: the command lines of README.md, of the documentation pages (docs/) and of `fedsim --help` are
 validated the way the command itself would (`fedsim check`, or the command's own argument
 checks), one quickstart whatever the working folder, and the README's Python snippet runs."""
 
@@ -19,13 +19,14 @@ from fedsim.core.errors import FedsimError
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+DOCS = "\n".join(page.read_text() for page in sorted((ROOT / "docs").rglob("*.md")))  # the documentation site's pages
 COMMANDS = {"run", "check", "attack", "report", "sweep", "reproduce", "--help"}
 PLACEHOLDER = re.compile(r"\[|\.\.\.|\b(CONFIG|RUN_DIR|DIR|NAME|CSV|COMMAND)\b")
 
 
 def _readme_command_lines() -> list[str]:
     lines = []
-    for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", README + DOCS, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.strip().removeprefix("$ ")
@@ -149,8 +150,7 @@ def test_shortened_quickstart_runs_from_another_folder(tmp_path, monkeypatch, ca
 
 
 def _readme_python_snippet() -> str:
-    section = README.split("## Python API", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    return next(block for block in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "fedsim.simulate(" in block)
 
 
 @pytest.mark.integration
