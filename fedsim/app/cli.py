@@ -173,6 +173,9 @@ def _attack(args: argparse.Namespace) -> int:
 
     check_attacks(args.attacks or [], "--attack")
     run = Run.open(args.run_dir)
+    if run.status == "failed":
+        raise FedsimError(f"{args.run_dir}: the run failed ({run.manifest.error or 'no reason recorded'}); attack a complete run: "
+                          f"fix the cause and continue it with `fedsim run --resume {args.run_dir}`, or run it again")
     with RunConsole() as console:
         leakage = measure_leakage(run, args.attacks, args.rounds, progress=console)
         if leakage.why_empty:

@@ -206,22 +206,29 @@ def resume_experiment(folder: Path, console: RunConsole | None = None) -> Path:
     """
     console = console or RunConsole()
     quiet_engine_logs()
-    recorder = Recorder.reopen(folder)
+    built: list = []
+
+    def refuse(recorded: Run) -> None:  # before the recorder changes anything on disk: a refused resume leaves the folder as it was
+        config, last = recorded.config, recorded.manifest.rounds_completed
+        torch.manual_seed(config.seed)
+        model = model_for(config)
+        strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
+        if last >= 1 and config.defense.dp_sgd is not None:
+            raise FedsimError("--resume: DP-SGD clients keep their privacy accountant between rounds, which the run folder does not "
+                              "record; rerun it with --force")
+        if last >= 1 and config.record.dtype != "float32":
+            raise FedsimError(f"--resume: the run records {config.record.dtype} (rounded) parameters, and continuing from them would "
+                              "not give an uninterrupted run's records; rerun it with --force")
+        if last >= 1 and not is_stateless(strategy):
+            raise FedsimError(f"--resume: strategy {config.strategy.name} keeps state between rounds that the run folder does not "
+                              f"record; rerun it with --force (resumable strategies: {', '.join(sorted(STATELESS))})")
+        built[:] = [model, strategy]
+
+    recorder = Recorder.reopen(folder, refuse)
     config = recorder.config
     run = Run.open(folder)
     last = recorder.manifest.rounds_completed
-    torch.manual_seed(config.seed)
-    model = model_for(config)
-    strategy = build_strategy(config.strategy, config.data.num_clients, config.train.lr)
-    if last >= 1 and config.defense.dp_sgd is not None:
-        raise FedsimError("--resume: DP-SGD clients keep their privacy accountant between rounds, which the run folder does not "
-                          "record; rerun it with --force")
-    if last >= 1 and config.record.dtype != "float32":
-        raise FedsimError(f"--resume: the run records {config.record.dtype} (rounded) parameters, and continuing from them would "
-                          "not give an uninterrupted run's records; rerun it with --force")
-    if last >= 1 and not is_stateless(strategy):
-        raise FedsimError(f"--resume: strategy {config.strategy.name} keeps state between rounds that the run folder does not record; "
-                          f"rerun it with --force (resumable strategies: {', '.join(sorted(STATELESS))})")
+    model, strategy = built
     if last >= 0:
         model.load_state_dict(run.state(last))
     return _carry_out(recorder, run.membership, model, strategy, run if last >= 0 else None, console, simulate_engine(config))
@@ -307,7 +314,8 @@ def _apps(recorder: Recorder, ledger, pool: Pool, model: torch.nn.Module, strate
                       show, on_train_replies=lambda received, sent: console.update(CLIENTS_STAGE, received, sent),
                       adversary=server_wrapper(config, ledger), faults=faults, resumed=resumed,
                       secure_aggregation=config.defense.secure_aggregation, max_failed_rounds=config.faults.failed_round_limit(),
-                      adversary_gamma=config.adversary.mode == "gradient-ascent", threads=config.backend.cpus_per_client)
+                      adversary_gamma=config.adversary.mode == "gradient-ascent", threads=config.backend.cpus_per_client,
+                      strategy_name=config.strategy.name)
     client_app = client_app_for(config, ledger, [failing_client_mod(faults, PARTITION_KEY)] if faults.error_rate > 0 else [])
     return plan, client_app, faults
 

@@ -5,14 +5,21 @@ replies by partition id before the inner strategy aggregates them (replies arriv
 order, and float sums depend on order), and hands the recorder every client's parameters and
 the new aggregate, round by round. Under secure aggregation it sits inside
 `SecureAggregation`, so what it records (the server's view) is the aggregate alone.
+
+A round is listed in the manifest only once its global model passed `admit_global` (the
+aggregate holds exactly the model's arrays, all finite, and its test loss is finite): fedsim's
+server and the audit's Grid both call it before `Recorder.record_round`, so a malformed or
+diverged round is never recorded, whatever produced it. A strategy that raises becomes one line
+naming it, its traceback logged on Flower's logger (the run folder's run.log).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -113,11 +120,14 @@ class RecordingStrategy(StrategyWrapper):
     the first client error and its message. A client's `FatalClientError` stops it at once.
     """
 
-    def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int], max_failed_rounds: int | None = None):
+    def __init__(self, inner: Strategy, recorder: Recorder, partitions: dict[int, int], max_failed_rounds: int | None = None,
+                 admit: Callable[[int, dict[str, torch.Tensor]], object] | None = None, strategy_name: str | None = None):
         super().__init__(inner)
         self.recorder = recorder
         self.partitions = partitions
         self.max_failed_rounds = max_failed_rounds
+        self.admit = admit  # (round, global state) -> raises FedsimError where the round must not be recorded (`admit_global`)
+        self.strategy_name = strategy_name or strategy_label(inner)
         self.failed_rounds: list[int] = []
         self.current: ArrayRecord | None = None
         self.broadcast: dict[int, ArrayRecord] = {}
@@ -147,15 +157,25 @@ class RecordingStrategy(StrategyWrapper):
         summed = [int_list(config_record(r.content, CLIENT_RECORD)[CONTRIBUTORS]) for r in ok if partition_of(r) == AGGREGATE]
         self._stop_on_failures(server_round, replies, arrived=bool(received) or bool(summed and summed[0]))
         self.client_metrics = {server_round: {partition_of(r): metric_record(r.content) for r in ok}}  # this round's only
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        except FedsimError:
+            raise
+        except Exception as exc:
+            logging.getLogger("flwr").exception("round %s: strategy %s raised in aggregate_train", server_round, self.strategy_name)
+            raise FedsimError(f"round {server_round}: strategy {self.strategy_name} raised in aggregate_train "
+                              f"({type(exc).__name__}: {one_line(exc)}); its traceback is in run.log") from None
         new_global = arrays if arrays is not None else self.current
         assert new_global is not None, "configure_train runs before aggregate_train"
+        state = new_global.to_torch_state_dict()
+        if self.admit is not None:
+            self.admit(server_round, state)
         failed = [self.partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error()]
         replied = set(received) | set(summed[0] if summed else [])
         dropped = sorted(self.sent - replied - set(failed))  # sent training, never replied
         broadcast = {c: a.to_torch_state_dict() for c, a in self.broadcast.items()}
         train_loss = round(float(number(metrics["train_loss"])), 6) if metrics is not None and "train_loss" in metrics else None
-        self.recorder.record_round(server_round, new_global.to_torch_state_dict(), received, broadcast, failed, dropped, train_loss,
+        self.recorder.record_round(server_round, state, received, broadcast, failed, dropped, train_loss,
                                    secure_sum=summed[0] if summed else None)
         return arrays, metrics
 
@@ -240,6 +260,77 @@ def check_finite(server_round: int, test_loss: float, state: dict[str, torch.Ten
     raise FedsimError(f"round {server_round}: training diverged ({what} in the global model); {knob}")
 
 
+def strategy_label(strategy: Strategy) -> str:
+    """`package.module:Class` of the innermost strategy under fedsim's wrappers (how a config names a user's strategy)."""
+    while isinstance(strategy, StrategyWrapper):
+        strategy = strategy.inner
+    return f"{type(strategy).__module__}:{type(strategy).__qualname__}"
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its first line; the class name where it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def _listed(names: Iterable[str], limit: int = 8) -> str:
+    names = list(names)
+    return "[" + ", ".join(names[:limit]) + (f", ... {len(names) - limit} more" if len(names) > limit else "") + "]"
+
+
+def admit_global(server_round: int, state: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor],
+                 evaluate_state: Callable[[Mapping[str, torch.Tensor]], tuple[float, float]], source: str,
+                 ascent: bool = False) -> tuple[float, float]:
+    """Check a round's global model before the recorder lists the round; returns its (test loss, accuracy).
+
+    The one gate both fedsim's server (`RecordingStrategy`) and the audit's Grid pass a global
+    model through before `Recorder.record_round`: the aggregate must hold exactly the model's
+    arrays with the model's shapes, and its parameters and test loss must be finite
+    (`check_finite`). Integer arrays may come back as floats (Flower's FedAvg averages every
+    array), so dtypes are not compared.
+
+    Parameters
+    ----------
+    server_round : int
+        The round whose aggregate this is.
+    state : mapping of str to torch.Tensor
+        The aggregate, as a state dict.
+    model : mapping of str to torch.Tensor
+        The model's state dict (any round's): the names and shapes the aggregate must have.
+    evaluate_state : callable
+        State dict -> (test loss, test accuracy) on the utility test records; called only on a well-formed aggregate.
+    source : str
+        Who produced the aggregate, for the message (e.g. "strategy fedavg").
+    ascent : bool
+        An active adversary takes gradient-ascent steps (the message then names adversary.gamma too).
+
+    Returns
+    -------
+    tuple of (float, float)
+        The test loss and accuracy `evaluate_state` gave.
+
+    Raises
+    ------
+    FedsimError
+        One line: the arrays missing, extra or misshapen (the aggregate's names against the
+        model's), or the first non-finite parameter or test loss and the knob to lower.
+    """
+    missing = [name for name in model if name not in state]
+    extra = [name for name in state if name not in model]
+    if missing or extra:
+        what = "; ".join([*([f"missing {_listed(missing)}"] if missing else []), *([f"not in the model {_listed(extra)}"] if extra else [])])
+        raise FedsimError(f"round {server_round}: {source} returned an aggregate that is not the model ({what}; the aggregate has "
+                          f"{_listed(state)}, the model {_listed(model)}); its aggregate_train must return every array of the model")
+    shapes = [f"{name} {tuple(state[name].shape)} instead of {tuple(model[name].shape)}"
+              for name in model if tuple(state[name].shape) != tuple(model[name].shape)]
+    if shapes:
+        raise FedsimError(f"round {server_round}: {source} returned an aggregate that is not the model (shape of {_listed(shapes, 3)}); "
+                          "its aggregate_train must return every array of the model in the model's shape")
+    loss, accuracy = evaluate_state(state)
+    check_finite(server_round, loss, dict(state), ascent)
+    return loss, accuracy
+
+
 @dataclass
 class ServerPlan:
     """What the server needs: the strategy, the initial model, the test split, where to report."""
@@ -261,9 +352,11 @@ class ServerPlan:
     max_failed_rounds: int | None = None  # rounds without any client update tolerated (None: no limit)
     adversary_gamma: bool = False  # an active adversary's gradient ascent (adversary.gamma) also moves the models
     threads: float = 1  # torch threads for the server's own computations (backend.cpus_per_client), fixed so records do not depend on the process
+    strategy_name: str = ""  # how the config names the strategy (strategy.name), for messages; "": its class's import path
 
 
-def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int = 1) -> list[Strategy]:
+def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int = 1,
+                  admit: Callable[[int, dict[str, torch.Tensor]], object] | None = None) -> list[Strategy]:
     """The server's strategy wrappers, outermost first, each wrapping the next.
 
     `[RoundClock, SecureAggregation (under defense.secure_aggregation), RecordingStrategy,
@@ -280,6 +373,9 @@ def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int
         Node id -> partition id, as `discover_partitions` found them.
     first_round : int
         The first round still to do (1, or the round after the last complete one of a resumed run).
+    admit : callable, optional
+        (round, global state) -> raises where the round must not be recorded; the recorder's
+        gate (`admit_global`, as `serve` gives it).
 
     Returns
     -------
@@ -291,7 +387,7 @@ def wrapper_stack(plan: ServerPlan, partitions: dict[int, int], first_round: int
     if plan.resumed is not None and isinstance(inner, StrategyWrapper):
         inner.restore(plan.resumed, first_round - 1)
     stack: list[Strategy] = [inner] if inner is plan.strategy else [inner, plan.strategy]
-    stack.insert(0, RecordingStrategy(inner, plan.recorder, partitions, plan.max_failed_rounds))
+    stack.insert(0, RecordingStrategy(inner, plan.recorder, partitions, plan.max_failed_rounds, admit, plan.strategy_name or None))
     if plan.secure_aggregation:
         stack.insert(0, SecureAggregation(stack[0]))
     stack.insert(0, RoundClock(stack[0], first_round, plan.seed))
@@ -321,11 +417,23 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
     """The body of `serve`, on the planned thread count."""
     partitions = discover_partitions(grid, plan.num_clients)
     first_round = 1 if plan.resumed is None else plan.resumed.manifest.rounds_completed + 1
-    stack = wrapper_stack(plan, partitions, first_round)
+    model_state = plan.model.state_dict()  # the names and shapes every aggregate must have
+    evaluations: dict[int, tuple[float, float]] = {}  # round -> (test loss, accuracy) of the global model admitted
+
+    def evaluate_state(state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        plan.model.load_state_dict(state)
+        result = evaluate(plan.model, *plan.test_data)
+        return result.loss, result.accuracy
+
+    def admit(server_round: int, state: dict[str, torch.Tensor]) -> None:
+        source = f"strategy {plan.strategy_name or strategy_label(plan.strategy)}"
+        evaluations[server_round] = admit_global(server_round, state, model_state, evaluate_state, source, plan.adversary_gamma)
+
+    stack = wrapper_stack(plan, partitions, first_round, admit)
     clock = stack[0]
     assert isinstance(clock, RoundClock)
     recording = next(layer for layer in stack if isinstance(layer, RecordingStrategy))
-    initial = ArrayRecord(plan.model.state_dict())
+    initial = ArrayRecord(model_state)
     if first_round == 1:
         plan.recorder.record_round(0, plan.model.state_dict())
     started = time.perf_counter()
@@ -333,15 +441,17 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
     def central_evaluation(clock_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal started
         server_round = clock_round + clock.offset
-        state = arrays.to_torch_state_dict()
-        plan.model.load_state_dict(state)
-        result = evaluate(plan.model, *plan.test_data)
-        check_finite(server_round, result.loss, state, plan.adversary_gamma)
+        if server_round in evaluations:  # admitted (evaluated) before the recorder listed it
+            loss, accuracy = evaluations.pop(server_round)
+        else:  # the initial model
+            state = arrays.to_torch_state_dict()
+            loss, accuracy = evaluate_state(state)
+            check_finite(server_round, loss, state, plan.adversary_gamma)
         info = plan.recorder.manifest.rounds.get(server_round, RoundEntry())
         row = {
             "round": server_round,
-            "test_loss": round(result.loss, 6),
-            "test_accuracy": round(result.accuracy, 6),
+            "test_loss": round(loss, 6),
+            "test_accuracy": round(accuracy, 6),
             "train_loss": "" if info.train_loss is None else info.train_loss,
             "clients": len(info.clients) or len(info.secure_sum or ()),
             "failures": len(info.failed),
@@ -353,7 +463,7 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
         plan.recorder.append_training(row)
         plan.on_round(row)
         started = time.perf_counter()
-        return MetricRecord({"loss": result.loss, "accuracy": result.accuracy})
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     # The wrappers are proxies (the rest of Grid's interface through __getattr__), not Grid subclasses.
     grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies))

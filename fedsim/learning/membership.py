@@ -164,6 +164,35 @@ def match_labels(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray
     return (np.sort(np.concatenate(kept)) if kept else empty), (np.sort(np.concatenate(drawn)) if drawn else empty), short
 
 
+def per_member_fit(members: np.ndarray, candidates: np.ndarray, labels: np.ndarray, wanted: int) -> int:
+    """The non-members per member (at most `wanted`) that `match_labels` turns into the most targets.
+
+    Asking a class for more non-members per member than it holds drops its members; fewer per
+    member keeps them. Of the k in 1..wanted, the one with the most targets (members kept plus
+    k non-members each), the largest among equals: `wanted` itself whenever every class holds
+    enough.
+
+    Parameters
+    ----------
+    members, candidates : numpy.ndarray
+        Record ids of the member targets and of the non-members they are matched from.
+    labels : numpy.ndarray
+        The label of every record of the pool, indexed by record id.
+    wanted : int
+        The non-members per member the target count asks for.
+
+    Returns
+    -------
+    int
+        k, 1 <= k <= wanted.
+    """
+    classes, inside = np.unique(labels[np.asarray(members, dtype=np.int64)], return_counts=True)
+    outside = np.array([int((labels[np.asarray(candidates, dtype=np.int64)] == c).sum()) for c in classes])
+    k = np.arange(1, wanted + 1)
+    targets = np.minimum(inside[None, :], outside[None, :] // k[:, None]).sum(axis=1) * (1 + k)
+    return int(k[np.flatnonzero(targets == targets.max())[-1]])
+
+
 def describe_shortfall(short: dict[int, tuple[int, int]], limit: int = 5) -> str:
     """'class 3: 40 members, 12 non-members; ...' for the first `limit` classes short of non-members."""
     shown = [f"class {c}: {m} members, {n} non-members" for c, (m, n) in sorted(short.items())[:limit]]
@@ -305,19 +334,20 @@ def _mark_targets(ledger: pd.DataFrame, config: Config, rng: np.random.Generator
         )
     if len(available) >= per_side:
         members, nonmembers, short = match_labels(rng.choice(available, per_side, replace=False), candidates, labels, rng)
-    else:  # every member is a target; k label-matched non-members per member make up the count
-        k = max(1, (2 * per_side - len(available)) // len(available))
+    else:  # every member is a target; k label-matched non-members per member make up the count, as far as their classes allow
+        k = per_member_fit(available, candidates, labels, max(1, (2 * per_side - len(available)) // len(available)))
         members, nonmembers, short = match_labels(available, candidates, labels, rng, per_member=k)
     if not len(members):
         raise FedsimError(
             f"adversary.target_records: no evaluation non-member shares a label with {whose} member targets "
-            f"({describe_shortfall(short)}); raise data.nonmembers or adversary.target_records"
+            f"({describe_shortfall(short)}); raise data.nonmembers (now {config.data.nonmembers}) so the non-members hold these classes"
         )
-    if short:
+    if short or len(members) + len(nonmembers) < 2 * per_side:
+        why = (f"the evaluation non-members run short ({describe_shortfall(short)})" if short else
+               f"{len(members)} member targets, {len(nonmembers) // len(members)} non-members each, as many as their classes hold")
         notes.append(
             f"adversary.target_records: {len(members) + len(nonmembers)} targets instead of {2 * per_side}: non-member targets match the labels "
-            f"of {whose} member targets, and the evaluation non-members run short ({describe_shortfall(short)}); "
-            "raise data.nonmembers for more"
+            f"of {whose} member targets, and {why}; raise data.nonmembers for more"
         )
     ledger.loc[ledger["record_id"].isin(np.concatenate([members, nonmembers])), "target"] = True
 

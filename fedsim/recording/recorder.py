@@ -15,8 +15,8 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,14 +65,21 @@ def sha256_of(path: Path) -> str:
 
 
 def write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary name, then rename into place: a reader never sees half a file."""
+    """Write to a temporary name, then rename into place: a reader never sees half a file, and a
+    failed write (a full disk) leaves no temporary file behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
 
 
 def serialize_state(state: StateDict, metadata: Mapping[str, str], dtype: torch.dtype | None = None) -> bytes:
@@ -148,12 +155,14 @@ class Recorder:
         self._save_manifest()
 
     @classmethod
-    def reopen(cls, folder: Path) -> Recorder:
+    def reopen(cls, folder: Path, refuse: Callable[[Run], None] | None = None) -> Recorder:
         """Open an interrupted run to continue it after its last complete round.
 
-        Every listed file is checked against its sha256; what a crash left behind (staged or
-        unlisted rounds, temporary files) is removed, and training rows from the last complete
-        round on are dropped (that round's row is written again when the run continues).
+        Every listed file is checked against its sha256, then `refuse` (the caller's own
+        refusals, given the run as recorded) runs: a refusal leaves the folder as it was. Only
+        then is what a crash left behind (staged or unlisted rounds, temporary files) removed,
+        training rows from the last complete round on dropped (that round's row is written again
+        when the run continues) and the status set back to running.
         """
         run = Run.open(folder)
         if run.status == "complete":
@@ -169,6 +178,8 @@ class Recorder:
             path = folder / relative
             if not path.is_file() or sha256_of(path) != expected:
                 raise FedsimError(f"--resume: {path} is missing or does not match its sha256 in the manifest; the run cannot be continued")
+        if refuse is not None:
+            refuse(run)
         last = run.manifest.rounds_completed
         with recorder._disk("the resumed run"):
             for leftover in (folder / "rounds").glob("*"):
@@ -250,16 +261,20 @@ class Recorder:
             write_atomically(staging / Path(relative).relative_to(round_dir(round_number)), payload)
             hashes[relative] = hashlib.sha256(payload).hexdigest()
 
-        stage(global_file(round_number), global_state, {"round": str(round_number), "source": "global"})
         client_info = {}
-        for client, (state, num_examples) in sorted(clients.items()):
-            meta = {"round": str(round_number), "source": f"client-{client:03d}", "num_examples": str(num_examples)}
-            stage(client_file(round_number, client), state, meta)
-            client_info[client] = ClientEntry(num_examples=num_examples)
-        for client, state in sorted(broadcast.items()):
-            meta = {"round": str(round_number), "source": f"broadcast-{client:03d}"}
-            stage(client_file(round_number, client, "broadcast"), state, meta)
-        os.replace(staging, final)
+        try:
+            stage(global_file(round_number), global_state, {"round": str(round_number), "source": "global"})
+            for client, (state, num_examples) in sorted(clients.items()):
+                meta = {"round": str(round_number), "source": f"client-{client:03d}", "num_examples": str(num_examples)}
+                stage(client_file(round_number, client), state, meta)
+                client_info[client] = ClientEntry(num_examples=num_examples)
+            for client, state in sorted(broadcast.items()):
+                meta = {"round": str(round_number), "source": f"broadcast-{client:03d}"}
+                stage(client_file(round_number, client, "broadcast"), state, meta)
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a half-staged round: its space back, so the manifest can say 'failed'
+            raise
         self.manifest.files.update(hashes)
         return client_info
 
