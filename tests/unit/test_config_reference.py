@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from fedsim.core.config import AttackConfig, Config, ParticipantAdversary
+from fedsim.core.config import AttackConfig, Config
 
 HOOK = Path(__file__).resolve().parents[2] / "docs" / "hooks" / "config_reference.py"
 SECTION = object()  # a section documented by its heading: its keys carry the defaults
@@ -62,6 +62,18 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _sections_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every section class a field may hold (the adversary's roles, in order)."""
+    found, stack = [], [annotation]
+    while stack:
+        candidate = stack.pop(0)
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            found.append(candidate)
+        elif typing.get_origin(candidate) in (typing.Union, types.UnionType, typing.Annotated):
+            stack.extend(typing.get_args(candidate))
+    return found
+
+
 def _expected(model: type[BaseModel], defaults: dict | None, where: str = "", seen: tuple = ()) -> dict[str, Any]:
     """key -> default for every key of `model`, walked independently of the generator: from the
     model's own dump where the section is present, from the fields' defaults where it is optional."""
@@ -86,7 +98,8 @@ def test_the_generated_config_reference_lists_every_key_with_its_default_and_des
     documented = _documented(_page())
     expected = _expected(Config, Config().model_dump(mode="json"))
     expected.update({f"attacks[].{key}": value for key, value in _expected(AttackConfig, None).items()})
-    expected.update({key: value for key, value in _expected(ParticipantAdversary, None, "adversary.").items() if key not in expected})
+    for role in _sections_in(Config.model_fields["adversary"].annotation)[1:]:  # the other roles' keys, where they add any
+        expected.update({key: value for key, value in _expected(role, None, "adversary.").items() if key not in expected})
     problems = [f"{key}: a config key missing from the reference" for key in expected if key not in documented]
     problems += [f"{key}: in the reference but not a config key" for key in documented if key not in expected]
     problems += [f"{key}: the reference shows {documented[key][0]!r}, the default is {value!r}"
