@@ -1,21 +1,26 @@
-"""Empirical privacy audit: lower bounds on epsilon that an attack's scores prove.
+"""Empirical privacy audit: what an attack's scores say about epsilon, and what they prove.
 
 An (epsilon, delta)-DP mechanism bounds every membership test: TPR <= e^eps FPR + delta and
-TNR <= e^eps FNR + delta. An attack whose test beats that refutes every smaller epsilon. Two
-audits:
+TNR <= e^eps FNR + delta. A test that beats that, on independent trials, refutes every smaller
+epsilon. Two audits:
 
-- `epsilon_lower_bound`: many targets, threshold chosen on one seeded half of them, rates with
-  95% Clopper-Pearson bounds on the other half (Jagielski, Ullman and Oprea, "Auditing
-  Differentially Private Machine Learning: How Private is Private SGD?", NeurIPS 2020; Nasr,
-  Song, Thakurta, Papernot and Carlini, "Adversary Instantiation: Lower Bounds for
-  Differentially Private Machine Learning", S&P 2021).
-- `one_run_epsilon`: m canaries each included with probability 1/2, the attacker guesses the
-  k most and k least likely, and the number of correct guesses is tested against randomized
-  response (Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run",
-  NeurIPS 2023, main theorem with its delta term).
+- `canary_audit` (`one_run_epsilon`): m canaries each included independently with probability
+  1/2, the attacker guesses the k most and k least likely, and the number of correct guesses is
+  tested against randomized response (Steinke, Nasr and Jagielski, "Privacy Auditing with One (1)
+  Training Run", NeurIPS 2023, main theorem with its delta term). A 95% lower bound on the epsilon
+  of the training run, valid from one run because each canary's inclusion is an independent coin.
+- `empirical_epsilon`: many targets, threshold chosen on one seeded half of them, rates with 95%
+  Clopper-Pearson bounds on the other half, the statistic of the hypothesis-test audits of
+  Jagielski, Ullman and Oprea ("Auditing Differentially Private Machine Learning: How Private is
+  Private SGD?", NeurIPS 2020) and Nasr, Song, Thakurta, Papernot and Carlini ("Adversary
+  Instantiation: Lower Bounds for Differentially Private Machine Learning", S&P 2021). Those
+  papers get one independent trial per training run; here every target comes from one run, and
+  the targets' membership was fixed by the ledger, not drawn independently per target. It is
+  therefore an empirical epsilon of this run's attack, not a DP lower bound: it treats the targets
+  as independent trials, which they are not.
 
-Both are lower bounds at 95% confidence; they must never exceed an accountant's epsilon (an
-upper bound) on a run the accountant covers.
+Only the canary bound is a lower bound at 95% confidence that must never exceed an accountant's
+epsilon (an upper bound) on a run the accountant covers.
 """
 
 from __future__ import annotations
@@ -30,34 +35,34 @@ from opacus.accountants import RDPAccountant
 from scipy import optimize, stats
 
 from fedsim.core.config import Config
+from fedsim.stats.metrics import clopper_pearson
 
 CONFIDENCE = 0.95
 DEFAULT_DELTA = 1e-5
+# leakage.csv's audit columns, in order (docs/design.md, section 3.4)
+AUDIT_COLUMNS = ["epsilon_empirical", "epsilon_empirical_point", "canary_epsilon_lower_bound", "epsilon_empirical_select",
+                 "epsilon_empirical_holdout"]
+# Their names in leakage.csv files written before the empirical epsilon was told apart from a DP
+# lower bound; readers of older run folders rename them (`renamed_columns`).
+OLD_AUDIT_COLUMNS = {"epsilon_lower_bound": "epsilon_empirical", "epsilon_lb_point": "epsilon_empirical_point",
+                     "epsilon_lb_select": "epsilon_empirical_select", "epsilon_lb_holdout": "epsilon_empirical_holdout"}
 
 
-def clopper_pearson(successes: np.ndarray | int, trials: np.ndarray | int, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided Clopper-Pearson interval of a binomial proportion, from beta quantiles.
+def renamed_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A leakage table with the audit columns of older leakage.csv files under their present names.
 
     Parameters
     ----------
-    successes, trials : int or array of int
-        Counts k and n (broadcast together), 0 <= k <= n, n >= 1.
-    confidence : float
-        Coverage of the interval; each tail gets (1 - confidence) / 2.
+    table : pandas.DataFrame
+        A leakage.csv (or leakage_seeds.csv) as read.
 
     Returns
     -------
-    (low, high) : arrays
-        low = Beta(alpha/2; k, n - k + 1) (0 at k = 0), high = Beta(1 - alpha/2; k + 1, n - k)
-        (1 at k = n): Clopper and Pearson 1934, as `statsmodels`' method='beta'.
+    pandas.DataFrame
+        The same table, `epsilon_lower_bound` renamed `epsilon_empirical` and so on
+        (`OLD_AUDIT_COLUMNS`) where the present name is absent.
     """
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    alpha = 1 - confidence
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-        high = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
-    return low, high
+    return table.rename(columns={old: new for old, new in OLD_AUDIT_COLUMNS.items() if new not in table.columns})
 
 
 def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, delta: float, bounded: bool,
@@ -65,7 +70,8 @@ def _epsilons(tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int, de
     """max(ln((TPR - delta)/FPR), ln((TNR - delta)/FNR)) per threshold, floored at 0.
 
     With `bounded`, TPR and TNR are their 95% Clopper-Pearson lower bounds and FPR, FNR their upper
-    bounds (a lower confidence bound on epsilon); otherwise the point estimates.
+    bounds (a lower confidence bound on epsilon when the records are independent trials); otherwise
+    the point estimates.
     """
     fn, tn = positives - tp, negatives - fp
     if bounded:
@@ -91,13 +97,15 @@ def _counts(scores: np.ndarray, members: np.ndarray, thresholds: np.ndarray) -> 
 
 
 @dataclass(frozen=True)
-class EpsilonBound:
-    """An audit's result: the 95% lower bound, the point estimate at the same threshold, and what it rests on.
+class EmpiricalEpsilon:
+    """`empirical_epsilon`'s result: the value at the rates' confidence bounds, the point estimate, what it rests on.
+
+    Neither is a DP lower bound (the targets are not independent trials; module docstring).
 
     Attributes
     ----------
-    lower_bound : float
-        The 95% lower bound on epsilon (0 when nothing is proven).
+    epsilon : float
+        The epsilon at the rates' 95% Clopper-Pearson bounds (0 when the bounds show nothing).
     point : float
         The point estimate at the same threshold.
     threshold : float
@@ -106,16 +114,23 @@ class EpsilonBound:
         Targets of the measuring half.
     """
 
-    lower_bound: float
+    epsilon: float
     point: float
     threshold: float
     n_members: int  # in the half that measured the bound
     n_nonmembers: int
 
 
-def epsilon_lower_bound(scores: np.ndarray, members: np.ndarray, delta: float = DEFAULT_DELTA, seed: int = 0,
-                        confidence: float = CONFIDENCE) -> EpsilonBound:
-    """Epsilon an attack's scores prove, with the threshold chosen on a seeded half of the targets.
+def empirical_epsilon(scores: np.ndarray, members: np.ndarray, delta: float = DEFAULT_DELTA, seed: int = 0,
+                      confidence: float = CONFIDENCE) -> EmpiricalEpsilon:
+    """Epsilon of an attack's membership test on the targets, threshold chosen on a seeded half of them.
+
+    Not a DP lower bound. The Clopper-Pearson bounds treat each target as an independent trial of
+    the test; the audits this follows (Jagielski et al. 2020; Nasr et al. 2021) have one such trial
+    per training run, while here all targets come from one run and their membership was fixed by
+    the ledger (not included independently at random, as the one-run theorem of Steinke et al.
+    2023 requires: `canary_audit`). Read it as how far this run's attack separates members from
+    non-members on the epsilon scale.
 
     Parameters
     ----------
@@ -133,11 +148,12 @@ def epsilon_lower_bound(scores: np.ndarray, members: np.ndarray, delta: float = 
 
     Returns
     -------
-    EpsilonBound
-        lower_bound = max(ln((TPR_lo - delta)/FPR_hi), ln((TNR_lo - delta)/FNR_hi)) on the second
-        half, floored at 0 (Jagielski et al. 2020; Nasr et al. 2021); point = the same with point
-        estimates (inf where a denominator is 0). The threshold maximises the lower bound on the
-        first half.
+    EmpiricalEpsilon
+        epsilon = max(ln((TPR_lo - delta)/FPR_hi), ln((TNR_lo - delta)/FNR_hi)) on the second
+        half, floored at 0 (the statistic of Jagielski et al. 2020 and Nasr et al. 2021); point =
+        the same with point estimates (inf where a denominator is 0). The threshold maximises the
+        value on the first half. With 100 + 100 measuring targets even a perfect attack reaches
+        only ln((0.9638 - delta) / 0.0362) = 3.28 (Clopper-Pearson bounds of 100 of 100 and 0 of 100).
     """
     members = np.asarray(members, dtype=bool)
     return _bound_on_split(scores, members, stratified_half(members, np.random.default_rng(seed)), delta, confidence)[1]
@@ -165,9 +181,9 @@ def stratified_half(members: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return half
 
 
-def epsilon_bound_on_halves(scores: np.ndarray, members: np.ndarray, selection: np.ndarray, delta: float = DEFAULT_DELTA,
-                            confidence: float = CONFIDENCE) -> tuple[float, EpsilonBound]:
-    """Epsilon an attack proves on given halves of the targets: chosen on `selection`, measured on the rest.
+def empirical_epsilon_on_halves(scores: np.ndarray, members: np.ndarray, selection: np.ndarray, delta: float = DEFAULT_DELTA,
+                                confidence: float = CONFIDENCE) -> tuple[float, EmpiricalEpsilon]:
+    """`empirical_epsilon` on given halves of the targets: threshold chosen on `selection`, measured on the rest.
 
     With the halves of `attackers.inference.leakage.target_halves` (those of `auc_select` and
     `auc_holdout`), a best attack can be chosen by the first value and reported by the second:
@@ -188,16 +204,16 @@ def epsilon_bound_on_halves(scores: np.ndarray, members: np.ndarray, selection: 
 
     Returns
     -------
-    (float, EpsilonBound)
-        The 95% lower bound reached on the selection half at the threshold chosen there (for
-        choosing only: it is optimistic), and the bound at that threshold on the other half
-        (as `epsilon_lower_bound`'s, Jagielski et al. 2020).
+    (float, EmpiricalEpsilon)
+        The empirical epsilon reached on the selection half at the threshold chosen there (for
+        choosing only: it is optimistic), and the one at that threshold on the other half (as
+        `empirical_epsilon`'s; neither is a DP lower bound).
     """
     return _bound_on_split(scores, members, np.asarray(selection, dtype=bool), delta, confidence)
 
 
 def _bound_on_split(scores: np.ndarray, members: np.ndarray, choose: np.ndarray, delta: float,
-                    confidence: float) -> tuple[float, EpsilonBound]:
+                    confidence: float) -> tuple[float, EmpiricalEpsilon]:
     """(bound on the choosing half at its best threshold, the bound at that threshold on the rest)."""
     scores = np.asarray(scores, dtype=np.float64)
     members = np.asarray(members, dtype=bool)
@@ -207,7 +223,7 @@ def _bound_on_split(scores: np.ndarray, members: np.ndarray, choose: np.ndarray,
     positives_a, negatives_a = int(a_members.sum()), int((~a_members).sum())
     positives_b, negatives_b = int(b_members.sum()), int((~b_members).sum())
     if min(positives_a, negatives_a, positives_b, negatives_b) == 0:
-        return 0.0, EpsilonBound(0.0, 0.0, math.inf, positives_b, negatives_b)
+        return 0.0, EmpiricalEpsilon(0.0, 0.0, math.inf, positives_b, negatives_b)
     candidates = np.unique(np.r_[a_scores, np.inf])
     tp, fp = _counts(a_scores, a_members, candidates)
     chosen_bounds = _epsilons(tp, fp, positives_a, negatives_a, delta, bounded=True, confidence=confidence)
@@ -216,7 +232,7 @@ def _bound_on_split(scores: np.ndarray, members: np.ndarray, choose: np.ndarray,
     tp_b, fp_b = _counts(b_scores, b_members, np.array([threshold]))
     lower = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=True, confidence=confidence)[0])
     point = float(_epsilons(tp_b, fp_b, positives_b, negatives_b, delta, bounded=False, confidence=confidence)[0])
-    return float(chosen_bounds[best]), EpsilonBound(lower, max(point, lower), threshold, positives_b, negatives_b)
+    return float(chosen_bounds[best]), EmpiricalEpsilon(lower, max(point, lower), threshold, positives_b, negatives_b)
 
 
 def one_run_p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
@@ -279,6 +295,10 @@ def one_run_epsilon(m: int, guesses: int, correct: int, delta: float = DEFAULT_D
 
 def canary_audit(scores: np.ndarray, included: np.ndarray, guesses: int, delta: float = DEFAULT_DELTA) -> tuple[float, int, int]:
     """One-run audit of canary scores: guess the `guesses // 2` highest in, the rest of the guesses lowest out.
+
+    A 95% lower bound on the run's epsilon for one attack and round fixed before looking (Steinke,
+    Nasr and Jagielski 2023: each canary included independently with probability 1/2, guesses
+    fixed in advance); the largest over several attacks or rounds is a selection and is not.
 
     Parameters
     ----------

@@ -204,6 +204,8 @@ class Config(Section):
     adversary: AdversaryConfig = Field(default_factory=AdversaryConfig, description="the threat model: who attacks, how, and whom")
     attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")],
                                         description="inference attacks run on the recorded run: names or {name, args}")
+    headline: str | None = Field(None, description="the attack whose leakage (last observed round) and canary bound head the report and "
+                                 "the privacy audit, fixed before the run; null: the first attack listed in attacks")
     attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
     observe_rounds: list[int] | None = Field(None, description="snapshots the multi-round attacks combine; null: all recorded")
     observe_every: int | None = Field(None, ge=1, description="observe rounds k, 2k, ... and the last (follows train.rounds); null: see observe_rounds")
@@ -240,6 +242,9 @@ class Config(Section):
     def _consistent(self) -> Config:
         if self.observe_rounds is not None and self.observe_every is not None:
             raise ValueError("observe_rounds and observe_every are both set; keep one (observe_every follows train.rounds)")
+        if self.headline is not None and self.headline not in [attack.name for attack in self.attacks]:
+            raise ValueError(f"headline is {self.headline}, which is not listed in attacks ({', '.join(a.name for a in self.attacks) or 'none'}); "
+                             "name one of them, or null for the first")
         if self.adversary.victim >= self.data.num_clients:
             raise ValueError(
                 f"adversary.victim is {self.adversary.victim} but there are only "
@@ -286,6 +291,16 @@ class Config(Section):
                 raise ValueError("data.nonmembers must be at least 4 when there is an adversary: it needs known and target non-members")
         return self
 
+    def headline_attack(self) -> str | None:
+        """The attack the report's headline and privacy audit are read from, fixed before the run.
+
+        Returns
+        -------
+        str or None
+            `headline` when set, else the first attack listed in `attacks`; None without attacks.
+        """
+        return self.headline or (self.attacks[0].name if self.attacks else None)
+
     def strategy_args(self, key: str) -> Any:
         """`key` from the args of the strategy or any base it wraps (None when absent)."""
         spec: StrategyConfig | None = self.strategy
@@ -297,8 +312,11 @@ class Config(Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
-        unset = {"export"} if self.export == ExportConfig() else None  # a config without exports hashes as before the key existed
-        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
+        # A config without a headline or exports hashes as it did before those keys existed.
+        unset = {"headline"} if self.headline is None else set()
+        if self.export == ExportConfig():
+            unset.add("export")
+        canonical = json.dumps(self.model_dump(mode="json", exclude=unset or None), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_yaml(self) -> str:

@@ -24,7 +24,7 @@ LEAKAGE_COLUMNS = [
 ROC_COLUMNS = ["attack", "fpr", "tpr"]
 PER_CLASS_COLUMNS = ["attack", "class", "auc", "accuracy", "n_members", "n_nonmembers"]
 # After the contract columns of leakage.csv (which hold means over attack seeds): the AUC's
-# bootstrap interval, the smallest measurable FPR, 95% Clopper-Pearson intervals of the TPRs,
+# bootstrap interval, the smallest measurable FPR, 95% bootstrap intervals of the TPRs,
 # the spread over attack seeds, and the AUC on each half of the targets (selection / holdout).
 LEAKAGE_EXTRA_COLUMNS = [
     "auc_ci_low", "auc_ci_high", "min_fpr",

@@ -14,7 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.stats.metrics import FPR_TARGETS, wilson_interval
+from attackers.inference.audit import renamed_columns
+from fedsim.stats.metrics import FPR_TARGETS, tpr_column
 
 WIDE, TALL = 7.5, 3.6  # inches; 100 dpi keeps a figure a few tens of KB
 
@@ -67,24 +68,44 @@ def auc_per_round(leakage: pd.DataFrame) -> Figure:
     return figure
 
 
+def not_measurable_text(target: float, n_nonmembers: int) -> str:
+    """What a TPR panel says when no row can measure its FPR: 'not measurable with N non-members'."""
+    return f"not measurable with {n_nonmembers} non-members\n(FPR {target:g} needs at least {round(1 / target)})"
+
+
 def tpr_per_round(leakage: pd.DataFrame) -> Figure:
-    """TPR at FPR 1e-2 and 1e-3 per round, with 95% Wilson bands over the member count."""
+    """TPR at FPR 1e-2 and 1e-3 per round, with the 95% bootstrap bands of leakage.csv.
+
+    The bands are the `tpr_at_fpr_*_ci_low/high` columns (`fedsim.stats.metrics.tpr_interval`:
+    members and non-members resampled together, the threshold re-set in each resample). A panel
+    whose FPR no row can measure (fewer than 1/FPR non-members) carries "not measurable with N
+    non-members" instead of axes.
+    """
     figure = Figure(figsize=(WIDE, TALL))
     panels = figure.subplots(1, len(FPR_TARGETS), sharey=True)
     series = _series(leakage)
     colours = _colours([label for label, _ in series])
+    drawn = []
     for axes, target in zip(panels, FPR_TARGETS):
-        column = f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
+        column = tpr_column(target)
+        axes.set_title(f"TPR at FPR {target:g}")
+        if column not in leakage or leakage[column].isna().all():
+            n_nonmembers = int(leakage["n_nonmembers"].max()) if len(leakage) else 0
+            axes.text(0.5, 0.5, not_measurable_text(target, n_nonmembers), ha="center", va="center", transform=axes.transAxes)
+            axes.set_axis_off()
+            continue
         for label, rows in series:
-            low, high = wilson_interval(rows[column], rows["n_members"])
             axes.plot(rows["round"], rows[column], marker="o", markersize=3, color=colours[label], label=label)
-            axes.fill_between(rows["round"], low, high, color=colours[label], alpha=0.15, linewidth=0)
+            if {f"{column}_ci_low", f"{column}_ci_high"} <= set(rows.columns):
+                axes.fill_between(rows["round"], rows[f"{column}_ci_low"].astype(float), rows[f"{column}_ci_high"].astype(float),
+                                  color=colours[label], alpha=0.15, linewidth=0)
         _chance(axes, target)
         _rounds_axis(axes)
-        axes.set_title(f"TPR at FPR {target:g}")
         axes.grid(alpha=0.3)
-    panels[0].set_ylabel("TPR (bands: 95% Wilson)")
-    panels[0].legend(fontsize="small")
+        drawn.append(axes)
+    if drawn:
+        drawn[0].set_ylabel("TPR (bands: 95% bootstrap)")
+        drawn[0].legend(fontsize="small")
     return figure
 
 
@@ -219,39 +240,51 @@ def auc_per_round_by_run(leakages: dict[str, pd.DataFrame]) -> Figure:
     return figure
 
 
-def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame) -> Figure:
-    """Per round: the accountant's epsilon (an upper bound) and the best attack's proven epsilon.
+def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame, headline: str | None = None) -> Figure:
+    """Per round: the accountant's epsilon (an upper bound), the canaries' lower bound, and the empirical epsilon.
 
-    The best attack of a round is chosen on one half of the targets (the highest
-    `epsilon_lb_select`) and its 95% lower bound is drawn as measured on the other half
-    (`epsilon_lb_holdout`), as the report's paragraph says it; a leakage.csv without those
-    columns (written before them) falls back to the highest `epsilon_lower_bound` on every
-    target, with a bar up to its point estimate (`epsilon_lb_point`, drawn to the top of the axes
-    when infinite).
+    The canaries' 95% lower bound (`canary_epsilon_lower_bound`, Steinke et al. 2023) is drawn for
+    the `headline` attack only, fixed before the run: the largest over attacks would be a selection
+    and no bound. The empirical epsilon of the targets (not a DP lower bound) is drawn for the best
+    attack of a round, chosen on one half of the targets (the highest `epsilon_empirical_select`)
+    and measured on the other (`epsilon_empirical_holdout`); a leakage.csv without those columns
+    (written before them) falls back to the highest `epsilon_empirical` on every target, with a bar
+    up to its point estimate (`epsilon_empirical_point`, drawn to the top of the axes when infinite).
+    Older leakage.csv names (`epsilon_lower_bound`, ...) are read as the present ones.
     """
+    leakage = renamed_columns(leakage)
     figure = Figure(figsize=(WIDE, TALL))
     axes = figure.subplots()
-    on_halves = {"epsilon_lb_select", "epsilon_lb_holdout"} <= set(leakage.columns)
-    chooser, bound = ("epsilon_lb_select", "epsilon_lb_holdout") if on_halves else ("epsilon_lower_bound", "epsilon_lower_bound")
+    on_halves = {"epsilon_empirical_select", "epsilon_empirical_holdout"} <= set(leakage.columns)
+    chooser, value = ("epsilon_empirical_select", "epsilon_empirical_holdout") if on_halves else ("epsilon_empirical", "epsilon_empirical")
     best = leakage.sort_values(chooser, ascending=False, kind="stable").groupby("round").head(1).sort_values("round")
-    lower = best[bound].astype(float).to_numpy()
-    points = [] if on_halves else list(best["epsilon_lb_point"])
-    finite = [v for v in [*points, *lower, *accountant.get("epsilon", [])] if np.isfinite(v)]
+    empirical = best[value].astype(float).to_numpy()
+    points = [] if on_halves else list(best["epsilon_empirical_point"])
+    canaries = pd.DataFrame(columns=["round", "canary_epsilon_lower_bound"])
+    if headline is not None and "canary_epsilon_lower_bound" in leakage:
+        canaries = leakage[(leakage["attack"] == headline) & leakage["canary_epsilon_lower_bound"].notna()].sort_values("round")
+    lower = canaries["canary_epsilon_lower_bound"].astype(float)
+    finite = [v for v in [*points, *empirical, *lower, *accountant.get("epsilon", [])] if np.isfinite(v)]
     top = max([1.0, *finite]) * 1.15
     if not accountant.empty:
         shown = np.where(np.isfinite(accountant["epsilon"].astype(float)), accountant["epsilon"].astype(float), top)
         axes.plot(accountant["round"], shown, marker="s", markersize=4, color="black",
                   label=f"accountant epsilon ({accountant['accountant'].iloc[0]}; inf drawn at the top)")
+    if len(canaries):
+        axes.plot(canaries["round"], np.minimum(lower, top), "D", color="tab:blue",
+                  label=f"{headline}'s canaries: 95% lower bound (Steinke et al. 2023)")
     if on_halves:
-        axes.plot(best["round"], lower, "o", color="tab:red", label="best attack (selected on half the targets): 95% lower bound on the other half")
+        axes.plot(best["round"], empirical, "o", color="tab:red", markerfacecolor="none",
+                  label="empirical epsilon, best attack selected on half the targets, measured on the other (not a DP lower bound)")
     else:
         point = np.minimum(np.asarray(points, dtype=float), top)
-        axes.errorbar(best["round"], lower, yerr=[np.zeros_like(lower), point - lower], fmt="o", color="tab:red", capsize=3,
-                      label="best attack: 95% lower bound (bar up to the point estimate)")
-    for round_number, value, attack in zip(best["round"], lower, best["attack"]):
-        axes.annotate(attack, (round_number, value), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        axes.errorbar(best["round"], empirical, yerr=[np.zeros_like(empirical), point - empirical], fmt="o", color="tab:red",
+                      markerfacecolor="none", capsize=3, label="empirical epsilon of the best attack, bar up to its point estimate "
+                      "(not a DP lower bound)")
+    for round_number, height, attack in zip(best["round"], empirical, best["attack"]):
+        axes.annotate(attack, (round_number, height), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     _rounds_axis(axes)
-    axes.set(ylabel="epsilon", ylim=(0, top), title="Privacy audit: accountant (upper) vs attacks (lower bound)")
-    axes.legend(fontsize="small")
+    axes.set(ylabel="epsilon", ylim=(0, top), title="Privacy audit: accountant (upper bound) vs canaries (lower bound)")
+    axes.legend(fontsize="x-small")
     axes.grid(alpha=0.3)
     return figure

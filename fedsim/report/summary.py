@@ -1,7 +1,8 @@
 """The headline of a run: each attack's leakage at the last observed round, read off metrics/leakage.csv.
 
-The headline round is fixed in advance (the last one each attack observed), never chosen on the
-evaluation records. A maximum over rounds and attacks ("worst case") is a selection: it is
+The headline is fixed in advance, never chosen on the evaluation records: its attack is the
+config's `headline` (default: the first attack listed in `attacks`) and its round the last one
+that attack observed. A maximum over rounds and attacks ("worst case") is a selection: it is
 chosen by the AUC on one fixed half of the targets (`auc_select`) and reported by the AUC on
 the other half (`auc_holdout`), and labelled as selected. The console's final table and the
 HTML report's summary both come from here, so they cannot disagree: each row is a row of
@@ -45,25 +46,41 @@ class Summary:
         The whole training.csv.
     threat_model : str
         The threat model in words.
+    headline_attack : str or None
+        The attack of the headline, fixed before the run (`Config.headline_attack`); None: the
+        first attack in leakage.csv (the first listed in the config's `attacks`).
     """
 
     leakage: pd.DataFrame
     training: pd.DataFrame
     threat_model: str
+    headline_attack: str | None = None
+
+    @property
+    def headline_name(self) -> str | None:
+        """The headline's attack: `headline_attack`, else the first attack in leakage.csv (None without rows)."""
+        if self.headline_attack is not None:
+            return self.headline_attack
+        return None if self.leakage.empty else str(self.leakage["attack"].iloc[0])
 
     @property
     def per_attack(self) -> pd.DataFrame:
-        """For each (attacker, attack, target): its row at the last observed round (fixed in advance), highest AUC first."""
+        """For each (attacker, attack, target): its row at the last observed round (fixed in advance).
+
+        The headline attack's row comes first, then the others in leakage.csv's order (the order
+        of the config's `attacks`), never ordered by a measured value.
+        """
         if self.leakage.empty:
             return self.leakage
         ordered = self.leakage.astype(object).sort_values("round", ascending=False, kind="stable")
-        last = ordered.drop_duplicates(["attacker", "attack", "target"])
-        return last.sort_values("auc", ascending=False, kind="stable")
+        last = ordered.drop_duplicates(["attacker", "attack", "target"]).sort_index()
+        return last.sort_values("attack", key=lambda attack: attack != self.headline_name, kind="stable")
 
     @property
     def headline(self) -> pd.Series | None:
-        """The first row of `per_attack` (None without leakage); its round is the last observed one."""
+        """The headline attack's row at its last observed round; None without leakage or without a row of that attack."""
         rows = self.per_attack
+        rows = rows[rows["attack"] == self.headline_name] if not rows.empty else rows
         return None if rows.empty else rows.iloc[0]
 
     @property
@@ -77,6 +94,15 @@ class Summary:
             return None
         ordered = self.leakage.astype(object).sort_values(["auc_select", "round"], ascending=[False, True], kind="stable")
         return ordered.iloc[0]
+
+    @property
+    def accountant(self) -> pd.Series | None:
+        """The training.csv row of the headline's round when it holds DP-SGD's epsilon (`epsilon_max`), else None."""
+        headline = self.headline
+        if headline is None or "epsilon_max" not in self.training.columns:
+            return None
+        rows = self.training.astype(object)[self.training["round"] == headline["round"]]
+        return None if rows.empty or pd.isna(rows["epsilon_max"].iloc[0]) else rows.iloc[0]
 
     @property
     def final_training(self) -> pd.Series | None:

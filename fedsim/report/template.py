@@ -17,12 +17,23 @@ REPORT_HTML = r'''{#- fedsim's report.html: the page, a run's summary, figures a
 {% macro summary_section(summary, section_id, leakage_csv, training_csv) -%}
 <section id="{{ section_id }}" class="summary"><h2>Summary</h2><p class="words">Threat model: {{ summary.threat_model }}.</p>
 {%- set worst = summary.headline -%}
-{%- if worst is none -%}
+{%- if worst is none and summary.leakage.empty -%}
 <p>No leakage was measured in this run.</p>
+{%- elif worst is none -%}
+<p>{{ words("The headline attack, " ~ summary.headline_name ~ ", has no row in leakage.csv.") }}</p>
 {%- else -%}
 {%- set w = worst.name | int -%}
-<p class="headline">Leakage at the last observed round: <strong>AUC {{ cell("span", worst["auc"], leakage_csv, w, "auc") }}</strong>
-{%- if "auc_ci_low" in worst.index %} ({{ words("95% interval") }} {{ cell("span", worst["auc_ci_low"], leakage_csv, w, "auc_ci_low") }} to {{ cell("span", worst["auc_ci_high"], leakage_csv, w, "auc_ci_high") }}){% endif %} at round {{ cell("span", worst["round"], leakage_csv, w, "round") }}, by the {{ cell("span", worst["attacker"], leakage_csv, w, "attacker") }}'s {{ cell("span", worst["attack"], leakage_csv, w, "attack") }} attack on {{ cell("span", worst["target"], leakage_csv, w, "target") }}; balanced accuracy {{ cell("span", worst["accuracy"], leakage_csv, w, "accuracy") }}, TPR {{ tpr(worst, leakage_csv, w, "tpr_at_fpr_1e-2") }} at {{ words("FPR 1e-2") }} and {{ tpr(worst, leakage_csv, w, "tpr_at_fpr_1e-3") }} at {{ words("FPR 1e-3") }} over {{ cell("span", worst["n_members"], leakage_csv, w, "n_members") }} members and {{ cell("span", worst["n_nonmembers"], leakage_csv, w, "n_nonmembers") }} non-members.</p>
+<p class="headline">Leakage of the headline attack (fixed before the run: the config's headline, else the first attack listed) at its last observed round: <strong>AUC {{ cell("span", worst["auc"], leakage_csv, w, "auc") }}</strong>
+{%- if "auc_ci_low" in worst.index %} ({{ words("95% interval") }} {{ cell("span", worst["auc_ci_low"], leakage_csv, w, "auc_ci_low") }} to {{ cell("span", worst["auc_ci_high"], leakage_csv, w, "auc_ci_high") }}){% endif %} at round {{ cell("span", worst["round"], leakage_csv, w, "round") }}, by the {{ cell("span", worst["attacker"], leakage_csv, w, "attacker") }}'s {{ cell("span", worst["attack"], leakage_csv, w, "attack") }} attack on {{ cell("span", worst["target"], leakage_csv, w, "target") }}; balanced accuracy {{ cell("span", worst["accuracy"], leakage_csv, w, "accuracy") }}, TPR {{ tpr(worst, leakage_csv, w, "tpr_at_fpr_1e-2") }} at {{ words("FPR 1e-2") }} and {{ tpr(worst, leakage_csv, w, "tpr_at_fpr_1e-3") }} at {{ words("FPR 1e-3") }} over {{ cell("span", worst["n_members"], leakage_csv, w, "n_members") }} members and {{ cell("span", worst["n_nonmembers"], leakage_csv, w, "n_nonmembers") }} non-members{% if "tpr_at_fpr_1e-2_ci_low" in worst.index and worst["tpr_at_fpr_1e-2_ci_low"] is not missing %} (TPR at {{ words("FPR 1e-2: 95% bootstrap interval") }} {{ cell("span", worst["tpr_at_fpr_1e-2_ci_low"], leakage_csv, w, "tpr_at_fpr_1e-2_ci_low") }} to {{ cell("span", worst["tpr_at_fpr_1e-2_ci_high"], leakage_csv, w, "tpr_at_fpr_1e-2_ci_high") }}){% endif %}.</p>
+{%- if "canary_epsilon_lower_bound" in worst.index -%}
+{%- if worst["canary_epsilon_lower_bound"] is missing %}
+<p>{{ words("Privacy audit: no canaries (audit.canaries: 0), so no lower bound on epsilon was measured; the empirical epsilon of the targets (leakage.csv) is not a DP lower bound, since the targets of one run are not independent trials.") }}</p>
+{%- else %}
+<p>Privacy audit of the headline attack at that round: its canaries prove <strong>epsilon &ge; {{ cell("span", worst["canary_epsilon_lower_bound"], leakage_csv, w, "canary_epsilon_lower_bound") }}</strong> {{ words("at 95% confidence (one-run audit, Steinke, Nasr and Jagielski 2023)") }}
+{%- set accountant = summary.accountant -%}
+{%- if accountant is not none %}; the accountant (DP-SGD) guarantees <strong>epsilon &le; {{ cell("span", accountant["epsilon_max"], training_csv, accountant.name | int, "epsilon_max") }}</strong>{% else %}{{ words("; the accountant's epsilon, where the run has one, stands beside it in the privacy-audit figure") }}{% endif %}.</p>
+{%- endif -%}
+{%- endif -%}
 {%- set selected = summary.selected -%}
 {%- if selected is not none -%}
 {%- set s = selected.name | int -%}

@@ -1,9 +1,10 @@
 """The report people look at: one self-contained report.html (plots embedded as PNG data URIs)
 and the same plots as plots/*.png.
 
-A run's report opens with a summary: each attack's leakage at its last observed round (fixed in
-advance), the maximum over rounds and attacks selected on one half of the targets and reported
-on the other (labelled as selected), the final test accuracy, and the threat model in words. Every number in the summary is a cell of
+A run's report opens with a summary: the headline attack's leakage at its last observed round and
+its canaries' privacy audit (attack and round fixed before the run), each attack's row at its
+last observed round, the maximum over rounds and attacks selected on one half of the targets and
+reported on the other (labelled as selected), the final test accuracy, and the threat model in words. Every number in the summary is a cell of
 metrics/leakage.csv or metrics/training.csv, shown as written there and tagged with where it
 comes from (`data-source`, `data-row`, `data-column`), so a reader's script, or a test, can
 check it. Then: AUC and TPR at low FPR per round with confidence bands, the last round's ROC
@@ -29,7 +30,7 @@ from jinja2 import DictLoader, Environment, StrictUndefined, Template
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from attackers.inference.audit import accountant_epsilon
+from attackers.inference.audit import accountant_epsilon, renamed_columns
 from attackers.inference.threat_models import attacker_view
 from fedsim.core.errors import FedsimError
 from fedsim.core.threat_model import ThreatModel
@@ -92,7 +93,7 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
         figures.append(_roc_plot(run, leakage, last_round))
         figures += _signal_plots(run)
         figures.append(_per_class_plot(run, last_round))
-        if "epsilon_lower_bound" in leakage:
+        if "epsilon_empirical" in leakage:
             figures.append(_audit_plot(run, summary))
     if not summary.training.empty:
         figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
@@ -106,7 +107,8 @@ def _per_round_plots(leakage: pd.DataFrame) -> list[Plot]:
         _render("auc_per_round", "Leakage per round", "Membership AUC of every attack, each round it was run; bands are 95% bootstrap intervals.",
                 plots.auc_per_round(leakage)),
         _render("tpr_per_round", "TPR at low FPR per round",
-                "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% Wilson intervals over the members.",
+                "True positive rate at false positive rates 1e-2 and 1e-3; bands are 95% bootstrap intervals (members and "
+                "non-members resampled together, so the threshold the non-members set moves with them).",
                 plots.tpr_per_round(leakage)),
     ]
 
@@ -153,44 +155,69 @@ def _per_class_plot(run: Run, last_round: int) -> Plot:
 def _audit_plot(run: Run, summary: Summary) -> Plot:
     """The accountant's epsilon against the attacks' lower bounds per round, with the gap in words."""
     accountant = accountant_epsilon(run.config, summary.training)
-    return _render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the attacks prove",
-                   audit_gap(summary.leakage, accountant), plots.privacy_audit(summary.leakage, accountant))
+    return _render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the canaries prove",
+                   audit_gap(summary.leakage, accountant, summary.headline_name),
+                   plots.privacy_audit(summary.leakage, accountant, summary.headline_name))
 
 
-def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame) -> str:
-    """The gap between the accountant's epsilon and the best attack's lower bound, in words (last round).
+def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame, headline: str | None = None) -> str:
+    """The privacy audit of the last round in words: the canaries' lower bound beside the accountant's epsilon.
 
-    The best attack is selected by its bound on one half of the targets (`epsilon_lb_select`) and
-    reported by its bound on the other half (`epsilon_lb_holdout`), the halves of `auc_select` and
-    `auc_holdout` (`attackers.inference.leakage.target_halves`); a leakage.csv written before these
-    columns existed falls back to the bound on every target, and says so.
+    The lower bound is the one-run canary audit (Steinke et al. 2023) of the `headline` attack,
+    fixed before the run, a 95% lower bound on epsilon. The empirical epsilon of the targets
+    follows, labelled as not a DP lower bound: the best attack selected by its value on one half of
+    the targets (`epsilon_empirical_select`) and reported by its value on the other half
+    (`epsilon_empirical_holdout`), the halves of `auc_select` and `auc_holdout`
+    (`attackers.inference.leakage.target_halves`); a leakage.csv written before these columns
+    existed falls back to the value on every target, and says so.
+
+    Parameters
+    ----------
+    leakage : pandas.DataFrame
+        leakage.csv (older column names are read as the present ones).
+    accountant : pandas.DataFrame
+        `attackers.inference.audit.accountant_epsilon`: round, epsilon, accountant.
+    headline : str, optional
+        The headline attack; None: no canary bound is reported.
+
+    Returns
+    -------
+    str
+        One paragraph.
     """
+    leakage = renamed_columns(leakage)
     last = int(leakage["round"].max())
     rows = leakage[leakage["round"] == last]
-    halves = "epsilon_lb_select" in rows.columns and rows["epsilon_lb_select"].notna().any()
-    if halves:
-        best = rows.sort_values("epsilon_lb_select", ascending=False, kind="stable").iloc[0]
-        bound = float(best["epsilon_lb_holdout"])
-        proven = (f"the best attack ({best['attack']}, selected by its bound on one half of the targets, "
-                  f"{best['epsilon_lb_select']:.3g}) proves epsilon >= {bound:.3g} at 95% confidence on the other half")
+    canary = rows[rows["attack"] == headline]["canary_epsilon_lower_bound"] if "canary_epsilon_lower_bound" in rows else pd.Series([])
+    lower = float(canary.iloc[0]) if len(canary) and pd.notna(canary.iloc[0]) else None
+    if lower is None:
+        proven = "no canaries in this run (audit.canaries: 0), so no lower bound on epsilon was measured"
+    elif lower > 0:
+        proven = f"the canaries prove epsilon >= {lower:.3g} at 95% confidence against the headline attack ({headline}, fixed before the run)"
     else:
-        best = rows.sort_values("epsilon_lower_bound", ascending=False, kind="stable").iloc[0]
-        bound = float(best["epsilon_lower_bound"])
-        proven = (f"the best attack ({best['attack']}, chosen on every target: this leakage.csv has no halves) proves "
-                  f"epsilon >= {bound:.3g} at 95% confidence (point estimate {best['epsilon_lb_point']:.3g})")
-    if bound <= 0:
-        proven = ("no attack proves any epsilon above 0 at 95% confidence"
-                  + (f" (the attack selected on one half of the targets, {best['attack']}, on the other half)" if halves else ""))
+        proven = f"the canaries prove no epsilon above 0 at 95% confidence against the headline attack ({headline}, fixed before the run)"
     known = accountant[accountant["round"] == last]
-    if known.empty:
-        return f"Round {last}: {proven}; no defence accounts for privacy in this run, so there is no upper bound to compare."
-    upper = float(known["epsilon"].iloc[0])
-    if not np.isfinite(upper):
-        return f"Round {last}: {proven}; the accountant gives no finite epsilon (noise 0), so the gap is unbounded."
-    if bound <= 0:
-        return f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the gap is the whole of it."
-    return (f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the true epsilon lies between, "
-            f"a gap of {upper - bound:.3g} (the upper bound is {upper / bound:.3g} times the lower).")
+    upper = float(known["epsilon"].iloc[0]) if len(known) else None
+    if upper is None:
+        text = f"Round {last}: {proven}; no defence accounts for privacy in this run, so there is no upper bound to compare."
+    elif not np.isfinite(upper):
+        text = f"Round {last}: {proven}; the accountant gives no finite epsilon (noise 0), so the gap is unbounded."
+    elif lower is None or lower <= 0:
+        text = f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the gap is the whole of it."
+    else:
+        text = (f"Round {last}: the accountant guarantees epsilon <= {upper:.3g}; {proven}: the true epsilon lies between, "
+                f"a gap of {upper - lower:.3g} (the upper bound is {upper / lower:.3g} times the lower).")
+    halves = "epsilon_empirical_select" in rows.columns and rows["epsilon_empirical_select"].notna().any()
+    if halves:
+        best = rows.sort_values("epsilon_empirical_select", ascending=False, kind="stable").iloc[0]
+        empirical = (f"{float(best['epsilon_empirical_holdout']):.3g} on one half of the targets for the best attack ({best['attack']}, "
+                     f"selected by its value on the other half, {float(best['epsilon_empirical_select']):.3g})")
+    else:
+        best = rows.sort_values("epsilon_empirical", ascending=False, kind="stable").iloc[0]
+        empirical = (f"{float(best['epsilon_empirical']):.3g} for the best attack ({best['attack']}, chosen on every target: this "
+                     f"leakage.csv has no halves; point estimate {float(best['epsilon_empirical_point']):.3g})")
+    return (f"{text} The empirical epsilon of the targets is {empirical}; it is not a DP lower bound, "
+            "since the targets of one run are not independent trials.")
 
 
 @cache
@@ -262,7 +289,11 @@ def _write_plots(folder: Path, figures: list[Plot]) -> list[str]:
 
 
 def run_summary(run: Run) -> Summary:
-    return Summary(run.table(LEAKAGE_CSV), run.table(TRAINING_CSV), ThreatModel.of(run.config).describe())
+    """The run's Summary: its leakage.csv (older audit column names read as the present ones), training.csv,
+    the threat model in words and the headline attack fixed by its config.
+    """
+    return Summary(renamed_columns(run.table(LEAKAGE_CSV)), run.table(TRAINING_CSV), ThreatModel.of(run.config).describe(),
+                   run.config.headline_attack())
 
 
 def write_report(run: Run) -> list[str]:

@@ -12,9 +12,8 @@ from scipy import stats
 
 from attackers.inference.audit import (
     canary_audit,
-    clopper_pearson,
-    epsilon_bound_on_halves,
-    epsilon_lower_bound,
+    empirical_epsilon,
+    empirical_epsilon_on_halves,
     one_run_epsilon,
     one_run_p_value,
     server_dp_epsilon,
@@ -22,6 +21,7 @@ from attackers.inference.audit import (
 from attackers.inference.calibrated import fedmia_round, hinge, lira_round, rmia_round, scaled_confidence
 from attackers.inference.leakage import target_halves
 from fedsim.report.writer import audit_gap
+from fedsim.stats.metrics import clopper_pearson
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (57, 200), (1, 1000)])
@@ -35,11 +35,11 @@ def test_clopper_pearson_equals_scipy_beta_quantiles(k, n):
     assert (low, high) == pytest.approx((interval.low, interval.high), abs=1e-9)
 
 
-def test_epsilon_lower_bound_matches_the_formula_on_the_measuring_half():
+def test_empirical_epsilon_matches_the_formula_on_the_measuring_half():
     rng = np.random.default_rng(1)
     members = np.r_[np.ones(400, bool), np.zeros(400, bool)]
     scores = np.r_[rng.normal(3, 1, 400), rng.normal(0, 1, 400)]
-    bound = epsilon_lower_bound(scores, members, delta=1e-5, seed=7)
+    bound = empirical_epsilon(scores, members, delta=1e-5, seed=7)
     # recompute on the measuring half by hand, at the chosen threshold
     rng = np.random.default_rng(7)
     choose = np.zeros(800, bool)
@@ -55,18 +55,28 @@ def test_epsilon_lower_bound_matches_the_formula_on_the_measuring_half():
     tnr_lo = stats.beta.ppf(0.025, tn, (~m).sum() - tn + 1) if tn else 0.0
     fnr_hi = stats.beta.ppf(0.975, fn + 1, m.sum() - fn) if fn < m.sum() else 1.0
     expected = max(math.log((tpr_lo - 1e-5) / fpr_hi), math.log((tnr_lo - 1e-5) / fnr_hi), 0.0)
-    assert bound.lower_bound == pytest.approx(expected, rel=1e-9)
-    assert 1.0 < bound.lower_bound <= bound.point  # a strong attack proves something, the point estimate is above
+    assert bound.epsilon == pytest.approx(expected, rel=1e-9)
+    assert 1.0 < bound.epsilon <= bound.point  # a strong attack separates the targets, the point estimate is above
+
+
+def test_a_perfect_attack_on_100_plus_100_measuring_targets_reaches_3_28():
+    """The empirical epsilon's ceiling with 200 + 200 targets (100 + 100 measure it): the Clopper-Pearson bounds
+    of 100 of 100 and of 0 of 100 give ln((0.025^(1/100) - delta) / (1 - 0.025^(1/100))) = 3.28."""
+    members = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    value = empirical_epsilon(members.astype(float), members, delta=1e-5, seed=0)
+    edge = 0.025 ** (1 / 100)  # TPR's lower bound; 1 - edge is FPR's upper bound
+    assert value.epsilon == pytest.approx(math.log((edge - 1e-5) / (1 - edge)), rel=1e-9)
+    assert round(value.epsilon, 2) == 3.28 and value.point == math.inf
 
 
 def test_control_from_one_pool_proves_nothing():
-    """Members and non-members drawn from one pool: the audit must give epsilon_lower_bound = 0."""
+    """Members and non-members drawn from one pool: the empirical epsilon must be 0."""
     rng = np.random.default_rng(0)
     bounds = []
     for seed in range(50):
         scores = rng.normal(0, 1, 400)
         members = rng.permutation(np.r_[np.ones(200, bool), np.zeros(200, bool)])
-        bounds.append(epsilon_lower_bound(scores, members, seed=seed).lower_bound)
+        bounds.append(empirical_epsilon(scores, members, seed=seed).epsilon)
     assert np.mean(np.array(bounds) > 0) <= 0.05  # a 95% lower bound errs at most 5% of the time
     assert np.median(bounds) == 0.0
 
@@ -79,8 +89,8 @@ def test_lower_bound_never_exceeds_the_epsilon_of_randomized_response():
         members = rng.random(2000) < 0.5
         truthful = rng.random(2000) < math.exp(eps) / (1 + math.exp(eps))
         scores = np.where(truthful, members, ~members).astype(float)
-        bound = epsilon_lower_bound(scores, members, delta=0.0, seed=seed)
-        assert bound.lower_bound <= eps
+        bound = empirical_epsilon(scores, members, delta=0.0, seed=seed)
+        assert bound.epsilon <= eps  # here the records are independent trials, as the statistic assumes
     assert bound.point == pytest.approx(eps, abs=0.35)
 
 
@@ -198,6 +208,28 @@ def test_rmia_counts_population_records_dominated_by_the_likelihood_ratio():
     assert rmia_round(target, references, population, population_references, a) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.5])
+def test_rmia_scores_a_population_record_against_the_others_only(gamma):
+    """Leave one out: a known non-member (in the population) is scored as a target would be, against the
+    other Z - 1 population records, not 1/Z higher for dominating itself."""
+    rng = np.random.default_rng(8)
+    population, population_references = rng.uniform(0.05, 1, 40), rng.uniform(0.05, 1, (3, 40))
+    population[7] = population[8]  # a tie between two population records
+    population_references[:, 7] = population_references[:, 8]
+    target, references = rng.uniform(0.05, 1, 5), rng.uniform(0.05, 1, (3, 5))
+    scored = np.r_[target, population[:20]], np.c_[references, population_references[:, :20]]
+    self_index = np.r_[np.full(5, -1), np.arange(20)]
+    loo = rmia_round(*scored, population, population_references, 0.3, gamma, self_index=self_index)
+    for i, where in enumerate(self_index):  # the slow reference: the population without the scored record
+        keep = np.arange(40) != where
+        alone = rmia_round(scored[0][i:i + 1], scored[1][:, i:i + 1], population[keep], population_references[:, keep], 0.3, gamma)
+        assert loo[i] == pytest.approx(alone[0], abs=1e-12)
+    with_self = rmia_round(*scored, population, population_references, 0.3, gamma)
+    if gamma <= 1:  # LR(x) / LR(x) = 1 >= gamma: without leaving it out each known non-member counted itself
+        assert with_self[5:] == pytest.approx((loo[5:] * 39 + 1) / 40, abs=1e-12)
+    assert with_self[:5] == pytest.approx(loo[:5], abs=0)  # targets are outside the population: unchanged
+
+
 def test_canaries_join_the_victims_data_with_probability_half_and_leave_the_rest_of_the_ledger_alone():
     from conftest import small_config
     from fedsim.learning.datasets import load_pool
@@ -220,52 +252,63 @@ def test_bound_on_halves_chooses_on_the_selection_half_and_measures_on_the_other
     members = np.r_[np.ones(300, bool), np.zeros(300, bool)]
     scores = np.r_[rng.normal(2, 1, 300), rng.normal(0, 1, 300)]
     selection = target_halves(members, seed=5)
-    chosen, bound = epsilon_bound_on_halves(scores, members, selection)
-    # the seeded split of epsilon_lower_bound is one such split: same numbers on the same halves
+    chosen, bound = empirical_epsilon_on_halves(scores, members, selection)
+    # the seeded split of empirical_epsilon is one such split: same numbers on the same halves
     rng7 = np.random.default_rng(7)
     choose = np.zeros(600, bool)
     for side in (members, ~members):
         where = np.flatnonzero(side)
         choose[rng7.permutation(where)[: len(where) // 2]] = True
-    assert epsilon_bound_on_halves(scores, members, choose)[1] == epsilon_lower_bound(scores, members, seed=7)
+    assert empirical_epsilon_on_halves(scores, members, choose)[1] == empirical_epsilon(scores, members, seed=7)
     # the threshold and the selection value depend on the selection half only
     moved = scores.copy()
     moved[~selection] = rng.permutation(moved[~selection])
-    again_chosen, again = epsilon_bound_on_halves(moved, members, selection)
-    assert (again_chosen, again.threshold) == (chosen, bound.threshold) and again.lower_bound != bound.lower_bound
-    assert chosen > 0 and 0 < bound.lower_bound <= bound.point
+    again_chosen, again = empirical_epsilon_on_halves(moved, members, selection)
+    assert (again_chosen, again.threshold) == (chosen, bound.threshold) and again.epsilon != bound.epsilon
+    assert chosen > 0 and 0 < bound.epsilon <= bound.point
 
 
-def test_the_audit_paragraph_selects_the_best_attack_on_one_half_and_reports_the_other():
+def test_the_audit_paragraph_leads_with_the_headline_attacks_canaries_and_labels_the_empirical_epsilon():
     leakage = pd.DataFrame({
         "round": [2, 2, 2],
         "attack": ["loss", "nasr", "lira"],
-        "epsilon_lower_bound": [0.9, 0.5, 0.7],  # on every target loss looks best: not what selects
-        "epsilon_lb_point": [1.0, 0.6, 0.8],
-        "epsilon_lb_select": [0.4, 0.8, 0.6],
-        "epsilon_lb_holdout": [0.35, 0.31, 0.5],
+        "epsilon_empirical": [0.9, 0.5, 0.7],  # on every target loss looks best: not what selects
+        "epsilon_empirical_point": [1.0, 0.6, 0.8],
+        "canary_epsilon_lower_bound": [0.2, 1.5, 0.9],  # nasr's canaries show most: not the headline's
+        "epsilon_empirical_select": [0.4, 0.8, 0.6],
+        "epsilon_empirical_holdout": [0.35, 0.31, 0.5],
     })
     accountant = pd.DataFrame({"round": [2], "epsilon": [4.0]})
-    text = audit_gap(leakage, accountant)
-    assert "the best attack (nasr, selected by its bound on one half of the targets, 0.8)" in text
-    assert "proves epsilon >= 0.31 at 95% confidence on the other half" in text and f"a gap of {4.0 - 0.31:.3g}" in text
-    old = audit_gap(leakage.drop(columns=["epsilon_lb_select", "epsilon_lb_holdout"]), accountant)
-    assert "(loss, chosen on every target: this leakage.csv has no halves) proves epsilon >= 0.9" in old
-    nothing = audit_gap(leakage.assign(epsilon_lb_holdout=0.0), accountant)
-    assert "no attack proves any epsilon above 0" in nothing and "nasr" in nothing and "the gap is the whole of it" in nothing
+    text = audit_gap(leakage, accountant, headline="loss")
+    assert text.startswith("Round 2: the accountant guarantees epsilon <= 4; the canaries prove epsilon >= 0.2 at 95% confidence "
+                           "against the headline attack (loss, fixed before the run)")
+    assert f"a gap of {4.0 - 0.2:.3g}" in text
+    assert ("The empirical epsilon of the targets is 0.31 on one half of the targets for the best attack (nasr, selected by its value "
+            "on the other half, 0.8); it is not a DP lower bound") in text
+    # a leakage.csv of older fedsim (audit columns under their former names, no halves) reads the same way
+    old = audit_gap(leakage.drop(columns=["epsilon_empirical_select", "epsilon_empirical_holdout", "canary_epsilon_lower_bound"]).rename(
+        columns={"epsilon_empirical": "epsilon_lower_bound", "epsilon_empirical_point": "epsilon_lb_point"}), accountant, headline="loss")
+    assert "no canaries in this run" in old and "the gap is the whole of it" in old
+    assert "0.9 for the best attack (loss, chosen on every target: this leakage.csv has no halves; point estimate 1)" in old
+    nothing = audit_gap(leakage.assign(canary_epsilon_lower_bound=0.0), accountant, headline="loss")
+    assert "the canaries prove no epsilon above 0" in nothing and "the gap is the whole of it" in nothing
 
 
-def test_the_audit_plot_draws_the_attack_chosen_on_one_half_at_its_bound_on_the_other():
+def test_the_audit_plot_draws_the_headlines_canaries_and_the_empirical_epsilon_selected_on_one_half():
     import pandas as pd
 
     from fedsim.report.plots import privacy_audit
 
-    # round 1: loss has the highest bound on all targets, but nasr is chosen on the selection half
-    leakage = pd.DataFrame({"round": [1, 1], "attack": ["loss", "nasr"], "epsilon_lower_bound": [2.0, 1.0], "epsilon_lb_point": [2.5, 1.5],
-                            "epsilon_lb_select": [0.5, 1.2], "epsilon_lb_holdout": [1.9, 0.7]})
-    axes = privacy_audit(leakage, pd.DataFrame()).axes[0]
+    # round 1: loss has the highest value on all targets, but nasr is chosen on the selection half
+    leakage = pd.DataFrame({"round": [1, 1], "attack": ["loss", "nasr"], "epsilon_empirical": [2.0, 1.0],
+                            "epsilon_empirical_point": [2.5, 1.5], "canary_epsilon_lower_bound": [0.4, 3.0],
+                            "epsilon_empirical_select": [0.5, 1.2], "epsilon_empirical_holdout": [1.9, 0.7]})
+    axes = privacy_audit(leakage, pd.DataFrame(), headline="loss").axes[0]
     (line,) = [line for line in axes.get_lines() if "selected on half" in str(line.get_label())]
-    assert list(line.get_ydata()) == [0.7]  # nasr's bound on the held-out half, not loss's 2.0 on every target
+    assert list(line.get_ydata()) == [0.7]  # nasr's value on the held-out half, not loss's 2.0 on every target
+    assert "not a DP lower bound" in str(line.get_label())
+    (canaries,) = [line for line in axes.get_lines() if "canaries" in str(line.get_label())]
+    assert list(canaries.get_ydata()) == [0.4] and str(canaries.get_label()).startswith("loss's")  # the headline's, not nasr's 3.0
     assert [t.get_text() for t in axes.texts] == ["nasr"]
 
 

@@ -81,6 +81,23 @@ def test_gradient_alignment_equals_the_cosine_of_each_examples_backward_gradient
         gradient_alignment(model, x, y, directions[:, :-1])
 
 
+def test_gradient_alignment_of_a_float64_model_equals_its_backward_gradients_in_float64():
+    """A float64 model's per-example gradients are float64: the directions are taken in its dtype (they were cast to
+    float32, and the product of the two raised)."""
+    torch.manual_seed(0)
+    model = build_model("fcn", (8,), 4, {"hidden": [6]}).double().eval()
+    x, y = torch.randn(9, 8, dtype=torch.float64), torch.randint(0, 4, (9,))
+    directions = torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    cosines = gradient_alignment(model, x, y, directions)
+    expected = []
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
+        g = torch.cat([p.grad.flatten() for p in model.parameters()])
+        expected.append([float(g @ d / (g.norm() * d.norm())) for d in directions])
+    torch.testing.assert_close(cosines, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
 def test_rows_of_a_linear_gradient_are_its_transposed_matrix():
     torch.manual_seed(0)
     model = build_model("fcn", (6,), 3, {"hidden": [5]}).eval()
