@@ -3,7 +3,9 @@
 Progress bars and progress lines go to stderr, the final summary table to stdout (a command's
 last stdout line stays its result, e.g. the run folder). The same lines and table, without
 bars or colour, go to the run folder's run.log, so the log is complete even under `--quiet`,
-which silences the screen (bars, lines, table) but never errors.
+which silences the screen (bars, lines, table) but never errors. In a Jupyter notebook rich sends
+a console's output to the notebook whatever file it was given, so the log's console is told it
+is not in one: run.log is written there too, and `quiet=True` keeps the notebook silent.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class RunConsole:
         """From now on, every line and table also goes to `path` (appended, plain text)."""
         self.close_log()
         self._log_handle = path.open("a", encoding="utf-8")
-        self._log = Console(file=self._log_handle, width=200, no_color=True, highlight=False, soft_wrap=True, emoji=False)
+        self._log = Console(file=self._log_handle, width=200, no_color=True, highlight=False, soft_wrap=True, emoji=False,
+                            force_jupyter=False)  # the file, never a notebook's output
 
     def close_log(self) -> None:
         if self._log_handle is not None:

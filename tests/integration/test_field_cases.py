@@ -22,6 +22,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from rich.text import Text
 
 from conftest import SMALL, small_config
 from fedsim.app.cli import main
@@ -254,3 +255,44 @@ def test_the_audits_grid_never_lists_a_malformed_or_non_finite_round(tmp_path, a
             grid.send_and_receive([evaluate])
     assert fragment in str(refused.value) and "\n" not in str(refused.value)
     assert list(recorder.manifest.rounds) == [0] and json.loads((tmp_path / "run" / "manifest.json").read_text())["rounds_completed"] == 0
+
+
+class ZMQInteractiveShell:
+    """What `get_ipython()` returns in a Jupyter kernel, as far as rich looks (the class's name)."""
+
+
+@pytest.fixture
+def notebook(monkeypatch) -> list[str]:
+    """A Jupyter kernel as rich detects it; returns the texts rich sends to the notebook's output."""
+    import builtins
+
+    import rich.jupyter
+
+    shown: list[str] = []
+    monkeypatch.setattr(builtins, "get_ipython", lambda: ZMQInteractiveShell(), raising=False)
+    monkeypatch.setattr(rich.jupyter, "display", lambda segments, text: shown.append(Text.from_ansi(text).plain))
+    return shown
+
+
+@pytest.mark.integration
+def test_quiet_shows_nothing_in_a_notebook_and_run_log_gets_every_line(tmp_path, notebook):
+    from rich.console import Console
+
+    import fedsim
+
+    assert Console().is_jupyter  # rich takes this process for a notebook
+    run = fedsim.simulate(small_config(*TINY), out=tmp_path / "quiet", quiet=True)
+    assert run.status == "complete" and notebook == []
+    log = (run.folder / "run.log").read_text()
+    assert "round   1/2  test accuracy" in log and "round   2/2" in log and "leakage per attack" in log
+
+
+def test_a_console_that_is_not_quiet_shows_in_the_notebook_and_still_writes_run_log(tmp_path, notebook):
+    from fedsim.app.console import RunConsole
+
+    console = RunConsole()
+    console.log_to(tmp_path / "run.log")
+    console.print("round 1/2  test accuracy 0.5")
+    console.close_log()
+    assert notebook == ["round 1/2  test accuracy 0.5"]
+    assert (tmp_path / "run.log").read_text() == "round 1/2  test accuracy 0.5\n"
