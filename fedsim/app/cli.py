@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   fedsim run
   fedsim run --set train.rounds=5
   fedsim run configs/location.yaml --out runs/location
+  fedsim audit examples/digits-app --set backend.engine=in-process
   fedsim check configs/mnist.yaml --set data.root=../shared/data
   fedsim attack runs/latest --attack loss --attack nasr --rounds 5,10
   fedsim report runs/latest
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(commands)
+    _add_audit(commands)
     _add_check(commands)
     _add_attack(commands)
     _add_report(commands)
@@ -51,6 +53,19 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run after its last complete round (its own config)")
     run.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
     run.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
+
+
+def _add_audit(commands: argparse._SubParsersAction) -> None:
+    """The `fedsim audit` subcommand and its options."""
+    audit = commands.add_parser("audit", help="run your own Flower app under audit: record every round, measure its leakage")
+    audit.add_argument("app_dir", type=Path, help="the Flower app's folder (its pyproject.toml has [tool.flwr.app] and [tool.fedsim])")
+    audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a fedsim config key of [tool.fedsim], e.g. --set adversary.mode=gradient-ascent (repeatable)")
+    audit.add_argument("--run-config", dest="run_config", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the app's own run config, as `flwr run --run-config` does, e.g. num-server-rounds=5 (repeatable)")
+    audit.add_argument("--out", type=Path, help="run folder to create (default: runs/<name>-<YYYYmmdd-HHMMSS>)")
+    audit.add_argument("--force", action="store_true", help="replace the run folder given by --out if it exists")
+    audit.add_argument("--quiet", action="store_true", help="print only the run folder (and errors); the full log is still written to RUN/run.log")
 
 
 def _add_check(commands: argparse._SubParsersAction) -> None:
@@ -165,14 +180,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(assignments: list[str]) -> dict:
+    """`--run-config key=value` assignments as the app's run config reads them (values parsed as TOML, else strings)."""
+    import tomllib
+
+    config = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise FedsimError(f"--run-config {assignment!r}: expected key=value, e.g. --run-config num-server-rounds=5")
+        try:
+            config[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            config[key.strip()] = value.strip()
+    return config
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from fedsim.app.audit import run_audit
+    from fedsim.app.console import RunConsole
+
+    folder = run_audit(args.app_dir, args.overrides, _run_config(args.run_config), args.out, RunConsole(quiet=args.quiet), force=args.force)
+    print(folder)
+    return 0
+
+
 def _attack(args: argparse.Namespace) -> int:
     from attackers.inference.leakage import measure_leakage
-    from attackers.inference.registry import check_attacks
+    from attackers.inference.registry import check_attacks, check_attacks_on
     from fedsim.app.console import RunConsole
     from fedsim.recording.run import Run
 
     check_attacks(args.attacks or [], "--attack")
     run = Run.open(args.run_dir)
+    check_attacks_on(args.attacks or [], run.config, "--attack")  # what this run recorded offers them
     if run.status == "failed":
         raise FedsimError(f"{args.run_dir}: the run failed ({run.manifest.error or 'no reason recorded'}); attack a complete run: "
                           f"fix the cause and continue it with `fedsim run --resume {args.run_dir}`, or run it again")
@@ -228,12 +269,14 @@ def _reproduce(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep, "reproduce": _reproduce}[args.command](args)
+        commands = {"run": _run, "audit": _audit, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep, "reproduce": _reproduce}
+        return commands[args.command](args)
     except FedsimError as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         detail = {"run": "; the run folder is marked failed (continue it with `fedsim run --resume`)",
+                  "audit": "; the run folder is marked failed",
                   "sweep": "; run the same sweep again to resume",
                   "reproduce": "; run the same command again to resume"}.get(args.command, "")
         print(f"fedsim: interrupted{detail}", file=sys.stderr)

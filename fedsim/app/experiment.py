@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from attackers.active.adversary import participant_mods, server_wrapper
 from attackers.active.crafted_model import check_crafted
 from attackers.inference.leakage import measure_leakage
-from attackers.inference.registry import attack_name, check_attacks
+from attackers.inference.registry import attack_name, check_attacks_on
 from fedsim.app.console import RUN_LOG, RunConsole, summary_table
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
@@ -77,7 +77,7 @@ def check_config(config: Config) -> Config:
     resolve_dataset(config.data.dataset)
     resolve_model(config.model.name)
     check_strategy(config)
-    check_attacks(config.attacks, references=ThreatModel.of(config).sees_individual_updates)
+    check_attacks_on(config.attacks, config)
     check_tensorboard(config)
     if config.adversary.mode != "crafted-model" and any(attack_name(a) == "crafted" for a in config.attacks):
         raise FedsimError("attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model or remove it")
@@ -137,7 +137,7 @@ def default_run_folder(config: Config, runs: Path = RUNS) -> Path:
     return runs / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _point_latest(folder: Path, runs: Path = RUNS) -> None:
+def point_latest(folder: Path, runs: Path = RUNS) -> None:
     """runs/latest -> the newest run folder (when the run lives under runs/)."""
     latest = runs / "latest"
     if folder.parent.resolve() != runs.resolve() or (latest.exists() and not latest.is_symlink()):
@@ -288,10 +288,10 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
         _simulate(recorder, plan, client_app, engine)
     _check_rounds_completed(recorder, faults)
     console.print(f"threat model: {ThreatModel.of(config).describe()}")
-    summary = _attack_and_report(recorder, console)
+    summary = attack_and_report(recorder, console)
     recorder.finish("complete")
     console.print(f"report: {folder / REPORT_HTML}")
-    _point_latest(folder, runs)
+    point_latest(folder, runs)
     return summary
 
 
@@ -327,7 +327,7 @@ def _simulate(recorder: Recorder, plan: ServerPlan, client_app: ClientApp, engin
     except BaseException as exc:
         plan.error = plan.error or exc
     if plan.error is not None:  # what stopped the server app (the engine may only log it)
-        _mark_failed(recorder, f"{type(plan.error).__name__}: {plan.error}")
+        mark_failed(recorder, f"{type(plan.error).__name__}: {plan.error}")
         raise plan.error
 
 
@@ -337,18 +337,18 @@ def _check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
     attacker_failed = [str(r) for r, info in recorder.manifest.rounds.items()
                        if config.adversary.victim in info.failed and not faults.raises(r, config.adversary.victim)]
     if config.adversary.role == "participant" and config.adversary.mode == "gradient-ascent" and attacker_failed:
-        _mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
+        mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
         raise FedsimError(
             f"adversary: the curious participant (client {config.adversary.victim}) failed in rounds {', '.join(attacker_failed)}, "
             "most likely a gradient-ascent step with a non-finite loss; lower adversary.gamma"
         )
     completed = recorder.manifest.rounds_completed
     if completed != config.train.rounds:
-        _mark_failed(recorder, f"only {completed} of {config.train.rounds} rounds completed")
+        mark_failed(recorder, f"only {completed} of {config.train.rounds} rounds completed")
         raise RuntimeError(f"the simulation stopped after round {completed} of {config.train.rounds}")
 
 
-def _attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
+def attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
     """Measure leakage on the recorded run and write its metrics and report (before 'complete')."""
     config, folder = recorder.config, recorder.folder
     try:
@@ -363,11 +363,11 @@ def _attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
             recorder.list_at_finish(write_tensorboard(run))
         return run_summary(run)
     except BaseException as exc:
-        _mark_failed(recorder, f"attacks or report: {type(exc).__name__}: {exc}")
+        mark_failed(recorder, f"attacks or report: {type(exc).__name__}: {exc}")
         raise
 
 
-def _mark_failed(recorder: Recorder, error: str) -> None:
+def mark_failed(recorder: Recorder, error: str) -> None:
     """Best effort: when the disk itself failed, the manifest may not be writable either (it
     then still says 'running', which is not 'complete' either).
     """

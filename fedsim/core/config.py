@@ -13,10 +13,22 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fedsim.core.errors import FedsimError
 
@@ -97,7 +109,24 @@ class StrategyConfig(Section):
     base: StrategyConfig | None = Field(None, description="dp-* wrappers only: the strategy they wrap, {name, args, base}; null: fedavg")
 
 
-class AdversaryConfig(Section):
+ROLES = ("server", "participant", "none")
+
+
+RULE = "config_rule"
+
+
+def _rule(message: str) -> PydanticCustomError:
+    """A rule between config keys: its message names the keys, so it is shown like Config's own rules."""
+    return PydanticCustomError(RULE, message)
+
+
+class _Adversary(Section):
+    """The keys of `adversary`, in config.yaml's order, and what every role shares.
+
+    Each role narrows the keys it cannot use (`ServerAdversary`, `ParticipantAdversary`,
+    `NoAdversary`): a combination no role allows is refused where it is written, in one line.
+    """
+
     role: Literal["server", "participant", "none"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
     mode: Literal["passive", "gradient-ascent", "crafted-model"] = Field(
         "passive", description="passive (observes only), gradient-ascent on the target records (active), or crafted-model "
@@ -115,6 +144,111 @@ class AdversaryConfig(Section):
         "records they never held); ignored unless mode: gradient-ascent")
 
     _gamma_in_float32 = field_validator("gamma")(_float32_step)
+
+    def acts_in(self, server_round: int) -> bool:
+        """Whether the adversary manipulates a round.
+
+        Parameters
+        ----------
+        server_round : int
+            The round (1-based).
+
+        Returns
+        -------
+        bool
+            True when its mode is active (gradient-ascent, crafted-model) and the round is among
+            `active_rounds` (every round when null); never without an adversary.
+        """
+        return self.role != "none" and self.mode != "passive" and (self.active_rounds is None or server_round in self.active_rounds)
+
+
+class ServerAdversary(_Adversary):
+    """A curious server (docs/design.md, section 2.1): every mode, isolation, and whom the ascended model is sent."""
+
+    role: Literal["server"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
+    victim: int = Field(0, ge=0, description="the client the server targets (its partition id)")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _a_role(cls, value: Any) -> Any:
+        if value not in ROLES:  # the discriminator sends an unknown role here: name every choice
+            raise PydanticCustomError("literal_error", "Input should be 'server', 'participant' or 'none'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_manipulation(self) -> ServerAdversary:
+        if self.sent_to == "all" and self.mode == "crafted-model":
+            raise _rule("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
+                        "set sent_to: victim")
+        if self.mode == "crafted-model" and self.isolate:
+            raise _rule("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
+        return self
+
+
+class _NotServer(_Adversary):
+    """A role other than the server's: no crafted model, no isolation, nothing sent to anyone."""
+
+    mode: Literal["passive", "gradient-ascent"] = Field("passive", description="passive (observes only) or gradient-ascent on the target records (active)")
+    isolate: Literal[False] = Field(False, description="server only; false for this role")
+    sent_to: Literal["victim"] = Field("victim", description="server only; victim for this role")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _no_crafted_model(cls, value: Any) -> Any:
+        if value == "crafted-model":
+            raise _rule(f"adversary.mode crafted-model is a dishonest server's attack, but adversary.role is {_role_name(cls)}; "
+                        "set adversary.role: server")
+        return value
+
+    @field_validator("isolate", mode="before")
+    @classmethod
+    def _no_isolation(cls, value: Any) -> Any:
+        if value is True:
+            raise _rule("adversary.isolate needs adversary.role: server")
+        return value
+
+    @field_validator("sent_to", mode="before")
+    @classmethod
+    def _sent_to_victim(cls, value: Any) -> Any:
+        if value == "all":
+            raise _rule(f"adversary.sent_to: all makes the server send every client its ascended model, but adversary.role is "
+                        f"{_role_name(cls)}; set adversary.role: server or sent_to: victim")
+        return value
+
+
+def _role_name(cls: type[_Adversary]) -> str:
+    return str(cls.model_fields["role"].default)
+
+
+class ParticipantAdversary(_NotServer):
+    """A curious participant (docs/design.md, section 2.2): a client that attacks the others; `victim`
+    is its own client id.
+    """
+
+    role: Literal["participant"] = Field("participant", description="who attacks: server (curious server), participant (curious client) or none")
+    victim: int = Field(0, ge=0, description="the participant's own client id (the attacker, not its target)")
+
+    @property
+    def own_client(self) -> int:
+        """The attacking participant's partition id (`victim` in config.yaml)."""
+        return self.victim
+
+
+class NoAdversary(_NotServer):
+    """No adversary: an honest run; the other keys are kept but nothing acts."""
+
+    role: Literal["none"] = Field("none", description="who attacks: server (curious server), participant (curious client) or none")
+
+
+def _role_of(value: Any) -> str:
+    """The role that validates an `adversary` mapping (server when absent, as the key's default)."""
+    role = value.get("role", "server") if isinstance(value, dict) else getattr(value, "role", "server")
+    return role if role in ROLES else "server"
+
+
+AdversaryConfig = Annotated[Annotated[ServerAdversary, Tag("server")] | Annotated[ParticipantAdversary, Tag("participant")]
+                            | Annotated[NoAdversary, Tag("none")], Discriminator(_role_of)]
+"""The `adversary` section: one of the three roles, chosen by `role`."""
 
 
 class DPSGDConfig(Section):
@@ -141,6 +275,15 @@ class BackendConfig(Section):
 
 class RecordConfig(Section):
     dtype: Literal["float32", "float16"] = Field("float32", description="dtype of recorded parameters; float16 halves the run folder (records rounded)")
+    clients: Literal["all", "victim"] = Field(
+        "all", description="whose returned parameters each round keeps: all (every client heard) or victim (adversary.victim's, plus "
+                           "record.references others); aggregates and broadcasts are always kept, and the manifest lists every client heard")
+    references: int = Field(0, ge=0, description="with clients: victim, also keep K other clients' parameters per round, the references "
+                            "fedmia, lira and rmia calibrate against: the K heard that round with the smallest partition ids (the victim aside)")
+
+    def kept_references(self) -> int | None:
+        """How many other clients' parameters a round keeps at most: None for every client heard (`clients: all`)."""
+        return None if self.clients == "all" else self.references
 
 
 class FaultsConfig(Section):
@@ -157,11 +300,12 @@ class FaultsConfig(Section):
 
 
 class AttackConfig(Section):
-    """One inference attack: its registry name and arguments (checked against the attack's declared
-    parameters by `attackers.inference.registry`). In YAML either a bare name or `{name, args}`.
+    """One inference attack: its registry name (or a user's attack class, 'package.module:Class') and
+    arguments (checked against the attack's declared parameters by `attackers.inference.registry`).
+    In YAML either a bare name or `{name, args}`.
     """
 
-    name: str = Field(description="registry name of the attack, e.g. loss, nasr")
+    name: str = Field(description="registry name of the attack, e.g. loss, nasr, or a user's attack class as 'package.module:Class'")
     args: dict[str, Any] = Field(default_factory=dict, description="the attack's parameters (see its Params)")
 
     @model_validator(mode="before")
@@ -193,6 +337,19 @@ class ExportConfig(Section):
                               "each attack's AUC and TPR@FPR (needs the tensorboard package: pip install 'fedsim[tensorboard]')")
 
 
+class AppConfig(Section):
+    """An audited Flower app (`fedsim audit APP_DIR`): where it lives and how fedsim reads its data."""
+
+    dir: str | None = Field(None, description="the app's folder (the one holding its pyproject.toml); set by fedsim audit")
+    data: str = Field(description="the app's data function 'package.module:name', called as f(partition_id, num_partitions, **data_args) "
+                      "and returning (train, test): a client's training records (its members) and records it holds out (non-members); "
+                      "each a DataLoader, a torch Dataset, a Hugging Face Dataset or an (x, y) pair of arrays")
+    data_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the app's data function beyond the partition")
+    features: str = Field("image", description="the feature key of a record that is a mapping (e.g. a Hugging Face row)")
+    label: str = Field("label", description="the label key of a record that is a mapping")
+    rounds_key: str = Field("num-server-rounds", description="the app's run-config key holding its number of rounds")
+
+
 class Config(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder")
     seed: int = Field(0, description="seeds the ledger, the initial model, client shuffling and sampling")
@@ -201,7 +358,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="rounds and local training")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="the server's aggregation strategy")
     defense: DefenseConfig = Field(default_factory=DefenseConfig, description="secure aggregation and client DP-SGD")
-    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig, description="the threat model: who attacks, how, and whom")
+    adversary: AdversaryConfig = Field(default_factory=ServerAdversary, description="the threat model: who attacks, how, and whom")
     attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")],
                                         description="inference attacks run on the recorded run: names or {name, args}")
     headline: str | None = Field(None, description="the attack whose leakage (last observed round) and canary bound head the report and "
@@ -215,6 +372,7 @@ class Config(Section):
     record: RecordConfig = Field(default_factory=RecordConfig, description="how the run folder stores parameters")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="canaries of the one-run privacy audit (Steinke et al. 2023)")
     export: ExportConfig = Field(default_factory=ExportConfig, description="exports of the per-round metrics to other tools (TensorBoard)")
+    app: AppConfig | None = Field(None, description="set by fedsim audit: the audited Flower app and how to read its data; null for fedsim's own federations")
 
     _notes: list[str] = PrivateAttr(default_factory=list)
 
@@ -250,19 +408,6 @@ class Config(Section):
                 f"adversary.victim is {self.adversary.victim} but there are only "
                 f"{self.data.num_clients} clients (ids 0..{self.data.num_clients - 1})"
             )
-        if self.adversary.sent_to == "all" and self.adversary.role != "server":
-            raise ValueError(f"adversary.sent_to: all makes the server send every client its ascended model, but adversary.role is "
-                             f"{self.adversary.role}; set adversary.role: server or sent_to: victim")
-        if self.adversary.sent_to == "all" and self.adversary.mode == "crafted-model":
-            raise ValueError("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
-                             "set sent_to: victim")
-        if self.adversary.isolate and self.adversary.role != "server":
-            raise ValueError("adversary.isolate needs adversary.role: server")
-        if self.adversary.mode == "crafted-model" and self.adversary.role != "server":
-            raise ValueError(f"adversary.mode crafted-model is a dishonest server's attack, but adversary.role is {self.adversary.role}; "
-                             "set adversary.role: server")
-        if self.adversary.mode == "crafted-model" and self.adversary.isolate:
-            raise ValueError("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
         if self.adversary.mode == "crafted-model" and self.record.dtype != "float32":
             raise ValueError("adversary.mode crafted-model: a trap fires on its record by a margin below float16's rounding, so recorded "
                              "float16 traps cannot be read back; set record.dtype: float32")
@@ -282,6 +427,12 @@ class Config(Section):
                 raise ValueError(f"{key} has round {outside[0]}, outside 1..{self.train.rounds}")
             if rounds is not None and not rounds:
                 raise ValueError(f"{key} is empty; list rounds or use null for all")
+        if self.record.references and self.record.clients == "all":
+            raise ValueError("record.references chooses the other clients kept beside the victim under record.clients: victim; "
+                             "record.clients: all keeps every client already: remove record.references or set record.clients: victim")
+        if self.record.clients == "victim" and self.adversary.role == "none":
+            raise ValueError("record.clients: victim keeps adversary.victim's parameters, and there is no adversary (adversary.role: none); "
+                             "set record.clients: all or name an adversary")
         if self.audit.canaries and self.adversary.role != "server":
             raise ValueError("audit.canaries go into the victim's data for a curious server to audit; set adversary.role: server or audit.canaries: 0")
         if self.adversary.role != "none":
@@ -312,11 +463,14 @@ class Config(Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
-        # A config without a headline or exports hashes as it did before those keys existed.
-        unset = {"headline"} if self.headline is None else set()
+        # A config without an audited app or a headline hashes as it did before those keys existed.
+        unset = {key for key in ("app", "headline") if getattr(self, key) is None}
         if self.export == ExportConfig():
-            unset.add("export")
-        canonical = json.dumps(self.model_dump(mode="json", exclude=unset or None), sort_keys=True)
+            unset.add("export")  # nor one without exports: they change no record
+        exclude: dict[str, Any] = dict.fromkeys(unset, True)
+        if self.record.clients == "all" and not self.record.references:
+            exclude["record"] = {"clients": True, "references": True}  # nor one keeping every client, as runs always did
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_yaml(self) -> str:
@@ -346,13 +500,16 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
 def _describe(error: ValidationError, source: str) -> str:
     """The first validation problem as one line: where, what, how to fix."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    if loc[:1] == ["adversary"] and len(loc) > 1 and loc[1] in ROLES:
+        del loc[1]  # the role that validated the section, not a key
     kind = first["type"]
+    where = "(top level)" if kind == RULE else ".".join(str(p) for p in loc) or "(top level)"
     if kind == "extra_forbidden":
         return f"{source}: unknown key {where!r}; remove it or check its spelling against the README's config reference"
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or kind in ("value_error",) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or kind in ("value_error", RULE) else f" (got {got!r})"
     return f"{source}: {where}: {message}{shown}"
 
 

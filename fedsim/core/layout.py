@@ -7,6 +7,7 @@ report and the sweep find their tables by them, and none of those need import ea
 from __future__ import annotations
 
 LEDGER = "membership.parquet"
+RECORDS = "records.safetensors"  # an audited app's records: features and labels, indexed by record id
 MANIFEST = "manifest.json"
 TRAINING_CSV = "metrics/training.csv"
 LEAKAGE_CSV = "metrics/leakage.csv"

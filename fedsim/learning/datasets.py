@@ -609,3 +609,18 @@ def load_huggingface(root: Path | None, download: bool, columns: Columns = Colum
     with _quiet_datasets():
         return _hf_pool(HUGGINGFACE, _read_huggingface(root, download), columns, where="data.root")
 
+
+@register("records")
+def load_records(root: Path | None, download: bool) -> Pool:
+    """The records an audited Flower app trained on and held out, as `fedsim audit` saved them in
+    the run folder (root): float32 features as the app's own transforms gave them, int64 labels.
+    """
+    from safetensors.torch import load_file
+
+    from fedsim.core.layout import RECORDS
+
+    file = _find_file("records", root, RECORDS)
+    tensors = load_file(str(file))
+    labels = tensors["labels"].long()
+    return Pool("records", tensors["features"], labels, int(labels.max()) + 1 if len(labels) else 0)
+

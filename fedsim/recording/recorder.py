@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
@@ -107,6 +107,32 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def kept_clients(config: Config, heard: Iterable[int]) -> list[int]:
+    """The clients of a round whose returned parameters the run folder keeps (config `record.clients`).
+
+    Parameters
+    ----------
+    config : Config
+        The run's config: `record.clients`, `record.references` and `adversary.victim`.
+    heard : iterable of int
+        Partition ids of the clients heard in the round.
+
+    Returns
+    -------
+    list of int
+        In partition order: every client heard (`all`), or the victim where it was heard plus, as
+        references, the `record.references` other clients heard with the smallest partition ids
+        (`victim`): a choice that depends only on who was heard, so every engine and a resumed run
+        make the same one.
+    """
+    heard = sorted(heard)
+    if config.record.clients == "all":
+        return heard
+    victim = config.adversary.victim
+    others = [c for c in heard if c != victim][: config.record.references]
+    return sorted([victim, *others] if victim in heard else others)
+
+
 class Recorder:
     """Owns one run folder while the run writes it."""
 
@@ -146,7 +172,8 @@ class Recorder:
     def _create(self, ledger_writer) -> None:
         created = now()
         self._manifest = Manifest(name=self.config.name, status="running", seed=self.config.seed, config_sha256=self.config.digest(),
-                                  versions=_versions(), created=created, updated=created)
+                                  versions=_versions(), created=created, updated=created,
+                                  victim_rounds=None if self.config.adversary.role == "none" else [])
         self._write_file("config.yaml", self.config.to_yaml().encode())
         ledger_path = ledger_writer(self.folder)
         self.manifest.files[ledger_path.name] = sha256_of(ledger_path)
@@ -205,6 +232,12 @@ class Recorder:
         if listed:
             self.manifest.files[relative] = hashlib.sha256(payload).hexdigest()
 
+    def add_file(self, relative: str, payload: bytes) -> None:
+        """Write a file of the run (e.g. an audited app's records) and list it with its sha256."""
+        with self._disk(relative):
+            self._write_file(relative, payload)
+            self._save_manifest()
+
     def _save_manifest(self) -> None:
         self.manifest.updated = now()
         write_atomically(self.folder / MANIFEST, self.manifest.to_json())
@@ -228,13 +261,25 @@ class Recorder:
         Files are staged in a hidden folder and renamed to rounds/NNNN as one step, then the
         manifest lists them: only then is the round complete. A failed write (disk full, folder
         gone) raises a FedsimError naming the round and the cause.
+
+        `record.clients` chooses whose parameters are written (`kept_clients`); the manifest lists
+        every client heard with its example count, and under `record.clients: victim` the ones
+        written (`stored`). With an adversary, a round in which its victim was sampled is added
+        to `victim_rounds`.
         """
+        clients = clients or {}
+        kept = kept_clients(self.config, clients)
         with self._disk(f"round {round_number}"):
             started = time.perf_counter()
-            heard = self._write_round(round_number, global_state, clients or {}, broadcast or {})
-            self.manifest.rounds[round_number] = RoundEntry(clients=heard, failed=sorted(failed or []), dropped=sorted(dropped or []),
-                                                            train_loss=train_loss, secure_sum=secure_sum,
-                                                            record_seconds=round(time.perf_counter() - started, 4))
+            self._write_round(round_number, global_state, {c: clients[c] for c in kept}, broadcast or {})
+            entry = RoundEntry(clients={c: ClientEntry(num_examples=n) for c, (_, n) in sorted(clients.items())},
+                               stored=None if self.config.record.clients == "all" else kept,
+                               failed=sorted(failed or []), dropped=sorted(dropped or []), train_loss=train_loss, secure_sum=secure_sum,
+                               record_seconds=round(time.perf_counter() - started, 4))
+            self.manifest.rounds[round_number] = entry
+            victim_rounds = self.manifest.victim_rounds
+            if victim_rounds is not None and round_number >= 1 and self.config.adversary.victim in entry.sampled():
+                self.manifest.victim_rounds = sorted({*victim_rounds, round_number})
             self.manifest.rounds_completed = round_number
             self._save_manifest()
 
@@ -248,7 +293,7 @@ class Recorder:
                               "free disk space or fix the folder, then continue with `fedsim run --resume`") from None
 
     def _write_round(self, round_number: int, global_state: StateDict, clients: Mapping[int, tuple[StateDict, int]],
-                     broadcast: Mapping[int, StateDict]) -> dict[int, ClientEntry]:
+                     broadcast: Mapping[int, StateDict]) -> None:
         final = self.folder / round_dir(round_number)
         staging = final.with_name(f".{final.name}.partial")
         dtype = torch.float16 if self.config.record.dtype == "float16" else None
@@ -261,13 +306,11 @@ class Recorder:
             write_atomically(staging / Path(relative).relative_to(round_dir(round_number)), payload)
             hashes[relative] = hashlib.sha256(payload).hexdigest()
 
-        client_info = {}
         try:
             stage(global_file(round_number), global_state, {"round": str(round_number), "source": "global"})
             for client, (state, num_examples) in sorted(clients.items()):
                 meta = {"round": str(round_number), "source": f"client-{client:03d}", "num_examples": str(num_examples)}
                 stage(client_file(round_number, client), state, meta)
-                client_info[client] = ClientEntry(num_examples=num_examples)
             for client, state in sorted(broadcast.items()):
                 meta = {"round": str(round_number), "source": f"broadcast-{client:03d}"}
                 stage(client_file(round_number, client, "broadcast"), state, meta)
@@ -276,7 +319,6 @@ class Recorder:
             shutil.rmtree(staging, ignore_errors=True)  # a half-staged round: its space back, so the manifest can say 'failed'
             raise
         self.manifest.files.update(hashes)
-        return client_info
 
     def append_training(self, row: Mapping[str, Any]) -> None:
         columns = training_columns(self.config)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from attackers.inference.registry import check_attacks
+from fedsim.app.audit import prepare_audit
 from fedsim.app.cli import EXAMPLES, _parser, main
 from fedsim.app.reproduce import SCALES, plan
 from fedsim.app.sweep import sweep_configs
@@ -20,8 +21,8 @@ from fedsim.core.errors import FedsimError
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = "\n".join(page.read_text() for page in sorted((ROOT / "docs").rglob("*.md")))  # the documentation site's pages
-COMMANDS = {"run", "check", "attack", "report", "sweep", "reproduce", "--help"}
-PLACEHOLDER = re.compile(r"\[|\.\.\.|\b(CONFIG|RUN_DIR|DIR|NAME|CSV|COMMAND)\b")
+COMMANDS = {"run", "audit", "check", "attack", "report", "sweep", "reproduce", "--help"}
+PLACEHOLDER = re.compile(r"\[|\.\.\.|\b(CONFIG|RUN_DIR|APP_DIR|DIR|NAME|CSV|COMMAND)\b")
 
 
 def _readme_command_lines() -> list[str]:
@@ -81,6 +82,8 @@ def test_every_example_command_line_is_valid(line, monkeypatch, capsys):
         assert plan(args.configs or SCALES[args.scale], args.seeds, Path("unused"), overrides=args.overrides)
     elif args.command == "attack":
         check_attacks(args.attacks or [], "--attack")
+    elif args.command == "audit":
+        assert prepare_audit(args.app_dir, args.overrides).config.app is not None
 
 
 def test_one_quickstart_from_any_folder(tmp_path, monkeypatch):
