@@ -52,7 +52,13 @@ def secure_sum(replies: list[Message]) -> Message:
 
 
 class SecureAggregation(StrategyWrapper):
-    """Replaces the round's successful replies by their secure aggregate before the server sees them."""
+    """Replaces the round's successful replies by their secure aggregate before the server sees them.
+
+    Parameters
+    ----------
+    inner : flwr.serverapp.strategy.Strategy
+        Everything the server runs inside it (the recorder, a curious server, the strategy).
+    """
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)

@@ -16,12 +16,27 @@ if TYPE_CHECKING:
 
 
 class StrategyWrapper(Strategy):
+    """A strategy that passes every call to `inner`; a subclass overrides only what it changes.
+
+    Parameters
+    ----------
+    inner : flwr.serverapp.strategy.Strategy
+        The wrapped strategy (itself possibly a wrapper).
+    """
+
     def __init__(self, inner: Strategy):
         self.inner = inner
 
     def restore(self, run: Run, last_round: int) -> None:
         """Rebuild what the wrapper keeps between rounds from a recorded run, to continue it
         after `last_round`. Wrappers that keep such state override this and call super().
+
+        Parameters
+        ----------
+        run : fedsim.recording.run.Run
+            The interrupted run, as recorded.
+        last_round : int
+            Its last complete round; the next one is `last_round + 1`.
         """
         if isinstance(self.inner, StrategyWrapper):
             self.inner.restore(run, last_round)

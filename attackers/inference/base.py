@@ -29,16 +29,12 @@ from attackers.inference.observation import Observation
 
 
 class AttackParams(BaseModel):
-    """Base of every attack's declared parameters: unknown arguments are errors, values are typed.
+    """Base of every attack's declared parameters: the `args` of an `attacks:` entry.
 
-    An attack without parameters uses this class as is.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
+    An attack subclasses it with one `Field(default, description=...)` per argument and names the
+    subclass as its `Params`; `attackers.inference.registry.make_attack` validates an entry's
+    `args` against it, so an unknown argument or an ill-typed value is one line (exit code 2).
+    Instances are frozen. An attack without parameters uses this class as is.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,10 +66,28 @@ def attack_seed_sequence(run_seed: int, attack: str, round_number: int, attack_s
 class MembershipInferenceAttack(ABC):
     """A membership inference attack: fit on the attacker's known records, then score targets.
 
-    Subclasses set `name` (the registry name), `multi_round` (whether the attack combines every
-    observed snapshot, else it reads the last one), `deterministic` (whether fitting draws no
-    random numbers, so one fit stands for every attack seed) and `Params` (the declared
-    parameters), and implement `fit` and `score`.
+    Every built-in attack and a user's own (`attacks: ["my_package.my_module:MyAttack"]`, README
+    "Your own attack") follows this protocol. fedsim builds one attack object per (round, attack
+    seed) as `cls(params, seed)`, calls `fit` once on the attacker's known records, then `score`
+    on the targets (and on the canaries, when there are any). `n` below is the number of records
+    passed.
+
+    - `Params`: an `AttackParams` subclass declaring the arguments; `self.params` is the
+      validated instance.
+    - `fit(observation, ids, members)`: `ids` int64 record ids, shape (n,), of the attacker's known
+      records, balanced and label-matched; `members` bool, shape (n,) (an unsupervised attack
+      ignores it). It may set `self.threshold` (the score at or above which a record is called a
+      member; None: the targets' median score) and returns self.
+    - `score(observation, ids)`: float scores, shape (n,), higher means member, finite.
+    - The `Observation` holds what the attacker observed up to the round measured: `rounds`
+      (oldest first; a single-round attack gets the measured round only), `features(ids, round)`
+      (per-record loss, probabilities, labels, chosen layers' gradients and gradient norm),
+      `model(round)`, `load_records(ids)` -> (x, y), `reference_losses(ids, round)` (a curious
+      server's other clients; None otherwise), `load_sent` and the other loaders, and
+      `cached(key, compute)` for whatever the attack derives per round.
+    - The capabilities below, as class attributes; fedsim reads nothing else of the class.
+    - Randomness comes only from `numpy_generator()`, `torch_generator()` or a block inside
+      `own_torch_random()`, so the scores depend on the seed alone.
 
     Parameters
     ----------
@@ -94,9 +108,21 @@ class MembershipInferenceAttack(ABC):
     """
 
     name: ClassVar[str] = ""
-    multi_round: ClassVar[bool] = False
-    deterministic: ClassVar[bool] = True
+    """The registry name, set by `@register(name)`; empty for a user's attack, whose leakage rows
+    carry the import path it was named by."""
     Params: ClassVar[type[AttackParams]] = AttackParams
+    """The declared parameters (`attacks: [{name, args}]`)."""
+    multi_round: ClassVar[bool] = False
+    """Whether the attack combines every observed snapshot up to the measured round (it then gets a
+    row only at the rounds `observe_rounds` keeps); else it reads the measured round's snapshot."""
+    deterministic: ClassVar[bool] = False
+    """Whether fitting draws no random numbers, so one fit stands for every attack seed (its spread
+    over seeds is 0). False, the safe default, fits it `attack_seeds` times."""
+    needs_individual_updates: ClassVar[bool] = False
+    """Whether it reads what only a curious server that sees individual updates holds (the other
+    clients' models, what each client was sent); `check_attacks` refuses it in other threat models."""
+    reads: ClassVar[str] = "reads the individual clients' updates"
+    """What it reads that needs individual updates, for the refusal ("attacks: NAME {reads}, which ...")."""
 
     def __init__(self, params: AttackParams | dict[str, Any] | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         if params is None:
@@ -117,7 +143,7 @@ class MembershipInferenceAttack(ABC):
         observation : Observation
             The snapshots the attacker holds (and their features).
         ids : numpy.ndarray
-            Record ids of the attacker's known records, shape (n_records,).
+            Record ids of the attacker's known records, int64, shape (n_records,).
         members : numpy.ndarray
             Whether each known record is a member, bool, shape (n_records,) (unsupervised attacks ignore it).
 
@@ -136,7 +162,7 @@ class MembershipInferenceAttack(ABC):
         observation : Observation
             The same kind of observation the attack was fitted on.
         ids : numpy.ndarray
-            Record ids to score, shape (n_records,).
+            Record ids to score, int64, shape (n_records,).
 
         Returns
         -------
@@ -145,22 +171,22 @@ class MembershipInferenceAttack(ABC):
         """
 
     def numpy_generator(self) -> np.random.Generator:
-        """A fresh NumPy generator from the attack's seed sequence (same stream on every call).
+        """A fresh NumPy generator from the attack's seed sequence.
 
         Returns
         -------
-        np.random.Generator
-            A fresh NumPy generator from the attack's seed sequence (same stream on every call).
+        numpy.random.Generator
+            The same stream on every call, distinct for every (run seed, attack, round, attack seed).
         """
         return np.random.default_rng(self.seed_sequence)
 
     def torch_generator(self) -> torch.Generator:
-        """A fresh CPU torch generator seeded from the attack's seed (same stream on every call).
+        """A fresh CPU torch generator seeded from the attack's seed.
 
         Returns
         -------
         torch.Generator
-            A fresh CPU torch generator seeded from the attack's seed (same stream on every call).
+            The same stream on every call (e.g. for `torch.randperm(..., generator=...)`).
         """
         return torch.Generator().manual_seed(self.seed)
 
@@ -171,15 +197,6 @@ class MembershipInferenceAttack(ABC):
         Layer initialisation and dropout draw from the global generator; inside this block they
         draw from the attack's own stream, and the global state is restored afterwards, so
         neither the attack nor what runs after it depends on the other.
-
-        Returns
-        -------
-        Iterator[None]
-            Run a block with torch's global CPU generator forked and seeded from the attack's seed.
-
-                Layer initialisation and dropout draw from the global generator; inside this block they
-                draw from the attack's own stream, and the global state is restored afterwards, so
-                neither the attack nor what runs after it depends on the other.
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

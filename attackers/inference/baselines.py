@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.observation import Observation
+from attackers.inference.registry import register
 from fedsim.stats.metrics import best_threshold
 
 
@@ -24,225 +25,85 @@ class ThresholdAttack(MembershipInferenceAttack):
 
     Subclasses implement `signal`. The threshold maximises TPR - FPR (Youden's J, i.e. balanced
     accuracy) on the attacker's known records (`fedsim.stats.metrics.best_threshold`).
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "threshold"
     multi_round = False
     deterministic = True
-    Params = AttackParams
 
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """The per-record signal, higher means member.
-
-        Parameters
-        ----------
-        observation : Observation
-            Snapshots the attacker holds; the last one is read.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Signal, float, shape (n_records,).
-        """
+        """The per-record signal of the last observed snapshot, float, shape (n_records,); higher means member."""
         raise NotImplementedError
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> ThresholdAttack:
-        """Choose the threshold on the known records (ids, members: shape (n_records,)); returns self.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-        members : numpy.ndarray
-            Membership of the known records, bool, shape (n_records,).
-
-        Returns
-        -------
-        ThresholdAttack
-            Choose the threshold on the known records (ids, members: shape (n_records,)); returns self.
-        """
+        """Choose the threshold on the known records' signal; returns self."""
         self.threshold = best_threshold(self.signal(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """The signal itself, shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            The signal itself, shape (n_records,).
-        """
+        """The signal itself, shape (n_records,)."""
         return self.signal(observation, ids)
 
 
+@register("loss")
 class LossAttack(ThresholdAttack):
     """Members have lower loss (Yeom, Giacomelli, Fredrikson and Jha, CSF 2018).
 
     Score = minus the cross-entropy loss (nats) on the last observed snapshot.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "loss"
-
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the loss in nats, shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Minus the loss in nats, shape (n_records,).
-        """
+        """Minus the loss in nats, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).loss.numpy()
 
 
+@register("confidence")
 class ConfidenceAttack(ThresholdAttack):
     """Members get a higher probability on their true label (Salem et al., NDSS 2019).
 
     Score = softmax probability of the true label on the last observed snapshot.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "confidence"
-
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Probability of the true label, in [0, 1], shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Probability of the true label, in [0, 1], shape (n_records,).
-        """
+        """Probability of the true label, in [0, 1], shape (n_records,)."""
         features = observation.features(ids, observation.rounds[-1])
         return features.probabilities.gather(1, features.labels[:, None]).squeeze(1).numpy()
 
 
+@register("entropy")
 class EntropyAttack(ThresholdAttack):
     """Members get more certain (lower-entropy) predictions (Salem et al., NDSS 2019).
 
     Score = minus the prediction entropy (nats) on the last observed snapshot.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "entropy"
-
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the entropy of the predicted distribution in nats, shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Minus the entropy of the predicted distribution in nats, shape (n_records,).
-        """
+        """Minus the entropy of the predicted distribution in nats, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).entropy.numpy()
 
 
+@register("grad_norm")
 class GradientNormAttack(ThresholdAttack):
     """Members have smaller per-example gradients (Nasr, Shokri and Houmansadr, S&P 2019, section on gradient norms).
 
     Score = minus the exact L2 norm of the per-example gradient over all parameters.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "grad_norm"
-
     def signal(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Minus the per-example gradient L2 norm, shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Minus the per-example gradient L2 norm, shape (n_records,).
-        """
+        """Minus the per-example gradient L2 norm, shape (n_records,)."""
         return -observation.features(ids, observation.rounds[-1]).gradient_norm.numpy()
 
 
+@register("label_only")
 class LabelOnlyAttack(MembershipInferenceAttack):
     """A baseline that reads no model: score = how common the record's label is among the
     attacker's known members (their share of it, in [0, 1]).
 
     It measures how much the label alone says about membership. With targets whose non-members
     match the members' labels (`fedsim.learning.membership.match_labels`) its AUC is 0.5; above that, a
-    label shortcut is inflating every other attack's numbers. Deterministic.
-
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        No parameters.
-    seed : int or SeedSequence
-        Unused (the attack is deterministic).
+    label shortcut is inflating every other attack's numbers.
     """
 
-    name = "label_only"
+    deterministic = True
 
     def _labels(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         return observation.load_records(ids)[1].numpy()
@@ -270,13 +131,6 @@ class LogisticSignalsAttack(MembershipInferenceAttack):
     fitted on the attacker's known records; the score is its member probability.
 
     Subclasses implement `signals`.
-
-    Parameters
-    ----------
-    params : LogisticParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Unused: lbfgs is deterministic.
     """
 
     multi_round = True
@@ -290,57 +144,16 @@ class LogisticSignalsAttack(MembershipInferenceAttack):
         self.threshold = 0.5
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """The per-record signals the regression reads.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Signals, shape (n_records, n_signals).
-        """
+        """The per-record signals the regression reads, shape (n_records, n_signals)."""
         raise NotImplementedError
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> LogisticSignalsAttack:
-        """Fit the logistic regression on the known records.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Known record ids, shape (n_records,).
-        members : numpy.ndarray
-            Their membership, bool, shape (n_records,).
-
-        Returns
-        -------
-        LogisticSignalsAttack
-            self.
-        """
+        """Fit the logistic regression on the known records; returns self."""
         self.model.fit(self.signals(observation, ids), members)
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability in [0, 1], shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Target record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Member probability in [0, 1], shape (n_records,).
-        """
+        """Member probability in [0, 1], shape (n_records,)."""
         return self.model.predict_proba(self.signals(observation, ids))[:, 1]
 
 
@@ -348,6 +161,7 @@ class TrajectoryParams(LogisticParams):
     """Parameters of the trajectory attack."""
 
 
+@register("trajectory")
 class TrajectoryAttack(LogisticSignalsAttack):
     """Loss trajectories across the observed rounds (in the spirit of FedMIA, Zhu et al. 2024, and
     loss-trajectory MIAs, Liu et al., CCS 2022).
@@ -356,33 +170,16 @@ class TrajectoryAttack(LogisticSignalsAttack):
     target's loss is than on the other clients' models of the same round (those clients never
     trained on the target's records: a per-record reference). A logistic regression (sklearn,
     lbfgs: deterministic) trained on the attacker's known records combines them.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
     """
 
-    name = "trajectory"
     Params = TrajectoryParams
     params: TrajectoryParams
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Log-loss per observed round and, for the server, its calibration against the references.
+        """Minus the log-loss per observed round and, for the server, the gap to the references' mean log-loss.
 
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Signals, shape (n_records, n_rounds) or (n_records, 2 * n_rounds) for the server.
+        Shape (n_records, n_rounds), or (n_records, 2 * n_rounds) for a server (each round's value,
+        then its gap).
         """
         columns = []
         for round_number in observation.rounds:

@@ -26,7 +26,7 @@ they come with the run. Three published attacks use them, each combining the obs
   over rounds. `a` is chosen on the attacker's known records (AUC over a grid), never on targets.
 
 All three need the reference models, so they run for a curious server that sees individual
-updates (`needs_references`); they are deterministic (no randomness to own). `grad_cosine` (Li,
+updates (`needs_individual_updates`); they are deterministic (no randomness to own). `grad_cosine` (Li,
 Li and Ribeiro, ICLR 2023) lives here too: it reads the victim's update as fedmia's cosine does,
 needs the same view, but no other client.
 """
@@ -46,6 +46,7 @@ from torch import nn
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import gradient_alignment
 from attackers.inference.observation import Observation, records_key
+from attackers.inference.registry import register
 from fedsim.core.errors import FedsimError
 from fedsim.core.threat_model import ThreatModel
 from fedsim.stats.metrics import best_threshold
@@ -58,11 +59,9 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _reference_models(observation: Observation, round_number: int) -> list[nn.Module]:
     """The round's other clients' models, loaded once per observation; FedsimError when there are none."""
-    assert observation.reference_models is not None  # callers check, with their own message
-    models_key = ("reference_models", round_number)
-    if models_key not in observation._cache:
-        observation._cache[models_key] = observation.reference_models(round_number)
-    references = observation._cache[models_key]
+    load = observation.reference_models
+    assert load is not None  # callers check, with their own message
+    references = observation.cached(("reference_models", round_number), lambda: load(round_number))
     if not references:
         raise FedsimError(f"round {round_number}: no other client's model was received, so there is no reference to calibrate against")
     return references
@@ -79,13 +78,13 @@ def outputs(observation: Observation, ids: np.ndarray, round_number: int) -> tup
     """
     if observation.reference_models is None:
         raise FedsimError(ThreatModel.refusal("attacks fedmia, lira and rmia calibrate against the other clients' models"))
-    key = ("calibrated", round_number, records_key(ids))
-    if key not in observation._cache:
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         references = _reference_models(observation, round_number)
         x, y = observation.load_records(ids)
-        observation._cache[key] = (_logits(observation.model(round_number), x),
-                                   torch.stack([_logits(m, x) for m in references]), y)
-    return observation._cache[key]
+        return _logits(observation.model(round_number), x), torch.stack([_logits(m, x) for m in references]), y
+
+    return observation.cached(("calibrated", round_number, records_key(ids)), compute)
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
@@ -136,12 +135,13 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
     FedsimError
         When the view does not hold what each client was sent, or no other client's model.
     """
-    if observation.load_sent is None or observation.reference_sent is None or observation.reference_models is None:
+    load_sent, reference_sent = observation.load_sent, observation.reference_sent
+    if load_sent is None or reference_sent is None or observation.reference_models is None:
         raise FedsimError(ThreatModel.refusal("fedmia with measurement: cosine reads what every client was sent and returned"))
-    key = ("update-cosines", round_number, records_key(ids))
-    if key not in observation._cache:
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
         returned = [observation.model(round_number), *_reference_models(observation, round_number)]
-        sent = [observation.load_sent(round_number), *observation.reference_sent(round_number)]
+        sent = [load_sent(round_number), *reference_sent(round_number)]
         x, y = observation.load_records(ids)
         starts: list[tuple[torch.Tensor, nn.Module, list[int]]] = []  # distinct sent models and the clients sent each
         for client, model in enumerate(sent):
@@ -155,44 +155,34 @@ def update_cosines(observation: Observation, ids: np.ndarray, round_number: int)
         for flat, model, clients in starts:
             directions = torch.stack([flat - _flat(returned[c]) for c in clients])
             cosines[clients] = _alignment(observation, model, x, y, directions).T
-        observation._cache[key] = (cosines[0].numpy(), cosines[1:].numpy())
-    return observation._cache[key]
+        return cosines[0].numpy(), cosines[1:].numpy()
+
+    return observation.cached(_update_cosines_key(ids, round_number), compute)
+
+
+def _update_cosines_key(ids: np.ndarray, round_number: int) -> tuple:
+    return ("update-cosines", round_number, records_key(ids))
 
 
 def victim_update_cosines(observation: Observation, ids: np.ndarray, round_number: int) -> np.ndarray:
-    """The victim's part of `update_cosines`, without the other clients (none may have trained).
+    """The victim's part of `update_cosines`, (n_records,) float64, without the other clients (none may have trained).
 
-    Parameters
-    ----------
-    observation : Observation
-        A curious server's view (it needs `load_sent`).
-    ids : numpy.ndarray
-        Record ids, shape (n_records,).
-    round_number : int
-        The round (1-based).
-
-    Returns
-    -------
-    numpy.ndarray
-        (n_records,) float64 cosines; read from `update_cosines`' cache when that pass already ran.
-
-    Raises
-    ------
-    FedsimError
-        When the view does not hold what the victim was sent.
+    Read from `update_cosines`' cache when that pass already ran; FedsimError when the view does not
+    hold what the victim was sent.
     """
-    full = ("update-cosines", round_number, records_key(ids))
-    if full in observation._cache:
-        return observation._cache[full][0]
-    if observation.load_sent is None:
+    if observation.is_cached(_update_cosines_key(ids, round_number)):
+        return update_cosines(observation, ids, round_number)[0]
+    load_sent = observation.load_sent
+    if load_sent is None:
         raise FedsimError(ThreatModel.refusal("grad_cosine reads what the victim was sent and returned"))
-    key = ("victim-update-cosines", round_number, full[2])
-    if key not in observation._cache:
-        sent, returned = observation.load_sent(round_number), observation.model(round_number)
+
+    def compute() -> np.ndarray:
+        sent, returned = load_sent(round_number), observation.model(round_number)
         x, y = observation.load_records(ids)
         direction = (_flat(sent) - _flat(returned))[None]
-        observation._cache[key] = _alignment(observation, sent, x, y, direction)[:, 0].numpy()
-    return observation._cache[key]
+        return _alignment(observation, sent, x, y, direction)[:, 0].numpy()
+
+    return observation.cached(("victim-update-cosines", round_number, records_key(ids)), compute)
 
 
 def _true_and_others(values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,58 +192,19 @@ def _true_and_others(values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 
 
 def hinge(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Logit margin z_y - max_{j != y} z_j, shape (..., N) for logits (..., N, classes).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Logits, shape (..., n_records, n_classes).
-    labels : torch.Tensor
-        True labels, int64, shape (n_records,).
-
-    Returns
-    -------
-    numpy.ndarray
-        One value per record, shape (..., n_records).
-    """
+    """Logit margin z_y - max_{j != y} z_j: logits (..., N, classes) and labels (N,) give (..., N)."""
     true, others = _true_and_others(logits, labels)
     return (true - others.amax(-1)).numpy()
 
 
 def scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """log(p_y / (1 - p_y)) = z_y - logsumexp_{j != y} z_j, computed stably (Carlini et al. 2022).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Logits, shape (..., n_records, n_classes).
-    labels : torch.Tensor
-        True labels, int64, shape (n_records,).
-
-    Returns
-    -------
-    numpy.ndarray
-        One value per record, shape (..., n_records).
-    """
+    """log(p_y / (1 - p_y)) = z_y - logsumexp_{j != y} z_j, computed stably (Carlini et al. 2022); shapes as `hinge`."""
     true, others = _true_and_others(logits, labels)
     return (true - others.logsumexp(-1)).numpy()
 
 
 def true_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Softmax probability of the true label, shape (..., N).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Logits, shape (..., n_records, n_classes).
-    labels : torch.Tensor
-        True labels, int64, shape (n_records,).
-
-    Returns
-    -------
-    numpy.ndarray
-        One value per record, shape (..., n_records).
-    """
+    """Softmax probability of the true label; shapes as `hinge`."""
     return _true_and_others(torch.softmax(logits, -1), labels)[0].numpy()
 
 
@@ -316,12 +267,8 @@ def lira_round(observed: np.ndarray, references: np.ndarray, shrink: bool = Fals
 
 
 def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np.ndarray,
-               population_references: np.ndarray, a: float, gamma: float = 1.0, self_index: np.ndarray | None = None) -> np.ndarray:
+               population_references: np.ndarray, a: float, gamma: float = 1.0) -> np.ndarray:
     """RMIA's offline score: the share of population records x dominates by a likelihood ratio >= gamma.
-
-    A scored record that is itself in the population is compared with the other Z - 1 only (leave
-    one out), so the attacker's known non-members, scored when `a` and the threshold are fitted,
-    are scored as a target is, not 1/Z higher for matching themselves.
 
     Parameters
     ----------
@@ -333,8 +280,6 @@ def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np
         Offline scaling: p(x) = ((1 + a) mean_OUT p(x) + 1 - a) / 2 (Zarifzadeh et al. 2024).
     gamma : float
         Likelihood-ratio threshold (1 in the paper).
-    self_index : (N,) int array, optional
-        Each scored record's position in the population, -1 for one outside it (a target).
 
     Returns
     -------
@@ -343,15 +288,9 @@ def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np
     def ratio(p: np.ndarray, out: np.ndarray) -> np.ndarray:
         return p / (((1 + a) * out.mean(0) + 1 - a) / 2 + 1e-30)
 
-    population_ratio = ratio(population_target, population_references)
-    scored = ratio(target, references)
-    inside = np.zeros(len(scored), dtype=bool) if self_index is None else np.asarray(self_index) >= 0
-    if inside.any():
-        scored[inside] = population_ratio[np.asarray(self_index)[inside]]  # one value per record, whichever pass computed it
-    needed = scored / gamma  # LR(x)/LR(z) >= gamma  <=>  LR(z) <= LR(x)/gamma
-    counts = np.searchsorted(np.sort(population_ratio), needed, side="right").astype(np.float64)
-    counts[inside] -= scored[inside] <= needed[inside]  # the record itself
-    return counts / (len(population_ratio) - inside)
+    population = np.sort(ratio(population_target, population_references))
+    needed = ratio(target, references) / gamma  # LR(x)/LR(z) >= gamma  <=>  LR(z) <= LR(x)/gamma
+    return np.searchsorted(population, needed, side="right") / len(population)
 
 
 class _CalibratedAttack(MembershipInferenceAttack):
@@ -382,22 +321,15 @@ class FedMIAParams(AttackParams):
                              "(FedMIA-II, the paper's main attack; a per-example gradient pass per round and distinct sent model)")
 
 
+@register("fedmia")
 class FedMIAAttack(_CalibratedAttack):
     """FedMIA (Zhu et al. 2024): one-tailed test of a per-record measurement against the other clients', log-averaged over rounds.
 
     `measurement: hinge` (default) reads the logit margin on the returned models (FedMIA-I);
     `measurement: cosine` the alignment of the record's gradient with each client's update
     (FedMIA-II, the paper's main attack).
-
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        The attack's declared parameters (see its Params model).
-    seed : int or SeedSequence
-        Unused: the attack is deterministic.
     """
 
-    name = "fedmia"
     Params = FedMIAParams
     params: FedMIAParams
 
@@ -413,6 +345,7 @@ class FedMIAAttack(_CalibratedAttack):
         return np.mean(rounds, 0)
 
 
+@register("grad_cosine")
 class GradientCosineAttack(_CalibratedAttack):
     """The victim's update against each record's gradient, uncalibrated: Li, Li and Ribeiro, "Effective
     passive membership inference attacks in federated learning against overparameterized models"
@@ -426,33 +359,15 @@ class GradientCosineAttack(_CalibratedAttack):
     rounds is not used: on ten Location runs the round-1 cosines spread three times wider than
     round 5's and separate members far less (AUC round 5 minus round 1 +0.22 [+0.20, +0.24],
     paired), so they dominate the mean: last round minus mean +0.12 [+0.11, +0.13]; README.)
-
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        The attack's declared parameters (none).
-    seed : int or SeedSequence
-        Unused: the attack is deterministic.
     """
 
-    name = "grad_cosine"
     multi_round = False
-    reads = "reads the victim's own update (what it was sent and returned)"  # why it needs the server's view, for check_attacks
+    reads = "reads the victim's own update (what it was sent and returned)"
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         """The cosine of the last observed round, in [-1, 1], shape (n_records,).
 
-        Parameters
-        ----------
-        observation : Observation
-            A curious server's view of the victim's sent and returned models.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Higher: the victim's update points more along the record's descent direction.
+        Higher: the victim's update points more along the record's descent direction.
         """
         return victim_update_cosines(observation, ids, observation.rounds[-1])
 
@@ -467,6 +382,7 @@ class LiRAParams(AttackParams):
                                   "round's mean over records, by how noisy R references make it (empirical Bayes)")
 
 
+@register("lira")
 class LiRAAttack(_CalibratedAttack):
     """LiRA offline (Carlini et al. 2022) with the other clients' models as OUT references; mean z over rounds.
 
@@ -474,16 +390,8 @@ class LiRAAttack(_CalibratedAttack):
     mean (`lira_round`), a deviation for few references. On 30 Location runs not used to choose
     it, it beats the default in TPR at FPR 1e-2 and AUC (a secondary comparison) and `loss`, but
     not `trajectory`: the pre-registered test against it failed (README, "Modern attacks").
-
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        The attack's declared parameters (see its Params model).
-    seed : int or SeedSequence
-        Unused: the attack is deterministic.
     """
 
-    name = "lira"
     Params = LiRAParams
     params: LiRAParams
 
@@ -504,18 +412,10 @@ class RMIAParams(AttackParams):
     gamma: float = Field(1.0, gt=0, description="likelihood-ratio threshold against each population record")
 
 
+@register("rmia")
 class RMIAAttack(_CalibratedAttack):
-    """RMIA offline (Zarifzadeh et al. 2024); population = the attacker's known non-members; mean over rounds.
+    """RMIA offline (Zarifzadeh et al. 2024); population = the attacker's known non-members; mean over rounds."""
 
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        The attack's declared parameters (see its Params model).
-    seed : int or SeedSequence
-        Unused: the attack is deterministic.
-    """
-
-    name = "rmia"
     Params = RMIAParams
     params: RMIAParams
     A_GRID = tuple(np.round(np.linspace(0, 1, 11), 2))
@@ -540,13 +440,11 @@ class RMIAAttack(_CalibratedAttack):
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         if self.population is None or self.a is None:
             raise RuntimeError("rmia: fit it on the attacker's known records first (its population)")
-        where = {record: i for i, record in enumerate(self.population.tolist())}
-        self_index = np.array([where.get(record, -1) for record in np.asarray(ids).tolist()], dtype=np.int64)
         rounds = []
         for round_number in observation.rounds:
             target, references, labels = outputs(observation, ids, round_number)
             population, population_references, population_labels = outputs(observation, self.population, round_number)
             rounds.append(rmia_round(true_probability(target, labels), true_probability(references, labels),
                                      true_probability(population, population_labels),
-                                     true_probability(population_references, population_labels), self.a, self.gamma, self_index))
+                                     true_probability(population_references, population_labels), self.a, self.gamma))
         return np.mean(rounds, 0)

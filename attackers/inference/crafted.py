@@ -31,27 +31,12 @@ from torch import nn
 
 from attackers.inference.base import MembershipInferenceAttack
 from attackers.inference.observation import Observation
+from attackers.inference.registry import register
 from fedsim.core.errors import FedsimError
 
 
 def first_linear(model: nn.Module) -> nn.Linear:
-    """The first fully connected layer of a model (the crafted one).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A fully connected network.
-
-    Returns
-    -------
-    nn.Linear
-        Its first `nn.Linear` module.
-
-    Raises
-    ------
-    FedsimError
-        When it has none.
-    """
+    """The first `nn.Linear` of a model (the crafted layer); FedsimError when it has none."""
     layer = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
     if layer is None:
         raise FedsimError("attack crafted reads a first fully connected layer; the model has none (use model fcn with activation relu)")
@@ -89,34 +74,17 @@ def trap_scores(sent: nn.Module, returned: nn.Module, baseline: nn.Module, x: to
     return torch.where(torch.isinf(smallest), torch.tensor(float("nan"), dtype=torch.float64), smallest)
 
 
+@register("crafted")
 class CraftedAttack(MembershipInferenceAttack):
-    """Membership from a crafted-model server's traps (see the module docstring).
+    """Membership from a crafted-model server's traps (see the module docstring)."""
 
-    Parameters
-    ----------
-    params : AttackParams, dict or None
-        None to set: the reading has no parameters.
-    seed : int or SeedSequence
-        Unused: nothing is drawn.
-    """
-
-    name = "crafted"
     multi_round = True
+    deterministic = True
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Per crafted round, each record's trap reading.
+        """Per crafted round, each record's trap reading, shape (n_records, n_crafted_rounds).
 
-        Parameters
-        ----------
-        observation : Observation
-            The attacker's snapshots, with what it sent (`load_sent`) and which rounds it crafted (`manipulated`).
-        ids : numpy.ndarray
-            Record ids, shape `(n_records,)`.
-
-        Returns
-        -------
-        numpy.ndarray
-            `(n_records, n_crafted_rounds)`, L2 change of parameters; NaN where the round's trap did not cover the record.
+        The L2 change of parameters; NaN where the round's trap did not cover the record.
         """
         x, _ = observation.load_records(ids)
         columns = []
@@ -129,42 +97,14 @@ class CraftedAttack(MembershipInferenceAttack):
         return np.stack(columns, 1) if columns else np.full((len(ids), 0), np.nan)
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> CraftedAttack:
-        """Set the decision threshold just above the known non-members' highest score (nothing is learned).
-
-        Parameters
-        ----------
-        observation : Observation
-            The attacker's snapshots.
-        ids : numpy.ndarray
-            Known record ids, shape `(n_records,)`.
-        members : numpy.ndarray
-            Whether each is a member, bool, shape `(n_records,)`.
-
-        Returns
-        -------
-        CraftedAttack
-            self.
-        """
+        """Set the decision threshold just above the known non-members' highest score (nothing is learned); returns self."""
         outside = self.score(observation, ids)[~np.asarray(members, bool)]
         highest = float(outside.max()) if len(outside) else 0.0
         self.threshold = float(np.nextafter(max(highest, 0.0), np.inf))  # "member" means score >= threshold: above every known non-member
         return self
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Membership scores: the mean trap reading over the crafted rounds that cover each record.
-
-        Parameters
-        ----------
-        observation : Observation
-            The attacker's snapshots.
-        ids : numpy.ndarray
-            Record ids, shape `(n_records,)`.
-
-        Returns
-        -------
-        numpy.ndarray
-            `(n_records,)`, L2 change of parameters; 0 for a record no crafted round covered.
-        """
+        """The mean trap reading over the crafted rounds that cover each record, shape (n_records,); 0 for a record none covered."""
         readings = self.signals(observation, ids)
         covered = ~np.isnan(readings)
         total = np.where(covered, readings, 0.0).sum(1)

@@ -104,27 +104,13 @@ class LayerGradient:
 
     @property
     def factored(self) -> bool:
-        """Whether the gradient is held as factors.
-
-        Returns
-        -------
-        bool
-            True for (inputs, outputs), False for a dense gradient.
-        """
+        """Whether the gradient is held as factors (inputs, outputs) rather than dense."""
         return self.dense is None
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The factors of a factored gradient.
+        """The factors (inputs, outputs) of a factored gradient; ValueError if it is dense.
 
-        Returns
-        -------
-        inputs, outputs : torch.Tensor
-            (N, in) and (N, out), or (N, Cin k k, L) and (N, Cout, L) for a convolution.
-
-        Raises
-        ------
-        ValueError
-            If the gradient is dense.
+        (N, in) and (N, out), or (N, Cin k k, L) and (N, Cout, L) for a convolution.
         """
         if self.inputs is None or self.outputs is None:
             raise ValueError("this LayerGradient is dense, not factored into (inputs, outputs)")
@@ -147,13 +133,7 @@ class LayerGradient:
         return self.dense.flatten(2).transpose(1, 2) if self.dense.dim() > 2 else self.dense[:, None, :]
 
     def weight_gradient(self) -> torch.Tensor:
-        """The per-example weight gradient, materialised.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (N, *weight.shape); for a linear layer g a^T, (N, out, in).
-        """
+        """The per-example weight gradient, materialised: (N, *weight.shape); for a linear layer g a^T, (N, out, in)."""
         if self.dense is None:
             a, g = self.factors()
             if a.dim() == 3:
@@ -179,18 +159,7 @@ class LayerGradient:
         return weight + (self.bias.pow(2).sum(1) if self.bias is not None else 0)
 
     def cat(self, other: LayerGradient) -> LayerGradient:
-        """The gradients of this layer's records followed by `other`'s (a later chunk of records).
-
-        Parameters
-        ----------
-        other : LayerGradient
-            The same layer's gradient on other records, held the same way (factored or dense).
-
-        Returns
-        -------
-        LayerGradient
-            Every part concatenated along the record axis, (N + N_other, ...).
-        """
+        """The gradients of this layer's records followed by `other`'s (a later chunk, held the same way), (N + N_other, ...)."""
         def join(a, b):
             return None if a is None else torch.cat([a, b])
 
@@ -225,52 +194,23 @@ class Features:
 
     @property
     def one_hot(self) -> torch.Tensor:
-        """The labels one-hot.
-
-        Returns
-        -------
-        torch.Tensor
-            float32, shape (N, classes).
-        """
+        """The labels one-hot, float32, shape (N, classes)."""
         return nn.functional.one_hot(self.labels, self.probabilities.shape[1]).float()
 
     @property
     def correct(self) -> torch.Tensor:
-        """Whether the model's top class is the label.
-
-        Returns
-        -------
-        torch.Tensor
-            1.0 or 0.0 (float32), shape (N,).
-        """
+        """Whether the model's top class is the label: 1.0 or 0.0 (float32), shape (N,)."""
         return (self.probabilities.argmax(1) == self.labels).float()
 
     @property
     def entropy(self) -> torch.Tensor:
-        """Shannon entropy of each softmax output (probabilities clamped at 1e-12).
-
-        Returns
-        -------
-        torch.Tensor
-            Nats, shape (N,).
-        """
+        """Shannon entropy of each softmax output in nats, shape (N,) (probabilities clamped at 1e-12)."""
         p = self.probabilities.clamp_min(1e-12)
         return -(p * p.log()).sum(1)
 
 
 def parametrised_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that own parameters directly.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The target model.
-
-    Returns
-    -------
-    list of str
-        Module names (as `named_modules` gives them), in definition order.
-    """
+    """Names of the modules that own parameters directly, in definition order (as `named_modules` gives them)."""
     return [name for name, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
 
 
@@ -382,14 +322,13 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direc
         When the directions' length is not the number of trainable parameters.
     """
     model.eval()
-    trainable = [(name, p.numel(), p.dtype) for name, p in model.named_parameters() if p.requires_grad]
-    names, sizes = [name for name, _, _ in trainable], [size for _, size, _ in trainable]
+    trainable = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
+    names, sizes = [name for name, _ in trainable], [size for _, size in trainable]
     total = sum(sizes)
     if directions.shape[-1] != total:
         raise ValueError(f"directions have {directions.shape[-1]} entries, the model {total} trainable parameters")
     unit = directions.double() / torch.linalg.vector_norm(directions.double(), dim=1, keepdim=True).clamp_min(1e-30)
-    # (C, numel) per parameter, in the parameter's dtype (that of its per-example gradients: float32 or float64)
-    slices = {name: part.to(dtype) for (name, _, dtype), part in zip(trainable, unit.split(sizes, dim=1))}
+    slices = dict(zip(names, unit.float().split(sizes, dim=1)))  # (C, numel) per parameter
     step = min(ALIGNMENT_CHUNK, _chunk_size(model, total, total, memory_budget))
     parts = []
     for i in range(0, len(y), step):

@@ -24,47 +24,28 @@ import torch
 
 from attackers.inference.baselines import LogisticParams, LogisticSignalsAttack
 from attackers.inference.observation import Observation
+from attackers.inference.registry import register
 
 
 class SentReturnedParams(LogisticParams):
     """Parameters of the sent-vs-returned attack."""
 
 
+@register("sent_returned")
 class SentReturnedAttack(LogisticSignalsAttack):
     """Per observed round: log-loss and log gradient norm on the sent and the returned model, and
     their changes (sent minus returned), combined by a logistic regression (sklearn, lbfgs:
     deterministic) fitted on the attacker's known records.
-
-    Parameters
-    ----------
-    params : SentReturnedParams, dict or None
-        The logistic regression's iteration budget.
-    seed : int or SeedSequence
-        Unused: lbfgs is deterministic.
     """
 
-    name = "sent_returned"
     Params = SentReturnedParams
     params: SentReturnedParams
-
 
     def signals(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         """Features: per round the sent and returned log-loss (nats) and log gradient norm (L2 over
         all parameters), and both changes; in a round the attacker ascended, also the log-loss on
         the model it held before the step, the step's change (sent minus before) and the change
-        training left (before minus returned).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds, with what was sent in each.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            The features, shape (n_records, 6 * n_rounds + 3 * n_ascended_rounds).
+        training left (before minus returned). Shape (n_records, 6 * n_rounds + 3 * n_ascended_rounds).
         """
         columns = []
         for round_number in observation.rounds:

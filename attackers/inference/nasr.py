@@ -32,6 +32,7 @@ from torch import nn
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from attackers.inference.features import Features, LayerGradient
 from attackers.inference.observation import Observation
+from attackers.inference.registry import register
 
 COMPONENT = 64
 
@@ -59,22 +60,7 @@ class GradientComponent(nn.Module):
         self.dense = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), _dense(rows * filters))
 
     def forward(self, a: torch.Tensor | None, g: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
-        """(N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width).
-
-        Parameters
-        ----------
-        a : torch.Tensor or None
-            The layer's inputs, shape (N, rows), for a factored (linear) gradient.
-        g : torch.Tensor or None
-            The loss gradient at the layer's outputs, shape (N, width), for a factored gradient.
-        rows : torch.Tensor or None
-            A dense gradient as rows, shape (N, rows, width) (None when factored).
-
-        Returns
-        -------
-        torch.Tensor
-            (N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width).
-        """
+        """(N, 64) from a factored gradient, a (N, rows) and g (N, width), or a dense one, rows (N, rows, width)."""
         if rows is not None:
             return self.dense(self.kernel(rows))
         assert a is not None and g is not None  # a layer is given either as rows or as factors
@@ -116,6 +102,10 @@ class NasrModel(nn.Module):
         (rows, width) of each chosen layer's gradient.
     filters : int
         Kernels of each gradient component.
+    activation_widths : sequence of int
+        Width of each chosen hidden layer's output.
+    out : int
+        Outputs of the encoder's last layer (1: one membership logit per record, and `forward` returns shape (N,)).
     """
 
     def __init__(self, snapshots: int, classes: int, signals: int, gradient_shapes: Sequence[tuple[int, int]], filters: int,
@@ -137,18 +127,7 @@ class NasrModel(nn.Module):
         )
 
     def forward(self, snapshots: list[_Inputs]) -> torch.Tensor:
-        """Membership logits, shape (N,), from one `_Inputs` per snapshot.
-
-        Parameters
-        ----------
-        snapshots : list of _Inputs
-            One per snapshot, each holding N records.
-
-        Returns
-        -------
-        torch.Tensor
-            Membership logits, shape (N,), from one `_Inputs` per snapshot.
-        """
+        """Membership logits, shape (N,), from one `_Inputs` per snapshot (N records each)."""
         parts = []
         for inputs in snapshots:
             loss, probabilities, label = inputs.scalars.split([self.signals, self.classes, self.classes], dim=1)
@@ -160,12 +139,12 @@ class NasrModel(nn.Module):
 
 
 class NasrTrainingParams(AttackParams):
-    """How the attack model of Nasr et al. is trained (shared by the white-box and black-box variants).
+    """The arguments every attack of Nasr et al. shares: the attack model's gradient components
+    (`filters`) and its training (Adam, early stopping on a validation split of the known records).
 
-    Attributes
-    ----------
-    model_config : pydantic.ConfigDict
-        Unknown arguments are errors; instances are frozen.
+    It is `nasr_blackbox`'s whole `Params` (that attack reads no gradient, so `filters` changes
+    nothing there); `NasrParams` adds what the white-box attack reads, and the unsupervised attack's
+    `UnsupervisedParams` derives from that.
     """
 
     filters: int = Field(4, ge=1, description="convolution filters per gradient row in a layer-gradient component")
@@ -237,6 +216,7 @@ class NasrParams(NasrTrainingParams):
         None, description="hidden-layer outputs read: 'last' or 'all' hidden layers, module names of the target model, or null for none")
 
 
+@register("nasr")
 class NasrAttack(MembershipInferenceAttack):
     """Supervised white-box attack of Nasr, Shokri and Houmansadr (S&P 2019), section IV.
 
@@ -250,7 +230,6 @@ class NasrAttack(MembershipInferenceAttack):
         Epochs actually run by the last `fit` (at most `params.epochs`).
     """
 
-    name = "nasr"
     multi_round = True
     deterministic = False
     Params: ClassVar[type[AttackParams]] = NasrParams
@@ -266,25 +245,13 @@ class NasrAttack(MembershipInferenceAttack):
 
     @property
     def layers(self) -> str | Sequence[str] | None:
-        """The layers whose gradients the attack reads (None: no gradients).
-
-        Returns
-        -------
-        str | Sequence[str] | None
-            The layers whose gradients the attack reads (None: no gradients).
-        """
-        return getattr(self.params, "layers", None)
+        """The layers whose gradients the attack reads ('last', 'all', module names; None: no gradients)."""
+        return self.params.layers if isinstance(self.params, NasrParams) else None  # the black-box variant reads none
 
     @property
     def activations(self) -> str | Sequence[str] | None:
-        """The modules whose outputs the attack reads (None: none).
-
-        Returns
-        -------
-        str, list of str or None
-            'last', 'all', module names, or None (no activations).
-        """
-        return getattr(self.params, "activations", None)
+        """The modules whose outputs the attack reads ('last', 'all', module names; None: none)."""
+        return self.params.activations if isinstance(self.params, NasrParams) else None
 
     def _inputs(self, observation: Observation, ids: np.ndarray, fit: bool) -> list[_Inputs]:
         snapshots = []
@@ -319,21 +286,9 @@ class NasrAttack(MembershipInferenceAttack):
         return NasrModel(len(inputs), classes, signals, shapes, self.params.filters, [a.shape[1] for a in inputs[0].activations], out)
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> NasrAttack:
-        """Train the attack model on the known records.
+        """Train the attack model on the known records (one component set shared across every observed snapshot).
 
-        Parameters
-        ----------
-        observation : Observation
-            Snapshots the attacker holds; every one is read (one component set shared across them).
-        ids : numpy.ndarray
-            Known record ids, shape (n_records,).
-        members : numpy.ndarray
-            Their membership, bool, shape (n_records,).
-
-        Returns
-        -------
-        NasrAttack
-            self, with the weights of the epoch with the lowest validation loss.
+        The weights kept are those of the epoch with the lowest validation loss; returns self.
         """
         p = self.params
         inputs = self._inputs(observation, ids, fit=True)  # reads the run before any random draw
@@ -348,38 +303,17 @@ class NasrAttack(MembershipInferenceAttack):
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,).
-        """
+        """Member probability (sigmoid of the attack model's output), in [0, 1], shape (n_records,)."""
         if self.model is None:
             raise RuntimeError("fit the attack before scoring")
         self.model.eval()
         return torch.sigmoid(self.model(self._inputs(observation, ids, fit=False))).numpy()
 
 
+@register("nasr_blackbox")
 class NasrBlackBoxAttack(NasrAttack):
-    """The same model on output, loss and label only (the black-box setting of Nasr et al., S&P 2019).
+    """The same model on output, loss and label only (the black-box setting of Nasr et al., S&P 2019)."""
 
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (its `Params`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
-    """
-
-    name = "nasr_blackbox"
     Params = NasrTrainingParams
 
 

@@ -9,8 +9,9 @@ ask an Observation for features of records on its snapshots; features are comput
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,20 +19,11 @@ from torch import nn
 
 from attackers.inference.features import DEFAULT_BUDGET, Features, extract
 
+V = TypeVar("V")
+
 
 def records_key(ids: np.ndarray) -> tuple[int, ...]:
-    """The record ids as a hashable part of a cache key (same ids in the same order, same key).
-
-    Parameters
-    ----------
-    ids : numpy.ndarray
-        Record ids, shape (n_records,).
-
-    Returns
-    -------
-    tuple of int
-        The ids as Python ints, in order.
-    """
+    """The record ids as a hashable part of a cache key (same ids in the same order, same key)."""
     return tuple(np.asarray(ids).tolist())
 
 
@@ -51,6 +43,10 @@ def _on_cpu(features: Features) -> Features:
 @dataclass
 class Observation:
     """Snapshots (oldest first) an attacker holds, and how to read records.
+
+    What is read or derived from the snapshots is kept in one cache per run view, shared by every
+    `up_to` view of it, so each (snapshot, records) is read once whatever attacks ask; an attack
+    keeps what it derives there through `cached` (a `dataclasses.replace` copy starts empty).
 
     Parameters
     ----------
@@ -76,7 +72,7 @@ class Observation:
     memory_budget: int = DEFAULT_BUDGET
     reference_models: Callable[[int], list[nn.Module]] | None = None  # other clients' models (server only)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where features are computed (kept on CPU)
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     # what the observer held before each observed snapshot was trained: the server's broadcast to the
     # victim (the aggregate when nothing else was sent), the participant's own upload
     load_sent: Callable[[int], nn.Module] | None = None
@@ -107,24 +103,39 @@ class Observation:
         Observation
             A view on the same run sharing this one's cache.
         """
-        rounds = [r for r in self.rounds if r <= last_round and (keep is None or r in keep)]
-        return replace(self, rounds=rounds)  # every other field as is, the cache dict itself included
+        view = replace(self, rounds=[r for r in self.rounds if r <= last_round and (keep is None or r in keep)])
+        view._cache = self._cache
+        return view
 
-    def before_features(self, ids: np.ndarray, round_number: int) -> Features | None:
-        """Features of records on the model the attacker held before its ascent step of the round.
+    def cached(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """`compute()`, run once per key; later calls (from any `up_to` view) return the kept value.
 
         Parameters
         ----------
-        ids : numpy.ndarray
-            Record ids, shape `(n_records,)`.
-        round_number : int
-            The round whose pre-ascent model is read.
+        key : hashable
+            Names what is kept; start it with a string naming the kind (e.g. ("lira", round,
+            records_key(ids))) so two attacks' keys never collide.
+        compute : callable
+            Makes the value; called only when the key is not kept yet (None is kept too).
 
         Returns
         -------
-        Features or None
-            Per-record loss (nats) and last-layer gradients on the pre-ascent model (cached); None
-            when the attacker did not ascend in that round (or this view does not know).
+        object
+            The kept value.
+        """
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def is_cached(self, key: Hashable) -> bool:
+        """Whether a value is kept under `key` (so reading it through `cached` computes nothing)."""
+        return key in self._cache
+
+    def before_features(self, ids: np.ndarray, round_number: int) -> Features | None:
+        """Last-layer features of records on the model the attacker held before its ascent step of the round.
+
+        Per-record loss (nats) and last-layer gradients (cached); None when the attacker did not ascend
+        in that round (or this view does not know).
         """
         return self._last_layer_features("before-features", self.load_before, ids, round_number)
 
@@ -133,50 +144,24 @@ class Observation:
         """Last-layer features of `ids` on `load(round_number)`, cached under `kind`; None without a model."""
         if load is None:
             return None
-        key = (kind, round_number, records_key(ids))
-        if key not in self._cache:
+
+        def compute() -> Features | None:
             model = load(round_number)
-            if model is None:
-                return None
-            x, y = self.load_records(ids)
-            self._cache[key] = extract(model, x, y, "last", self.memory_budget)
-        return self._cache[key]
+            return None if model is None else extract(model, *self.load_records(ids), "last", self.memory_budget)
+
+        return self.cached((kind, round_number, records_key(ids)), compute)
 
     def sent_features(self, ids: np.ndarray, round_number: int) -> Features | None:
-        """Features of records on the model sent before the round's snapshot was trained.
+        """Last-layer features of records on the model sent before the round's snapshot was trained.
 
-        Parameters
-        ----------
-        ids : numpy.ndarray
-            Record ids, shape `(n_records,)`.
-        round_number : int
-            The round whose sent model is read.
-
-        Returns
-        -------
-        Features or None
-            Per-record loss (nats) and last-layer gradients on the sent model (cached); None when
-            this view does not know what was sent.
+        Per-record loss (nats) and last-layer gradients (cached); None when this view does not know what
+        was sent.
         """
         return self._last_layer_features("sent-features", self.load_sent, ids, round_number)
 
     def model(self, round_number: int) -> nn.Module:
-        """The snapshot of `round_number` (loaded once, then cached).
-
-        Parameters
-        ----------
-        round_number : int
-            Which snapshot.
-
-        Returns
-        -------
-        nn.Module
-            The snapshot of `round_number` (loaded once, then cached).
-        """
-        key = ("model", round_number)
-        if key not in self._cache:
-            self._cache[key] = self.load_model(round_number)
-        return self._cache[key]
+        """The snapshot of `round_number` (loaded once, then cached)."""
+        return self.cached(("model", round_number), lambda: self.load_model(round_number))
 
     def features(self, ids: np.ndarray, round_number: int, layers: str | Sequence[str] = "last",
                  activations: str | Sequence[str] | None = None) -> Features:
@@ -202,15 +187,15 @@ class Observation:
         def frozen(names):
             return names if names is None or isinstance(names, str) else tuple(names)
 
-        key = ("features", round_number, records_key(ids), frozen(layers), frozen(activations))
-        if key not in self._cache:
+        def compute() -> Features:
             x, y = self.load_records(ids)
             if self.device.type == "cpu":
-                self._cache[key] = extract(self.model(round_number), x, y, layers, self.memory_budget, activations)
-            else:  # on the accelerator, then back to CPU, where the attacks read them
-                model = copy.deepcopy(self.model(round_number)).to(self.device)
-                self._cache[key] = _on_cpu(extract(model, x.to(self.device), y.to(self.device), layers, self.memory_budget, activations))
-        return self._cache[key]
+                return extract(self.model(round_number), x, y, layers, self.memory_budget, activations)
+            # on the accelerator, then back to CPU, where the attacks read them
+            model = copy.deepcopy(self.model(round_number)).to(self.device)
+            return _on_cpu(extract(model, x.to(self.device), y.to(self.device), layers, self.memory_budget, activations))
+
+        return self.cached(("features", round_number, records_key(ids), frozen(layers), frozen(activations)), compute)
 
     def reference_losses(self, ids: np.ndarray, round_number: int) -> torch.Tensor | None:
         """Losses of records on the round's reference models (the other clients' models).
@@ -227,13 +212,15 @@ class Observation:
         torch.Tensor or None
             Cross-entropy in nats, shape (n_references, n_records); None without references.
         """
-        if self.reference_models is None:
+        load = self.reference_models
+        if load is None:
             return None
-        key = ("reference", round_number, records_key(ids))
-        if key not in self._cache:
-            models = self.reference_models(round_number)
+
+        def compute() -> torch.Tensor | None:
+            models = load(round_number)
             x, y = self.load_records(ids)
             with torch.no_grad():
                 losses = [nn.functional.cross_entropy(m.eval()(x), y, reduction="none") for m in models]
-            self._cache[key] = torch.stack(losses) if losses else None
-        return self._cache[key]
+            return torch.stack(losses) if losses else None
+
+        return self.cached(("reference", round_number, records_key(ids)), compute)

@@ -1,40 +1,103 @@
 """The inference attacks by registry name (config `attacks:`, `fedsim attack --attack`).
 
-Every entry is a `MembershipInferenceAttack` subclass; `make_attack` builds one from a name (or
-a config entry `{name, args}`) with its arguments validated against the attack's `Params`.
+Every entry is a `MembershipInferenceAttack` subclass that registers itself with `@register(name)`
+where it is defined; the modules that hold the built-in attacks are imported on the registry's
+first read, so they may import this module without a cycle. A config entry may also name a
+user's own subclass by import path ('package.module:Class', as `strategy.name` does), checked
+up front like a registry name. `make_attack` builds one from a name (or a config entry
+`{name, args}`) with its arguments validated against the attack's `Params`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
-from attackers.inference.base import MembershipInferenceAttack
-from attackers.inference.baselines import (
-    ConfidenceAttack,
-    EntropyAttack,
-    GradientNormAttack,
-    LabelOnlyAttack,
-    LossAttack,
-    TrajectoryAttack,
-)
-from attackers.inference.calibrated import FedMIAAttack, GradientCosineAttack, LiRAAttack, RMIAAttack
-from attackers.inference.crafted import CraftedAttack
-from attackers.inference.manipulation import SentReturnedAttack
-from attackers.inference.nasr import NasrAttack, NasrBlackBoxAttack
-from attackers.inference.unsupervised import UnsupervisedNasrAttack
+from attackers.inference.base import AttackParams, MembershipInferenceAttack
 from fedsim.core.errors import FedsimError
-from fedsim.core.registry import Registry
+from fedsim.core.registry import Registry, resolve_import
 from fedsim.core.threat_model import ThreatModel
 
-ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks")
-for _cls in (LossAttack, ConfidenceAttack, EntropyAttack, GradientNormAttack, TrajectoryAttack,
-             LabelOnlyAttack, NasrAttack, NasrBlackBoxAttack, UnsupervisedNasrAttack, FedMIAAttack, LiRAAttack, RMIAAttack,
-             SentReturnedAttack, CraftedAttack, GradientCosineAttack):
-    ATTACKS.add(_cls.name, _cls)
+#: The modules of `attackers.inference` whose classes register the built-in attacks.
+BUILTIN_MODULES = ("baselines", "nasr", "unsupervised", "calibrated", "manipulation", "crafted")
+
+
+def _import_builtin_attacks() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"attackers.inference.{module}")
+
+
+ATTACKS: Registry[type[MembershipInferenceAttack]] = Registry("attack", "attacks", load=_import_builtin_attacks)
+
+AttackClass = TypeVar("AttackClass", bound=type[MembershipInferenceAttack])
+
+
+def register(name: str) -> Callable[[AttackClass], AttackClass]:
+    """Class decorator: register an attack under `name` (its config name) and set its `name` to it.
+
+    Parameters
+    ----------
+    name : str
+        The registry name; one class per name (a second one is a ValueError at import).
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the class unchanged but for `name`.
+    """
+
+    def add(cls: AttackClass) -> AttackClass:
+        if not (inspect.isclass(cls) and issubclass(cls, MembershipInferenceAttack)):
+            raise TypeError(f"@register({name!r}) decorates MembershipInferenceAttack subclasses, not {cls!r}")
+        cls.name = name
+        ATTACKS.register(name)(cls)
+        return cls
+
+    return add
+
+
+def attack_class(spec: Any, key: str = "attacks") -> type[MembershipInferenceAttack]:
+    """The attack class an entry names: a registry name, or a user's class by import path.
+
+    Parameters
+    ----------
+    spec : str or AttackConfig or mapping
+        A registry name or 'package.module:Class', or an entry with `name` and `args`.
+    key : str
+        Where the entry came from, for the message.
+
+    Returns
+    -------
+    type[MembershipInferenceAttack]
+        The class (not instantiated).
+
+    Raises
+    ------
+    FedsimError
+        One line for an unknown name, a module that does not import, a missing attribute, or an
+        object that is not a concrete `MembershipInferenceAttack` subclass with `AttackParams`.
+    """
+    name = attack_name(spec)
+    if ":" not in name:
+        return ATTACKS.get_or_fail(name, key, hint=" or 'package.module:Class'")
+    found = resolve_import(name, key)
+    base = f"{MembershipInferenceAttack.__module__}.{MembershipInferenceAttack.__name__}"
+    if not inspect.isclass(found):
+        raise FedsimError(f"{key}: {name!r} is a {type(found).__name__}, not a class; name a subclass of {base}")
+    if not issubclass(found, MembershipInferenceAttack):
+        raise FedsimError(f"{key}: {name!r} is not a subclass of {base}; derive the attack from it")
+    if inspect.isabstract(found):
+        missing = ", ".join(sorted(found.__abstractmethods__))
+        raise FedsimError(f"{key}: {name!r} does not implement {missing}; an attack defines fit and score ({base})")
+    if not (inspect.isclass(found.Params) and issubclass(found.Params, AttackParams)):
+        raise FedsimError(f"{key}: {name!r} declares Params = {found.Params!r}, which is not a subclass of "
+                          f"{AttackParams.__module__}.AttackParams; derive its Params from that")
+    return found
 
 
 def _name_and_args(spec: Any) -> tuple[str, dict[str, Any]]:
@@ -52,7 +115,7 @@ def attack_params(spec: Any, key: str = "attacks"):
     Parameters
     ----------
     spec : str or AttackConfig or mapping
-        A registry name, or an entry with `name` and `args`.
+        A registry name or import path, or an entry with `name` and `args`.
     key : str
         Where the entry came from, for the message.
 
@@ -64,11 +127,11 @@ def attack_params(spec: Any, key: str = "attacks"):
     Raises
     ------
     FedsimError
-        One line for an unknown attack, an unknown argument (naming the arguments it has) or an
-        ill-typed value.
+        One line for an entry `attack_class` refuses, an unknown argument (naming the arguments it
+        has) or an ill-typed value.
     """
     name, args = _name_and_args(spec)
-    cls = ATTACKS.get_or_fail(name, key)
+    cls = attack_class(name, key)
     try:
         return cls.Params.model_validate(args)
     except ValidationError as exc:
@@ -86,7 +149,7 @@ def make_attack(spec: Any, seed: int | np.random.SeedSequence = 0, **kwargs: Any
     Parameters
     ----------
     spec : str or AttackConfig or mapping
-        A registry name, or an entry with `name` and `args`.
+        A registry name or import path, or an entry with `name` and `args`.
     seed : int or numpy.random.SeedSequence
         Where the attack's randomness comes from (`attackers.inference.base.attack_seed_sequence`).
     **kwargs
@@ -104,38 +167,28 @@ def make_attack(spec: Any, seed: int | np.random.SeedSequence = 0, **kwargs: Any
     """
     name, args = _name_and_args(spec)
     params = attack_params({"name": name, "args": {**args, **kwargs}})
-    return ATTACKS[name](params, seed)
+    return attack_class(name)(params, seed)
 
 
 def attack_name(spec: Any) -> str:
-    """The registry name of a name or a config entry.
-
-    Parameters
-    ----------
-    spec : str or AttackConfig or mapping
-        A registry name, or an entry with `name` and `args`.
-
-    Returns
-    -------
-    str
-        The registry name of a name or a config entry.
-    """
+    """The name of an attack entry as written: a registry name or an import path (leakage.csv's `attack`)."""
     return _name_and_args(spec)[0]
 
 
 def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True) -> None:
-    """Raise FedsimError (one line) for the first entry with an unknown name or invalid arguments,
-    listed twice, or that needs the other clients' models as references when the attacker has none
+    """Raise FedsimError (one line) for the first entry with an unknown name, a bad import path or
+    invalid arguments, listed twice, or that needs individual updates the attacker does not see
     (`references` False).
 
     Parameters
     ----------
     specs : iterable
-        Registry names or entries with `name` and `args`.
+        Registry names or import paths, or entries with `name` and `args`.
     key : str
         Where the entries came from, for the message.
     references : bool
-        Whether the attacker holds the other clients' models of each round.
+        Whether the attacker sees individual updates, the other clients' models among them
+        (`fedsim.core.threat_model.ThreatModel.sees_individual_updates`).
     """
     seen: set[str] = set()
     for spec in specs:
@@ -145,6 +198,6 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
             raise FedsimError(f"{key}: {name} is listed twice; its leakage rows carry only the name, so the two could not be told apart: "
                               "keep one entry (attack the run again for the other, e.g. `fedsim attack RUN --attack ... --out OTHER.csv`)")
         seen.add(name)
-        if getattr(ATTACKS[name], "needs_references", False) and not references:
-            need = getattr(ATTACKS[name], "reads", "calibrates against the other clients' models")
-            raise FedsimError(ThreatModel.refusal(f"{key}: {name} {need}") + ", or remove it")
+        cls = attack_class(name, key)
+        if cls.needs_individual_updates and not references:
+            raise FedsimError(ThreatModel.refusal(f"{key}: {name} {cls.reads}") + ", or remove it")

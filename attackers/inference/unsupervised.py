@@ -39,6 +39,7 @@ from torch import nn
 from attackers.inference.base import AttackParams
 from attackers.inference.nasr import NasrAttack, NasrParams, _Inputs, fit_with_early_stopping
 from attackers.inference.observation import Observation
+from attackers.inference.registry import register
 
 DECODER_HIDDEN = 64
 
@@ -50,6 +51,7 @@ class UnsupervisedParams(NasrParams):
     patience: int = Field(5, ge=1, description="epochs without a lower validation reconstruction error before stopping early")
 
 
+@register("nasr_unsupervised")
 class UnsupervisedNasrAttack(NasrAttack):
     """Unsupervised white-box attack (Nasr, Shokri and Houmansadr, S&P 2019, section IV-D).
 
@@ -57,13 +59,6 @@ class UnsupervisedNasrAttack(NasrAttack):
     read): Adam on mini-batches, early stopping on the reconstruction error of a validation
     split of them. Initialisation, dropout, the split and the batch order draw from the
     attack's own seed, so the same seed gives the same scores whatever ran before.
-
-    Parameters
-    ----------
-    params : AttackParams or dict, optional
-        The attack's parameters (`UnsupervisedParams`).
-    seed : int or numpy.random.SeedSequence
-        Where its randomness comes from (`base.attack_seed_sequence`).
 
     Attributes
     ----------
@@ -75,7 +70,6 @@ class UnsupervisedNasrAttack(NasrAttack):
         Mean squared error of the decoder on the validation split (standardised units).
     """
 
-    name = "nasr_unsupervised"
     multi_round = True
     deterministic = False
     Params: ClassVar[type[AttackParams]] = UnsupervisedParams
@@ -90,19 +84,8 @@ class UnsupervisedNasrAttack(NasrAttack):
 
     @staticmethod
     def decoder_targets(observation: Observation, ids: np.ndarray) -> torch.Tensor:
-        """What the decoder rebuilds: the last snapshot's log loss, correctness, entropy and log gradient norm.
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (n_records, 4): log loss (nats), correctness (0 or 1), entropy (nats), log gradient L2 norm.
+        """What the decoder rebuilds, shape (n_records, 4): the last snapshot's log loss (nats),
+        correctness (0 or 1), entropy (nats) and log gradient L2 norm.
         """
         f = observation.features(ids, observation.rounds[-1])
         return torch.stack([f.loss.clamp_min(1e-12).log(), f.correct.float(), f.entropy, f.gradient_norm.clamp_min(1e-12).log()], 1)
@@ -117,21 +100,10 @@ class UnsupervisedNasrAttack(NasrAttack):
         return nn.functional.mse_loss(self.decoder(self._encode(inputs)[:, None]), targets)
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray | None = None) -> UnsupervisedNasrAttack:
-        """Train the encoder-decoder on the known records, orient its value and set the threshold.
+        """Train the encoder-decoder on the known records' features, orient its value and set the threshold.
 
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds; the encoder reads every one.
-        ids : numpy.ndarray
-            Known record ids, shape (n_records,).
-        members : numpy.ndarray, optional
-            Ignored: the attack is unsupervised.
-
-        Returns
-        -------
-        UnsupervisedNasrAttack
-            self, with the weights of the epoch with the lowest validation reconstruction error.
+        `members` is ignored (the attack is unsupervised). The weights kept are those of the epoch with
+        the lowest validation reconstruction error; returns self.
         """
         p = self.params
         inputs = self._inputs(observation, ids, fit=True)  # reads the run before any random draw
@@ -172,20 +144,7 @@ class UnsupervisedNasrAttack(NasrAttack):
 
     @torch.no_grad()
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
-        """The encoder's value, oriented to grow as the loss falls; higher means member, shape (n_records,).
-
-        Parameters
-        ----------
-        observation : Observation
-            The snapshots the attacker holds.
-        ids : numpy.ndarray
-            Record ids, shape (n_records,).
-
-        Returns
-        -------
-        numpy.ndarray
-            sign * encoder value, float, shape (n_records,); a record is called a member above `threshold`.
-        """
+        """The encoder's value, oriented to grow as the loss falls, shape (n_records,); a record is called a member above `threshold`."""
         if self.model is None:
             raise RuntimeError("fit the attack before scoring")
         self.model.eval()

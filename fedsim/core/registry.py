@@ -25,17 +25,39 @@ class Registry(Mapping[str, T], Generic[T]):
         What the registry holds, for messages ("dataset", "model", "strategy", "attack").
     key : str
         The config key that names an entry (e.g. "data.dataset"), where an error points.
+    load : callable, optional
+        Called once, before the first read, to import the modules whose entries register
+        themselves (`register`); registering never calls it, so those modules may import the
+        registry without a cycle.
     """
 
-    def __init__(self, kind: str, key: str) -> None:
+    def __init__(self, kind: str, key: str, load: Callable[[], object] | None = None) -> None:
         self.kind = kind
         self.key = key
         self._entries: dict[str, T] = {}
+        self._load = load
+
+    def _loaded(self) -> dict[str, T]:
+        """The entries, after `load` has run (once; a read during it sees what is registered so far)."""
+        if self._load is not None:
+            load, self._load = self._load, None  # a read while loading must not load again
+            try:
+                load()
+            except BaseException:
+                self._load = load  # a failed import is raised again on the next read, not hidden behind a partial registry
+                raise
+        return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that registers its argument under `name` and returns it unchanged."""
+        """Decorator that registers its argument under `name` and returns it unchanged.
+
+        A second, different entry under one name is a programming error (ValueError), so an
+        entry cannot silently shadow another.
+        """
 
         def add(entry: T) -> T:
+            if self._entries.get(name, entry) is not entry:
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {entry!r})")
             self._entries[name] = entry
             return entry
 
@@ -46,17 +68,17 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries[name] = entry
 
     def __getitem__(self, name: str) -> T:
-        return self._entries[name]
+        return self._loaded()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._loaded())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._loaded())
 
     def choices(self) -> str:
         """The registered names, sorted and comma-separated (for messages and help texts)."""
-        return ", ".join(sorted(self._entries))
+        return ", ".join(sorted(self._loaded()))
 
     def get_or_fail(self, name: str, key: str | None = None, hint: str = "") -> T:
         """The entry registered as `name`.
@@ -80,7 +102,7 @@ class Registry(Mapping[str, T], Generic[T]):
         FedsimError
             When `name` is not registered: one line naming the key, the name and the choices.
         """
-        if name not in self._entries:
+        if name not in self._loaded():
             raise FedsimError(f"{key or self.key}: unknown {self.kind} {name!r}; choose one of {self.choices()}{hint}")
         return self._entries[name]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -68,6 +70,5 @@ def test_in_an_ascended_round_it_also_reads_the_loss_before_the_step_and_what_tr
     np.testing.assert_allclose(signals[:, 7], loss["sent"] - loss["before"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(signals[:, 8], loss["before"] - loss["returned"], rtol=1e-4, atol=1e-4)
     assert not np.allclose(signals[:, 7], 0)  # the step raised the losses
-    observation.load_before = lambda r: None  # a round it did not ascend: the passive columns only
-    observation._cache.clear()
+    observation = replace(observation, load_before=lambda r: None)  # a round it did not ascend: the passive columns only
     assert make_attack("sent_returned").signals(observation, ids).shape == (10, 6)
