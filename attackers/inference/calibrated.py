@@ -267,8 +267,12 @@ def lira_round(observed: np.ndarray, references: np.ndarray, shrink: bool = Fals
 
 
 def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np.ndarray,
-               population_references: np.ndarray, a: float, gamma: float = 1.0) -> np.ndarray:
+               population_references: np.ndarray, a: float, gamma: float = 1.0, self_index: np.ndarray | None = None) -> np.ndarray:
     """RMIA's offline score: the share of population records x dominates by a likelihood ratio >= gamma.
+
+    A scored record that is itself in the population is compared with the other Z - 1 only (leave
+    one out), so the attacker's known non-members, scored when `a` and the threshold are fitted,
+    are scored as a target is, not 1/Z higher for matching themselves.
 
     Parameters
     ----------
@@ -280,6 +284,8 @@ def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np
         Offline scaling: p(x) = ((1 + a) mean_OUT p(x) + 1 - a) / 2 (Zarifzadeh et al. 2024).
     gamma : float
         Likelihood-ratio threshold (1 in the paper).
+    self_index : (N,) int array, optional
+        Each scored record's position in the population, -1 for one outside it (a target).
 
     Returns
     -------
@@ -288,9 +294,15 @@ def rmia_round(target: np.ndarray, references: np.ndarray, population_target: np
     def ratio(p: np.ndarray, out: np.ndarray) -> np.ndarray:
         return p / (((1 + a) * out.mean(0) + 1 - a) / 2 + 1e-30)
 
-    population = np.sort(ratio(population_target, population_references))
-    needed = ratio(target, references) / gamma  # LR(x)/LR(z) >= gamma  <=>  LR(z) <= LR(x)/gamma
-    return np.searchsorted(population, needed, side="right") / len(population)
+    population_ratio = ratio(population_target, population_references)
+    scored = ratio(target, references)
+    inside = np.zeros(len(scored), dtype=bool) if self_index is None else np.asarray(self_index) >= 0
+    if inside.any():
+        scored[inside] = population_ratio[np.asarray(self_index)[inside]]  # one value per record, whichever pass computed it
+    needed = scored / gamma  # LR(x)/LR(z) >= gamma  <=>  LR(z) <= LR(x)/gamma
+    counts = np.searchsorted(np.sort(population_ratio), needed, side="right").astype(np.float64)
+    counts[inside] -= scored[inside] <= needed[inside]  # the record itself
+    return counts / (len(population_ratio) - inside)
 
 
 class _CalibratedAttack(MembershipInferenceAttack):
@@ -440,11 +452,13 @@ class RMIAAttack(_CalibratedAttack):
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         if self.population is None or self.a is None:
             raise RuntimeError("rmia: fit it on the attacker's known records first (its population)")
+        where = {record: i for i, record in enumerate(self.population.tolist())}
+        self_index = np.array([where.get(record, -1) for record in np.asarray(ids).tolist()], dtype=np.int64)
         rounds = []
         for round_number in observation.rounds:
             target, references, labels = outputs(observation, ids, round_number)
             population, population_references, population_labels = outputs(observation, self.population, round_number)
             rounds.append(rmia_round(true_probability(target, labels), true_probability(references, labels),
                                      true_probability(population, population_labels),
-                                     true_probability(population_references, population_labels), self.a, self.gamma))
+                                     true_probability(population_references, population_labels), self.a, self.gamma, self_index))
         return np.mean(rounds, 0)

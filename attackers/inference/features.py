@@ -322,13 +322,14 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direc
         When the directions' length is not the number of trainable parameters.
     """
     model.eval()
-    trainable = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad]
-    names, sizes = [name for name, _ in trainable], [size for _, size in trainable]
+    trainable = [(name, p.numel(), p.dtype) for name, p in model.named_parameters() if p.requires_grad]
+    names, sizes = [name for name, _, _ in trainable], [size for _, size, _ in trainable]
     total = sum(sizes)
     if directions.shape[-1] != total:
         raise ValueError(f"directions have {directions.shape[-1]} entries, the model {total} trainable parameters")
     unit = directions.double() / torch.linalg.vector_norm(directions.double(), dim=1, keepdim=True).clamp_min(1e-30)
-    slices = dict(zip(names, unit.float().split(sizes, dim=1)))  # (C, numel) per parameter
+    # (C, numel) per parameter, in the parameter's dtype (that of its per-example gradients: float32 or float64)
+    slices = {name: part.to(dtype) for (name, _, dtype), part in zip(trainable, unit.split(sizes, dim=1))}
     step = min(ALIGNMENT_CHUNK, _chunk_size(model, total, total, memory_budget))
     parts = []
     for i in range(0, len(y), step):

@@ -6,14 +6,17 @@ observed snapshot up to it (restricted to `observe_rounds` or `observe_every` wh
 that draws no random numbers is fitted once. metrics/leakage.csv holds one row per (round,
 attacker, attack, target): the contract columns (docs/design.md, section 3.4) hold means over the attack
 seeds, then come the spread over seeds, a bootstrap 95% interval of the (seed-mean) AUC,
-Clopper-Pearson 95% intervals of the TPRs, `min_fpr` = 1/n_nonmembers (a TPR at a smaller FPR
-is left empty: not measurable, Carlini et al., S&P 2022), and the AUC on two fixed halves of
-the targets, so that a maximum over rounds or attacks can be selected on one half and reported
-on the other. The epsilon each attack's scores prove (`attackers.inference.audit`: the 95% lower
-bound and its point estimate; with canaries, the one-run bound of the canaries) is that of attack
-seed 0; `epsilon_lb_select` and `epsilon_lb_holdout` are the bound with its threshold chosen on the
-selection half of the targets, there and on the holdout half, so that a best attack is chosen by the
-one and reported by the other. metrics/leakage_seeds.csv holds the per-seed rows. The last round also gets ROC points
+bootstrap 95% intervals of the (seed-mean) TPRs that re-set the threshold in every resample
+(`fedsim.stats.metrics.tpr_interval`), `min_fpr` = 1/n_nonmembers (a TPR at a smaller FPR is left
+empty: not measurable, Carlini et al., S&P 2022), and the AUC on two fixed halves of the targets,
+so that a maximum over rounds or attacks can be selected on one half and reported on the other.
+The privacy audit of attack seed 0 (`attackers.inference.audit`): with canaries, the one-run 95%
+lower bound of the canaries (`canary_epsilon_lower_bound`, Steinke et al. 2023); on the targets,
+the empirical epsilon and its point estimate (`epsilon_empirical`, `epsilon_empirical_point`: not
+a DP lower bound, the targets are not independent trials), and `epsilon_empirical_select` and
+`epsilon_empirical_holdout`, the same with its threshold chosen on the selection half of the
+targets, there and on the holdout half, so that a best attack is chosen by the one and reported by
+the other. metrics/leakage_seeds.csv holds the per-seed rows. The last round also gets ROC points
 and per-class leakage (of attack seed 0).
 """
 
@@ -27,7 +30,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from attackers.inference.audit import audit_delta, canary_audit, epsilon_bound_on_halves, epsilon_lower_bound, split_seed, stratified_half
+from attackers.inference.audit import (
+    AUDIT_COLUMNS,
+    audit_delta,
+    canary_audit,
+    empirical_epsilon,
+    empirical_epsilon_on_halves,
+    split_seed,
+    stratified_half,
+)
 from attackers.inference.base import attack_seed_sequence
 from attackers.inference.registry import attack_class, attack_name, make_attack
 from attackers.inference.threat_models import attacker_view
@@ -35,29 +46,13 @@ from fedsim.core.layout import LEAKAGE_COLUMNS, LEAKAGE_EXTRA_COLUMNS, LEAKAGE_S
 from fedsim.core.threat_model import ThreatModel
 from fedsim.learning.membership import CANARY
 from fedsim.recording.run import Run
-from fedsim.stats.metrics import FPR_TARGETS, bootstrap_aucs, clopper_pearson_interval, leakage
+from fedsim.stats.metrics import FPR_TARGETS, bootstrap_aucs, leakage, tpr_column, tpr_interval
 
-AUDIT_COLUMNS = ["epsilon_lower_bound", "epsilon_lb_point", "canary_epsilon_lower_bound", "epsilon_lb_select", "epsilon_lb_holdout"]
 EXTRA_COLUMNS = LEAKAGE_EXTRA_COLUMNS[:2] + AUDIT_COLUMNS + LEAKAGE_EXTRA_COLUMNS[2:]
 FEATURES_STAGE = "feature extraction"
 ATTACKS_STAGE = "attack training"
 BOOTSTRAP_SAMPLES = 200
-
-
-def tpr_column(target: float) -> str:
-    """The leakage.csv column of the TPR at FPR `target`, e.g. 'tpr_at_fpr_1e-3'.
-
-    Parameters
-    ----------
-    target : float
-        The false-positive rate, e.g. 1e-3.
-
-    Returns
-    -------
-    str
-        The leakage.csv column of the TPR at FPR `target`, e.g. 'tpr_at_fpr_1e-3'.
-    """
-    return f"tpr_at_fpr_{target:.0e}".replace("e-0", "e-")
+TPR_BOOTSTRAP_SAMPLES = 1000  # cheap (tpr_interval draws counts, not records); percentiles need about 1,000
 
 
 def measurable(target: float, n_nonmembers: int) -> bool:
@@ -230,11 +225,13 @@ def _aggregate(per_seed: list[dict[str, Any]], scores: list[np.ndarray], members
         if measurable(target, n_nonmembers):
             row[column] = table[column].mean()
             row[f"{column}_std"] = spread(column)
-            # Clopper-Pearson over the members at the seed-mean count of true positives (the targets'
-            # sampling error; the spread over seeds is the _std column)
-            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = clopper_pearson_interval(round(row[column] * n_members), n_members)
         else:
-            row[column] = row[f"{column}_std"] = row[f"{column}_ci_low"] = row[f"{column}_ci_high"] = float("nan")
+            row[column] = row[f"{column}_std"] = float("nan")
+    # the targets' sampling error of the seed-mean TPRs, members and non-members resampled together
+    # (the threshold moves with the non-members); the spread over seeds is the _std column
+    lows, highs = tpr_interval(np.stack(scores), members, FPR_TARGETS, samples=TPR_BOOTSTRAP_SAMPLES, seed=seed)
+    for target, low, high in zip(FPR_TARGETS, lows, highs):
+        row[f"{tpr_column(target)}_ci_low"], row[f"{tpr_column(target)}_ci_high"] = low, high
     return row
 
 
@@ -322,11 +319,12 @@ def measure_leakage(
             per_seed.append(_seed_row(scores[-1], members, attack.threshold, selection))
             seed_rows.append(key | {"seed": attack_seed} | per_seed[-1])
         row = key | _aggregate(per_seed, scores, members, deterministic, seed)
-        bound = epsilon_lower_bound(scores[0], members, delta, seed=split_seed(seed, round_number, name))
-        row |= {"epsilon_lower_bound": bound.lower_bound, "epsilon_lb_point": bound.point, "canary_epsilon_lower_bound": canary_bound}
-        # the same bound on the halves of auc_select/auc_holdout: a best attack is chosen by the first, reported by the second
-        row["epsilon_lb_select"], holdout = epsilon_bound_on_halves(scores[0], members, selection, delta)
-        row["epsilon_lb_holdout"] = holdout.lower_bound
+        empirical = empirical_epsilon(scores[0], members, delta, seed=split_seed(seed, round_number, name))
+        row |= {"epsilon_empirical": empirical.epsilon, "epsilon_empirical_point": empirical.point,
+                "canary_epsilon_lower_bound": canary_bound}
+        # the same on the halves of auc_select/auc_holdout: a best attack is chosen by the first, reported by the second
+        row["epsilon_empirical_select"], holdout = empirical_epsilon_on_halves(scores[0], members, selection, delta)
+        row["epsilon_empirical_holdout"] = holdout.epsilon
         rows.append(row)
         progress.advance(ATTACKS_STAGE, f"round {round_number:>3}  {view.attacker} {name:<17} {_progress_text(row)}")
         if round_number == last_round:

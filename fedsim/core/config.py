@@ -13,10 +13,22 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from fedsim.core.errors import FedsimError
 
@@ -36,15 +48,32 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: str = Field("digits", description="data set registry name: digits, mnist, cifar10, cifar100, imagefolder, location, purchase100, texas100, adult")
-    root: str | None = Field(None, description="folder of the data set's files (torchvision's root; class folders or a .tar for imagefolder); null: built in")
-    download: bool = Field(False, description="let torchvision download mnist/cifar into root")
+    dataset: str = Field("digits", description="data set registry name: digits, mnist, cifar10, cifar100, imagefolder, location, purchase100, "
+                         "texas100, adult, huggingface; or \"package.module:name\", a loader called with no arguments (root=data.root "
+                         "if it declares root) that returns (features, labels) arrays, a datasets.Dataset or a torch Dataset of (x, y) pairs")
+    root: str | None = Field(None, description="folder of the data set's files (torchvision's root; class folders or a .tar for imagefolder); "
+                             "huggingface: a save_to_disk folder, a .parquet or .csv file, an image folder, or a Hub name; null: built in")
+    download: bool = Field(False, description="let torchvision download mnist/cifar into root; huggingface: let a Hub name be loaded from the Hub")
+    features: str | None = Field(None, description="huggingface (or a loader's datasets.Dataset): the input column; null: image, img or x, "
+                                 "else every column but label and partition_by (tabular rows)")
+    label: str = Field("label", description="huggingface (or a loader's datasets.Dataset): the label column")
     num_clients: int = Field(4, ge=1, description="clients in the federation")
-    partition: Literal["iid", "dirichlet"] = Field("iid", description="members over clients: iid, or dirichlet by label (flwr-datasets' DirichletPartitioner)")
+    partition: Literal["iid", "dirichlet", "shard", "natural"] = Field(
+        "iid", description="members over clients (flwr-datasets' partitioners): iid, dirichlet by label (DirichletPartitioner), shard "
+        "(classes_per_client classes each, PathologicalPartitioner) or natural (one client per partition_by value, NaturalIdPartitioner)")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller: more skewed label mixes)")
+    classes_per_client: int = Field(2, ge=1, description="shard: the classes each client's members come from")
+    partition_by: str | None = Field(None, description="natural: the column of each record's writer/user id (huggingface or a loader's "
+                                     "datasets.Dataset); client c holds the c-th smallest id; never a feature")
     records_per_client: int | None = Field(200, ge=1, description="member records per client; null: split all member records")
     nonmembers: int = Field(400, ge=0, description="records no client trains on: half for the attacker's training, half for evaluation")
     test_records: int = Field(500, ge=1, description="utility test split (accuracy of the global model)")
+
+    @model_validator(mode="after")
+    def _natural_needs_ids(self) -> DataConfig:
+        if self.partition == "natural" and not self.partition_by:
+            raise ValueError("partition natural gives one client per writer/user id; set data.partition_by to the column holding it")
+        return self
 
 
 def _float32_step(value: float) -> float:
@@ -56,7 +85,9 @@ def _float32_step(value: float) -> float:
 
 
 class ModelConfig(Section):
-    name: str = Field("fcn", description="model registry name: fcn, mnist_cnn, alexnet_cifar, resnet18, resnet34, densenet121")
+    name: str = Field("fcn", description="model registry name: fcn, mnist_cnn, alexnet_cifar, resnet18, resnet34, densenet121; or "
+                      "\"package.module:name\", an nn.Module subclass or factory called with args as keywords, plus input_shape (tuple, "
+                      "no batch) and num_classes where its signature names them, returning a torch.nn.Module")
     args: dict[str, Any] = Field(default_factory=dict, description="arguments of the model's constructor (e.g. fcn: hidden, activation)")
 
 
@@ -78,7 +109,24 @@ class StrategyConfig(Section):
     base: StrategyConfig | None = Field(None, description="dp-* wrappers only: the strategy they wrap, {name, args, base}; null: fedavg")
 
 
-class AdversaryConfig(Section):
+ROLES = ("server", "participant", "none")
+
+
+RULE = "config_rule"
+
+
+def _rule(message: str) -> PydanticCustomError:
+    """A rule between config keys: its message names the keys, so it is shown like Config's own rules."""
+    return PydanticCustomError(RULE, message)
+
+
+class _Adversary(Section):
+    """The keys of `adversary`, in config.yaml's order, and what every role shares.
+
+    Each role narrows the keys it cannot use (`ServerAdversary`, `ParticipantAdversary`,
+    `NoAdversary`): a combination no role allows is refused where it is written, in one line.
+    """
+
     role: Literal["server", "participant", "none"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
     mode: Literal["passive", "gradient-ascent", "crafted-model"] = Field(
         "passive", description="passive (observes only), gradient-ascent on the target records (active), or crafted-model "
@@ -96,6 +144,111 @@ class AdversaryConfig(Section):
         "records they never held); ignored unless mode: gradient-ascent")
 
     _gamma_in_float32 = field_validator("gamma")(_float32_step)
+
+    def acts_in(self, server_round: int) -> bool:
+        """Whether the adversary manipulates a round.
+
+        Parameters
+        ----------
+        server_round : int
+            The round (1-based).
+
+        Returns
+        -------
+        bool
+            True when its mode is active (gradient-ascent, crafted-model) and the round is among
+            `active_rounds` (every round when null); never without an adversary.
+        """
+        return self.role != "none" and self.mode != "passive" and (self.active_rounds is None or server_round in self.active_rounds)
+
+
+class ServerAdversary(_Adversary):
+    """A curious server (docs/design.md, section 2.1): every mode, isolation, and whom the ascended model is sent."""
+
+    role: Literal["server"] = Field("server", description="who attacks: server (curious server), participant (curious client) or none")
+    victim: int = Field(0, ge=0, description="the client the server targets (its partition id)")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _a_role(cls, value: Any) -> Any:
+        if value not in ROLES:  # the discriminator sends an unknown role here: name every choice
+            raise PydanticCustomError("literal_error", "Input should be 'server', 'participant' or 'none'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_manipulation(self) -> ServerAdversary:
+        if self.sent_to == "all" and self.mode == "crafted-model":
+            raise _rule("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
+                        "set sent_to: victim")
+        if self.mode == "crafted-model" and self.isolate:
+            raise _rule("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
+        return self
+
+
+class _NotServer(_Adversary):
+    """A role other than the server's: no crafted model, no isolation, nothing sent to anyone."""
+
+    mode: Literal["passive", "gradient-ascent"] = Field("passive", description="passive (observes only) or gradient-ascent on the target records (active)")
+    isolate: Literal[False] = Field(False, description="server only; false for this role")
+    sent_to: Literal["victim"] = Field("victim", description="server only; victim for this role")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _no_crafted_model(cls, value: Any) -> Any:
+        if value == "crafted-model":
+            raise _rule(f"adversary.mode crafted-model is a dishonest server's attack, but adversary.role is {_role_name(cls)}; "
+                        "set adversary.role: server")
+        return value
+
+    @field_validator("isolate", mode="before")
+    @classmethod
+    def _no_isolation(cls, value: Any) -> Any:
+        if value is True:
+            raise _rule("adversary.isolate needs adversary.role: server")
+        return value
+
+    @field_validator("sent_to", mode="before")
+    @classmethod
+    def _sent_to_victim(cls, value: Any) -> Any:
+        if value == "all":
+            raise _rule(f"adversary.sent_to: all makes the server send every client its ascended model, but adversary.role is "
+                        f"{_role_name(cls)}; set adversary.role: server or sent_to: victim")
+        return value
+
+
+def _role_name(cls: type[_Adversary]) -> str:
+    return str(cls.model_fields["role"].default)
+
+
+class ParticipantAdversary(_NotServer):
+    """A curious participant (docs/design.md, section 2.2): a client that attacks the others; `victim`
+    is its own client id.
+    """
+
+    role: Literal["participant"] = Field("participant", description="who attacks: server (curious server), participant (curious client) or none")
+    victim: int = Field(0, ge=0, description="the participant's own client id (the attacker, not its target)")
+
+    @property
+    def own_client(self) -> int:
+        """The attacking participant's partition id (`victim` in config.yaml)."""
+        return self.victim
+
+
+class NoAdversary(_NotServer):
+    """No adversary: an honest run; the other keys are kept but nothing acts."""
+
+    role: Literal["none"] = Field("none", description="who attacks: server (curious server), participant (curious client) or none")
+
+
+def _role_of(value: Any) -> str:
+    """The role that validates an `adversary` mapping (server when absent, as the key's default)."""
+    role = value.get("role", "server") if isinstance(value, dict) else getattr(value, "role", "server")
+    return role if role in ROLES else "server"
+
+
+AdversaryConfig = Annotated[Annotated[ServerAdversary, Tag("server")] | Annotated[ParticipantAdversary, Tag("participant")]
+                            | Annotated[NoAdversary, Tag("none")], Discriminator(_role_of)]
+"""The `adversary` section: one of the three roles, chosen by `role`."""
 
 
 class DPSGDConfig(Section):
@@ -122,6 +275,15 @@ class BackendConfig(Section):
 
 class RecordConfig(Section):
     dtype: Literal["float32", "float16"] = Field("float32", description="dtype of recorded parameters; float16 halves the run folder (records rounded)")
+    clients: Literal["all", "victim"] = Field(
+        "all", description="whose returned parameters each round keeps: all (every client heard) or victim (adversary.victim's, plus "
+                           "record.references others); aggregates and broadcasts are always kept, and the manifest lists every client heard")
+    references: int = Field(0, ge=0, description="with clients: victim, also keep K other clients' parameters per round, the references "
+                            "fedmia, lira and rmia calibrate against: the K heard that round with the smallest partition ids (the victim aside)")
+
+    def kept_references(self) -> int | None:
+        """How many other clients' parameters a round keeps at most: None for every client heard (`clients: all`)."""
+        return None if self.clients == "all" else self.references
 
 
 class FaultsConfig(Section):
@@ -175,6 +337,19 @@ class ExportConfig(Section):
                               "each attack's AUC and TPR@FPR (needs the tensorboard package: pip install 'fedsim[tensorboard]')")
 
 
+class AppConfig(Section):
+    """An audited Flower app (`fedsim audit APP_DIR`): where it lives and how fedsim reads its data."""
+
+    dir: str | None = Field(None, description="the app's folder (the one holding its pyproject.toml); set by fedsim audit")
+    data: str = Field(description="the app's data function 'package.module:name', called as f(partition_id, num_partitions, **data_args) "
+                      "and returning (train, test): a client's training records (its members) and records it holds out (non-members); "
+                      "each a DataLoader, a torch Dataset, a Hugging Face Dataset or an (x, y) pair of arrays")
+    data_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the app's data function beyond the partition")
+    features: str = Field("image", description="the feature key of a record that is a mapping (e.g. a Hugging Face row)")
+    label: str = Field("label", description="the label key of a record that is a mapping")
+    rounds_key: str = Field("num-server-rounds", description="the app's run-config key holding its number of rounds")
+
+
 class Config(Section):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder")
     seed: int = Field(0, description="seeds the ledger, the initial model, client shuffling and sampling")
@@ -183,9 +358,11 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="rounds and local training")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="the server's aggregation strategy")
     defense: DefenseConfig = Field(default_factory=DefenseConfig, description="secure aggregation and client DP-SGD")
-    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig, description="the threat model: who attacks, how, and whom")
+    adversary: AdversaryConfig = Field(default_factory=ServerAdversary, description="the threat model: who attacks, how, and whom")
     attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")],
                                         description="inference attacks run on the recorded run: names or {name, args}")
+    headline: str | None = Field(None, description="the attack whose leakage (last observed round) and canary bound head the report and "
+                                 "the privacy audit, fixed before the run; null: the first attack listed in attacks")
     attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
     observe_rounds: list[int] | None = Field(None, description="snapshots the multi-round attacks combine; null: all recorded")
     observe_every: int | None = Field(None, ge=1, description="observe rounds k, 2k, ... and the last (follows train.rounds); null: see observe_rounds")
@@ -195,6 +372,7 @@ class Config(Section):
     record: RecordConfig = Field(default_factory=RecordConfig, description="how the run folder stores parameters")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="canaries of the one-run privacy audit (Steinke et al. 2023)")
     export: ExportConfig = Field(default_factory=ExportConfig, description="exports of the per-round metrics to other tools (TensorBoard)")
+    app: AppConfig | None = Field(None, description="set by fedsim audit: the audited Flower app and how to read its data; null for fedsim's own federations")
 
     _notes: list[str] = PrivateAttr(default_factory=list)
 
@@ -222,24 +400,14 @@ class Config(Section):
     def _consistent(self) -> Config:
         if self.observe_rounds is not None and self.observe_every is not None:
             raise ValueError("observe_rounds and observe_every are both set; keep one (observe_every follows train.rounds)")
+        if self.headline is not None and self.headline not in [attack.name for attack in self.attacks]:
+            raise ValueError(f"headline is {self.headline}, which is not listed in attacks ({', '.join(a.name for a in self.attacks) or 'none'}); "
+                             "name one of them, or null for the first")
         if self.adversary.victim >= self.data.num_clients:
             raise ValueError(
                 f"adversary.victim is {self.adversary.victim} but there are only "
                 f"{self.data.num_clients} clients (ids 0..{self.data.num_clients - 1})"
             )
-        if self.adversary.sent_to == "all" and self.adversary.role != "server":
-            raise ValueError(f"adversary.sent_to: all makes the server send every client its ascended model, but adversary.role is "
-                             f"{self.adversary.role}; set adversary.role: server or sent_to: victim")
-        if self.adversary.sent_to == "all" and self.adversary.mode == "crafted-model":
-            raise ValueError("adversary.sent_to: all sends every client the gradient-ascent step; a crafted model traps the victim only: "
-                             "set sent_to: victim")
-        if self.adversary.isolate and self.adversary.role != "server":
-            raise ValueError("adversary.isolate needs adversary.role: server")
-        if self.adversary.mode == "crafted-model" and self.adversary.role != "server":
-            raise ValueError(f"adversary.mode crafted-model is a dishonest server's attack, but adversary.role is {self.adversary.role}; "
-                             "set adversary.role: server")
-        if self.adversary.mode == "crafted-model" and self.adversary.isolate:
-            raise ValueError("adversary.mode crafted-model already keeps the victim's crafted replies out of the aggregate; set adversary.isolate: false")
         if self.adversary.mode == "crafted-model" and self.record.dtype != "float32":
             raise ValueError("adversary.mode crafted-model: a trap fires on its record by a margin below float16's rounding, so recorded "
                              "float16 traps cannot be read back; set record.dtype: float32")
@@ -259,6 +427,12 @@ class Config(Section):
                 raise ValueError(f"{key} has round {outside[0]}, outside 1..{self.train.rounds}")
             if rounds is not None and not rounds:
                 raise ValueError(f"{key} is empty; list rounds or use null for all")
+        if self.record.references and self.record.clients == "all":
+            raise ValueError("record.references chooses the other clients kept beside the victim under record.clients: victim; "
+                             "record.clients: all keeps every client already: remove record.references or set record.clients: victim")
+        if self.record.clients == "victim" and self.adversary.role == "none":
+            raise ValueError("record.clients: victim keeps adversary.victim's parameters, and there is no adversary (adversary.role: none); "
+                             "set record.clients: all or name an adversary")
         if self.audit.canaries and self.adversary.role != "server":
             raise ValueError("audit.canaries go into the victim's data for a curious server to audit; set adversary.role: server or audit.canaries: 0")
         if self.adversary.role != "none":
@@ -267,6 +441,16 @@ class Config(Section):
             if self.data.nonmembers < 4:
                 raise ValueError("data.nonmembers must be at least 4 when there is an adversary: it needs known and target non-members")
         return self
+
+    def headline_attack(self) -> str | None:
+        """The attack the report's headline and privacy audit are read from, fixed before the run.
+
+        Returns
+        -------
+        str or None
+            `headline` when set, else the first attack listed in `attacks`; None without attacks.
+        """
+        return self.headline or (self.attacks[0].name if self.attacks else None)
 
     def strategy_args(self, key: str) -> Any:
         """`key` from the args of the strategy or any base it wraps (None when absent)."""
@@ -279,8 +463,14 @@ class Config(Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
-        unset = {"export"} if self.export == ExportConfig() else None  # a config without exports hashes as before the key existed
-        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
+        # A config without an audited app or a headline hashes as it did before those keys existed.
+        unset = {key for key in ("app", "headline") if getattr(self, key) is None}
+        if self.export == ExportConfig():
+            unset.add("export")  # nor one without exports: they change no record
+        exclude: dict[str, Any] = dict.fromkeys(unset, True)
+        if self.record.clients == "all" and not self.record.references:
+            exclude["record"] = {"clients": True, "references": True}  # nor one keeping every client, as runs always did
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_yaml(self) -> str:
@@ -310,13 +500,16 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
 def _describe(error: ValidationError, source: str) -> str:
     """The first validation problem as one line: where, what, how to fix."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    if loc[:1] == ["adversary"] and len(loc) > 1 and loc[1] in ROLES:
+        del loc[1]  # the role that validated the section, not a key
     kind = first["type"]
+    where = "(top level)" if kind == RULE else ".".join(str(p) for p in loc) or "(top level)"
     if kind == "extra_forbidden":
         return f"{source}: unknown key {where!r}; remove it or check its spelling against the README's config reference"
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or kind in ("value_error",) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or kind in ("value_error", RULE) else f" (got {got!r})"
     return f"{source}: {where}: {message}{shown}"
 
 
