@@ -31,7 +31,7 @@ from fedsim.engine.client_app import make_client_app
 from fedsim.engine.faults import FaultPlan, failing_client_mod
 from fedsim.engine.inprocess import run_in_process
 from fedsim.engine.server_app import ServerPlan, make_server_app
-from fedsim.engine.simulation import engine_log, quiet_engine_logs, simulate
+from fedsim.engine.simulation import engine_log, local_cpus, quiet_engine_logs, simulate
 from fedsim.learning.datasets import Pool, local_root, pool_for, resolve_dataset
 from fedsim.learning.dp_sgd import check_model
 from fedsim.learning.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
@@ -149,16 +149,22 @@ def point_latest(folder: Path, runs: Path = RUNS) -> None:
 
 
 def check_devices(config: Config) -> None:
-    """One line instead of a hang when the config asks for GPUs this machine does not have.
+    """One line instead of a hang when the config asks for GPUs or CPUs this machine does not have.
 
-    With `backend.ray_address` (or RAY_ADDRESS) the GPUs are the cluster's, which Ray checks.
+    With `backend.ray_address` (or RAY_ADDRESS) the GPUs and CPUs are the cluster's, which Ray checks.
 
     Raises
     ------
     FedsimError
-        `backend.gpus_per_client` > 0 or `features.device: cuda` without CUDA here.
+        `backend.gpus_per_client` > 0 or `features.device: cuda` without CUDA here, or, on the
+        Ray engine, `backend.cpus_per_client` above the CPUs a local Ray offers (no client
+        could ever be scheduled: Flower waits on an empty actor pool).
     """
     local = not (config.backend.ray_address or os.environ.get("RAY_ADDRESS"))
+    if local and config.backend.engine == "ray" and config.backend.cpus_per_client > (cpus := local_cpus()):
+        raise FedsimError(f"backend.cpus_per_client is {config.backend.cpus_per_client:g} but Ray sees {cpus:g} CPUs on this machine, so "
+                          f"no client could be scheduled; set backend.cpus_per_client to at most {cpus:g} (or attach a cluster "
+                          "through backend.ray_address)")
     if local and config.backend.gpus_per_client > 0 and not torch.cuda.is_available():
         raise FedsimError(f"backend.gpus_per_client is {config.backend.gpus_per_client} but PyTorch sees no CUDA GPU on this machine; "
                           "set backend.gpus_per_client=0 (or attach a cluster with GPUs through backend.ray_address)")

@@ -75,9 +75,20 @@ class PartitionOrderedGrid:
         self._grid = grid
         self._partitions = partitions
         self._on_train_replies = on_train_replies
+        self._nodes: tuple[int, ...] = ()
+        self._ordered: list[int] = []
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self._grid.get_node_ids(), key=lambda node: (self._partitions.get(node, 1 << 30), node))
+        """The connected node ids in partition order (unknown nodes last, by id).
+
+        Flower asks for them every round (`sample_nodes`); the order is sorted again only when the
+        connected nodes change, so a round costs no sort over a thousand nodes.
+        """
+        nodes = tuple(self._grid.get_node_ids())
+        if nodes != self._nodes:
+            self._nodes = nodes
+            self._ordered = sorted(nodes, key=lambda node: (self._partitions.get(node, 1 << 30), node))
+        return list(self._ordered)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), counting training replies."""

@@ -296,3 +296,20 @@ def test_a_console_that_is_not_quiet_shows_in_the_notebook_and_still_writes_run_
     console.close_log()
     assert notebook == ["round 1/2  test accuracy 0.5"]
     assert (tmp_path / "run.log").read_text() == "round 1/2  test accuracy 0.5\n"
+
+
+def test_more_cpus_per_client_than_a_local_ray_has_is_one_line_before_any_folder(tmp_path, capsys, monkeypatch):
+    from fedsim.engine.simulation import local_cpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = local_cpus()
+    ray = [f"--set={s}" for s in (*TINY, "backend.engine=ray")]
+    assert main(["run", "--out", str(tmp_path / "run"), "--quiet", *ray, f"--set=backend.cpus_per_client={cpus + 1:g}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"fedsim: error: backend.cpus_per_client is {cpus + 1:g} but Ray sees {cpus:g} CPUs on this machine, so no client "
+                   f"could be scheduled; set backend.cpus_per_client to at most {cpus:g} (or attach a cluster through backend.ray_address)"]
+    assert not (tmp_path / "run").exists()
+    assert main(["check", *ray, f"--set=backend.cpus_per_client={cpus + 1:g}"]) == 2  # `fedsim check` says so too
+    assert main(["check", *ray, f"--set=backend.cpus_per_client={cpus:g}"]) == 0  # the fix it names
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # an attached cluster's CPUs are Ray's to count
+    assert main(["check", *ray, f"--set=backend.cpus_per_client={cpus + 1:g}"]) == 0
