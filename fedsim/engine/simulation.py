@@ -99,6 +99,23 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
         )
 
 
+def local_cpus() -> float:
+    """The CPUs a local Ray started here offers its actors: Ray's own count (a container's CPU
+    limit where there is one, else the machine's cores).
+
+    Returns
+    -------
+    float
+        What `ray.init()` without `num_cpus` would register on this node.
+    """
+    try:
+        from ray._private.utils import get_num_cpus  # the count ray.init uses; private, so fall back where it moved
+
+        return float(get_num_cpus(override_docker_cpu_warning=True))
+    except (ImportError, TypeError, AttributeError):
+        return float(os.cpu_count() or 1)
+
+
 def start_local_engine(init_args: dict) -> bool:
     """Start a local Ray for the simulation unless one is up; True when this call started it.
 
