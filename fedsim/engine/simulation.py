@@ -121,7 +121,8 @@ def start_local_engine(init_args: dict) -> bool:
 
     Flower's backend then finds Ray initialised and uses it as it is. The worker processes
     inherit the driver's environment, so PYTHONPATH carries this interpreter's sys.path (what
-    Flower's runtime environment would have carried).
+    Flower's runtime environment would have carried). The instance listens on the loopback
+    interface only (`loopback_only`): a simulation on one machine needs no other.
     """
     import ray
 
@@ -130,5 +131,36 @@ def start_local_engine(init_args: dict) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     inherited = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*sys.path, *inherited.split(os.pathsep)]) if p)
-    ray.init(**init_args)
+    with loopback_only():
+        ray.init(**init_args)
     return True
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local Ray starts, make its node address the loopback one (127.0.0.1).
+
+    Ray binds its GCS, raylet, object manager, workers and agents to the node's address, which
+    it takes to be the machine's outward address, and `ray.init(_node_ip_address="127.0.0.1")`
+    maps loopback back to that address. Ray keeps the node on loopback only where it does not
+    support clusters (its `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` switch, off), so that switch is
+    turned off while this node starts: in this process (Ray read it when imported) and in the
+    environment its processes inherit. Both are restored afterwards, so attaching to a cluster
+    later in the same process is unaffected.
+    """
+    from ray._private import ray_constants
+
+    name = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", None)
+    if name is None or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # a Ray without the switch: its own binding
+        yield
+        return
+    saved_flag, saved_env = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[name] = False, "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env

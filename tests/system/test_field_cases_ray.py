@@ -1,0 +1,64 @@
+"""Field cases that only Flower's Ray engine shows: a local simulation listens on the loopback
+interface only, and Ray's agents do not outlive a run that was killed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RAY, SMALL
+
+psutil = pytest.importorskip("psutil")
+pytestmark = pytest.mark.integration
+
+FEDSIM = [str(Path(sys.executable).with_name("fedsim"))]  # the installed console script
+
+
+def _fedsim_run(folder: Path, *settings: str) -> subprocess.Popen:
+    """`fedsim run` of the small quickstart on the Ray engine, in a process of its own."""
+    sets = [f"--set={s}" for s in (*SMALL, RAY, *settings)]
+    return subprocess.Popen([*FEDSIM, "run", "--out", str(folder), "--quiet", *sets], cwd=folder.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _listening(root: int) -> dict[str, set[str]]:
+    """Process name -> the addresses its listening TCP sockets are bound to, for `root` and its descendants."""
+    try:
+        family = {p.pid: p.name() for p in psutil.Process(root).children(recursive=True)} | {root: "fedsim"}
+    except psutil.NoSuchProcess:
+        return {}
+    seen: dict[str, set[str]] = {}
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.pid in family:
+            seen.setdefault(family[connection.pid], set()).add(connection.laddr.ip)
+    return seen
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def test_a_local_ray_simulation_listens_on_loopback_only(tmp_path):
+    process = _fedsim_run(tmp_path / "run", "train.rounds=3")
+    seen: dict[str, set[str]] = {}
+    try:
+        while process.poll() is None:
+            for name, addresses in _listening(process.pid).items():
+                seen.setdefault(name, set()).update(addresses)
+            time.sleep(0.5)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode == 0, err
+    assert {"gcs_server", "raylet"} <= set(seen), seen  # Ray's servers were seen listening
+    exposed = {name: sorted(a for a in addresses if not _loopback(a)) for name, addresses in seen.items()}
+    assert not any(exposed.values()), exposed
