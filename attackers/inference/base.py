@@ -123,6 +123,9 @@ class MembershipInferenceAttack(ABC):
     clients' models, what each client was sent); `check_attacks` refuses it in other threat models."""
     reads: ClassVar[str] = "reads the individual clients' updates"
     """What it reads that needs individual updates, for the refusal ("attacks: NAME {reads}, which ...")."""
+    references_needed: ClassVar[int] = 0
+    """How many other clients' returned models per round it calibrates against at least (0: none); a
+    run recording fewer (`record.clients: victim` with fewer `record.references`) is refused before it starts."""
 
     def __init__(self, params: AttackParams | dict[str, Any] | None = None, seed: int | np.random.SeedSequence = 0) -> None:
         if params is None:

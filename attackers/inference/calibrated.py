@@ -312,6 +312,7 @@ class _CalibratedAttack(MembershipInferenceAttack):
     deterministic = True
     needs_individual_updates = True
     reads = "calibrates against the other clients' models"
+    references_needed = 1
 
     def fit(self, observation: Observation, ids: np.ndarray, members: np.ndarray) -> _CalibratedAttack:
         self.threshold = best_threshold(self.score(observation, ids), members)
@@ -375,6 +376,7 @@ class GradientCosineAttack(_CalibratedAttack):
 
     multi_round = False
     reads = "reads the victim's own update (what it was sent and returned)"
+    references_needed = 0
 
     def score(self, observation: Observation, ids: np.ndarray) -> np.ndarray:
         """The cosine of the last observed round, in [-1, 1], shape (n_records,).

@@ -350,6 +350,9 @@ def _why_empty(run: Run, view, names: Sequence[str], attacked: Sequence[int]) ->
     if not names:
         return "no attack configured (attacks: [])"
     if not view.observation.rounds:
+        if run.manifest.victim_rounds == []:
+            return (f"client sampling left client {adversary.victim} out of every round (the manifest's victim_rounds is empty), so the "
+                    "adversary observed nothing of it; raise the strategy's fraction_train or run more rounds")
         if ThreatModel.of(run.config).sees_individual_updates:
             return (f"the server never received client {adversary.victim}'s model (client sampling left it out of every round, "
                     "or it failed or dropped out); raise the strategy's fraction_train or run more rounds")

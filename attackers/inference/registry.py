@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from attackers.inference.base import AttackParams, MembershipInferenceAttack
+from fedsim.core.config import Config
 from fedsim.core.errors import FedsimError
 from fedsim.core.registry import Registry, resolve_import
 from fedsim.core.threat_model import ThreatModel
@@ -175,10 +176,10 @@ def attack_name(spec: Any) -> str:
     return _name_and_args(spec)[0]
 
 
-def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True) -> None:
+def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool = True, kept_references: int | None = None) -> None:
     """Raise FedsimError (one line) for the first entry with an unknown name, a bad import path or
-    invalid arguments, listed twice, or that needs individual updates the attacker does not see
-    (`references` False).
+    invalid arguments, listed twice, that needs individual updates the attacker does not see
+    (`references` False), or more reference clients per round than the run keeps (`kept_references`).
 
     Parameters
     ----------
@@ -189,6 +190,9 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
     references : bool
         Whether the attacker sees individual updates, the other clients' models among them
         (`fedsim.core.threat_model.ThreatModel.sees_individual_updates`).
+    kept_references : int, optional
+        The other clients' models a round keeps besides the victim's (`RecordConfig.kept_references`);
+        None: every client heard.
     """
     seen: set[str] = set()
     for spec in specs:
@@ -201,3 +205,27 @@ def check_attacks(specs: Iterable[Any], key: str = "attacks", references: bool =
         cls = attack_class(name, key)
         if cls.needs_individual_updates and not references:
             raise FedsimError(ThreatModel.refusal(f"{key}: {name} {cls.reads}") + ", or remove it")
+        if kept_references is not None and cls.references_needed > kept_references:
+            raise FedsimError(f"{key}: {name} {cls.reads}, at least {cls.references_needed} per round, and the run keeps "
+                              f"{kept_references} (record.clients: victim, record.references: {kept_references}); set "
+                              f"record.references: {cls.references_needed} or more, or record.clients: all, or remove it")
+
+
+def check_attacks_on(specs: Iterable[Any], config: Config, key: str = "attacks") -> None:
+    """`check_attacks` against what a run of `config` offers: its threat model and the clients it records.
+
+    Parameters
+    ----------
+    specs : iterable
+        Registry names or import paths, or entries with `name` and `args`.
+    config : Config
+        The run's config (`adversary`, `defense.secure_aggregation`, `record`).
+    key : str
+        Where the entries came from, for the message.
+
+    Raises
+    ------
+    FedsimError
+        One line, as `check_attacks`.
+    """
+    check_attacks(specs, key, references=ThreatModel.of(config).sees_individual_updates, kept_references=config.record.kept_references())

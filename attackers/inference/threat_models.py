@@ -191,16 +191,17 @@ def attacker_view(run: Run) -> AttackerView | None:
     if threat.observes == "client updates":
         rounds = [r for r in trained if victim in run.clients(r)]
 
-        def references(round_number: int):
-            return [run.model(round_number, c) for c in run.clients(round_number) if c != victim]
+        def references(round_number: int):  # the other clients whose models the run folder kept (record.clients)
+            return [run.model(round_number, c) for c in run.stored(round_number) if c != victim]
 
         def references_sent(round_number: int):
-            return [sent_model(run, round_number, c) for c in run.clients(round_number) if c != victim]
+            return [sent_model(run, round_number, c) for c in run.stored(round_number) if c != victim]
 
-        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references,
+        kept = run.config.record.kept_references() != 0  # record.clients: victim without references keeps none
+        observation = Observation(rounds, lambda r: run.model(r, victim), run.records, budget, reference_models=references if kept else None,
                                   device=device, load_sent=lambda r: sent_model(run, r, victim),
                                   manipulated=_broadcast_rounds(run, rounds, victim),
-                                  load_before=lambda r: before_ascent(run, r, victim), reference_sent=references_sent)
+                                  load_before=lambda r: before_ascent(run, r, victim), reference_sent=references_sent if kept else None)
     elif threat.observes == "aggregates" and adversary.mode == "crafted-model":  # secure aggregation: the sum of the trap's reply and the others'
         summed = [r for r in trained if victim in (run.manifest.rounds[r].secure_sum or ())]  # its trap's reply is in the sum
         crafted = _broadcast_rounds(run, summed, victim)
@@ -213,7 +214,7 @@ def attacker_view(run: Run) -> AttackerView | None:
         received = [r for r in trained if victim in run.received(r)]
 
         def own_upload(r: int):  # before global r - 1 came back, the participant held its own upload of round r - 1
-            return run.model(r - 1, victim) if r >= 2 and victim in run.clients(r - 1) else run.model(r - 1)
+            return run.model(r - 1, victim) if r >= 2 and victim in run.stored(r - 1) else run.model(r - 1)
 
         observation = Observation(received, lambda r: run.model(r - 1), run.records, budget, device=device, load_sent=own_upload)
     return AttackerView(adversary.role, threat.target, observation, train_ids, train_members, eval_ids, eval_members)

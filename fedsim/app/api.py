@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from attackers.inference.leakage import measure_leakage
-from attackers.inference.registry import check_attacks
+from attackers.inference.registry import check_attacks_on
 from fedsim.app.console import RunConsole
 from fedsim.app.experiment import run_experiment
 from fedsim.core.config import Config, config_from_tree, load_config
@@ -87,7 +87,7 @@ def measure(run: Run | str | Path, attacks: Sequence[str] | None = None, rounds:
         An unknown attack name or a folder that is not a run, one line.
     """
     opened = run if isinstance(run, Run) else Run.open(run)
-    check_attacks(list(attacks or []), "attacks")
+    check_attacks_on(list(attacks or []), opened.config, "attacks")
     with RunConsole(quiet=quiet) as console:
         return measure_leakage(opened, list(attacks) if attacks else None, list(rounds) if rounds else None, progress=console).rows
 

@@ -38,11 +38,21 @@ class RoundEntry(_Entry):
     """One complete round."""
 
     clients: dict[int, ClientEntry] = Field(default_factory=dict, description="partition id -> the client heard; empty under secure aggregation")
+    stored: list[int] | None = Field(None, description="partition ids whose returned parameters were kept (config record.clients); "
+                                     "absent: every client heard")
     failed: list[int] = Field(default_factory=list, description="partition ids whose reply was an error (-1 where unknown)")
     dropped: list[int] = Field(default_factory=list, description="partition ids sent training that never replied")
     train_loss: float | None = Field(None, description="the clients' mean training loss, where they reported one")
     secure_sum: list[int] | None = Field(None, description="under secure aggregation: the partition ids whose updates were summed")
     record_seconds: float | None = Field(None, description="seconds the recorder took to write the round")
+
+    def kept(self) -> list[int]:
+        """Partition ids whose returned parameters the round's folder holds, in partition order."""
+        return sorted(self.clients if self.stored is None else self.stored)
+
+    def sampled(self) -> set[int]:
+        """Partition ids sent the round's training message: those that received it and those that never replied."""
+        return self.received() | set(self.dropped)
 
     def received(self) -> set[int]:
         """Partition ids that received the round's training message: heard, summed, or failed after receiving it."""
@@ -60,6 +70,8 @@ class Manifest(_Entry):
         The last complete round (-1 before the initial model is recorded).
     rounds : dict of int to RoundEntry
         The complete rounds, 0 (the initial model) included, in the order recorded.
+    victim_rounds : list of int or None
+        The complete rounds in which the adversary's victim was sampled; None without an adversary.
     files : dict of str to str
         Relative path -> sha256 hex digest of every listed file.
     """
@@ -74,6 +86,8 @@ class Manifest(_Entry):
     updated: str = Field(description="when the manifest was last written (UTC, ISO 8601)")
     rounds_completed: int = Field(-1, description="the last complete round; -1 before round 0")
     rounds: dict[int, RoundEntry] = Field(default_factory=dict, description="round number -> what the round recorded")
+    victim_rounds: list[int] | None = Field(None, description="the rounds in which adversary.victim was sampled (sent training); "
+                                            "absent without an adversary")
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every listed file")
     error: str | None = Field(None, description="why a failed run failed")
 

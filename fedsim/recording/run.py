@@ -198,6 +198,27 @@ class Run:
         """
         return sorted(self._round(round_number).clients)
 
+    def stored(self, round_number: int) -> list[int]:
+        """The clients whose returned parameters the run folder holds for a round (config `record.clients`).
+
+        Parameters
+        ----------
+        round_number : int
+            A complete round (>= 1).
+
+        Returns
+        -------
+        list of int
+            Partition ids, sorted: `clients(round_number)` under `record.clients: all`, else the
+            victim (where heard) and the reference clients kept beside it.
+
+        Raises
+        ------
+        FedsimError
+            If the round is not recorded.
+        """
+        return self._round(round_number).kept()
+
     def received(self, round_number: int) -> list[int]:
         """The clients that received the round's training message (the global model of the round
         before): those whose reply the server read, summed under secure aggregation, or that failed
