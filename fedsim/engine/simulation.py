@@ -10,6 +10,8 @@ start through its runtime-env agent and forgo pre-starting workers; here the wor
 PYTHONPATH from the driver's environment instead) and no usage-stats collection. Flower's Ray
 backend shuts Ray down at the end of every simulation (RayBackend.terminate), so each run of a
 sweep starts it again; the `in-process` engine (fedsim.engine.inprocess) starts no Ray at all.
+A local Ray listens on loopback only, and its agents exit within seconds of a killed run
+instead of a minute (`loopback_only`, `short_gcs_wait`).
 """
 
 from __future__ import annotations
@@ -131,9 +133,33 @@ def start_local_engine(init_args: dict) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     inherited = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*sys.path, *inherited.split(os.pathsep)]) if p)
-    with loopback_only():
+    with loopback_only(), short_gcs_wait():
         ray.init(**init_args)
     return True
+
+
+LOCAL_GCS_WAIT_S = 10  # how long a local node's processes wait for a GCS that stopped answering before they exit
+
+
+@contextmanager
+def short_gcs_wait() -> Iterator[None]:
+    """While a local Ray starts, its processes learn to give up on a silent GCS after `LOCAL_GCS_WAIT_S`.
+
+    When the run's process is killed (kill -9, the OOM killer), the GCS and raylet die with it,
+    but the raylet's agents (ray::DashboardAgent, ray::RuntimeEnvAgent) first report the
+    raylet's death through the GCS and wait Ray's default 60 s for it before exiting. A local
+    GCS does not come back, so they are told to wait `LOCAL_GCS_WAIT_S` seconds
+    (`RAY_gcs_rpc_server_reconnect_timeout_s`, in the environment the node's processes inherit
+    when they start; a value the user set is kept). Restored afterwards.
+    """
+    name = "RAY_gcs_rpc_server_reconnect_timeout_s"
+    saved = os.environ.get(name)
+    os.environ[name] = saved or str(LOCAL_GCS_WAIT_S)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
 
 
 @contextmanager

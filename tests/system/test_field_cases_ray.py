@@ -62,3 +62,41 @@ def test_a_local_ray_simulation_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= set(seen), seen  # Ray's servers were seen listening
     exposed = {name: sorted(a for a in addresses if not _loopback(a)) for name, addresses in seen.items()}
     assert not any(exposed.values()), exposed
+
+
+def test_rays_agents_exit_within_seconds_of_a_killed_run(tmp_path):
+    process = _fedsim_run(tmp_path / "run", "train.rounds=40")
+    family: dict[int, tuple[str, float]] = {}  # pid -> (name, start time): a pid reused later is not ours
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                try:
+                    family[child.pid] = (child.name(), child.create_time())
+                except psutil.NoSuchProcess:
+                    pass
+            if {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {name for name, _ in family.values()}:
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, "the run ended before Ray's agents were seen"
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {name for name, _ in family.values()}, family
+        process.kill()  # kill -9: nothing of fedsim runs after it
+        process.wait(timeout=10)
+        killed = time.monotonic()
+        alive = family
+        while alive and time.monotonic() - killed < 30:
+            time.sleep(1)
+            alive = {pid: entry for pid, entry in alive.items() if _same_process_alive(pid, entry[1])}
+        assert not alive and time.monotonic() - killed < 20, sorted(name for name, _ in alive.values())  # Ray's default: 60 s
+    finally:
+        for pid, (_, started) in family.items():
+            if _same_process_alive(pid, started):
+                os.kill(pid, 9)
+
+
+def _same_process_alive(pid: int, started: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
