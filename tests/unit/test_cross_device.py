@@ -179,3 +179,32 @@ def test_the_servers_work_per_round_follows_the_clients_sampled_not_the_clients_
     small, large = _calls_per_round(tmp_path, 10), _calls_per_round(tmp_path, 1000)
     # a sort of the 1,000 node ids per round alone (Flower asks for them every round) costs 8% more calls
     assert large <= 1.03 * small, f"{large:.0f} calls per round at 1,000 nodes against {small:.0f} at 10"
+
+
+# --- the ledger's partitions: built in one pass, equal to the partitioner's own, client by client ------
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "shard", "natural"])
+def test_every_partition_equals_the_partitioners_own_load_partition(partition):
+    import numpy as np
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, PathologicalPartitioner
+
+    from fedsim.learning.membership import partition_members
+
+    rng = np.random.default_rng(0)
+    ids, labels, groups = rng.permutation(1003) + 5, rng.integers(0, 10, 1003), rng.integers(0, 7, 1003)
+    clients = 7 if partition == "natural" else 40  # 1003 records over 40 clients: IID shards of 25 and 26
+    config = small_config(f"data.num_clients={clients}", f"data.partition={partition}", "data.classes_per_client=2", "data.alpha=0.5",
+                          "seed=4", *(["data.partition_by=writer"] if partition == "natural" else []))
+    fast = partition_members(ids, labels, config, groups if partition == "natural" else None)
+    make = {"iid": lambda: IidPartitioner(num_partitions=clients),
+            "dirichlet": lambda: DirichletPartitioner(num_partitions=clients, partition_by="label", alpha=0.5,
+                                                      min_partition_size=max(2, min(10, 1003 // (4 * clients))), seed=4),
+            "shard": lambda: PathologicalPartitioner(num_partitions=clients, partition_by="label", num_classes_per_partition=2,
+                                                     class_assignment_mode="first-deterministic", seed=4),
+            "natural": lambda: NaturalIdPartitioner(partition_by="group")}[partition]
+    reference = make()
+    reference.dataset = Dataset.from_dict({"record_id": ids, "label": labels, **({"group": groups.tolist()} if partition == "natural" else {})})
+    slow = [np.asarray(reference.load_partition(c)["record_id"]) for c in range(clients)]
+    assert len(fast) == clients and all(np.array_equal(f, s) for f, s in zip(fast, slow))
+    assert sum(len(f) for f in fast) > 0.5 * len(ids)
