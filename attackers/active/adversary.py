@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from attackers.active.crafted_model import centre
 from attackers.active.curious_participant import make_participant_mod
 from attackers.active.curious_server import CuriousServer
-from fedsim.core.config import Config
+from fedsim.core.config import Config, ParticipantAdversary, ServerAdversary
 from fedsim.learning.datasets import pool_for
 from fedsim.learning.membership import attacker_known
 from fedsim.learning.models import model_for
@@ -40,27 +40,29 @@ def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, 
     The crafted-model server traps the targets (in ledger order) and centres its neurons at the
     midpoint of the records it holds (targets and known records).
     """
-    if config.adversary.role != "server":
+    adversary = config.adversary
+    if not isinstance(adversary, ServerAdversary):
         return None
     ids = ascended_ids(ledger, config)
 
     def wrap(strategy: Strategy, partitions: dict[int, int]) -> Strategy:
         pool = pool_for(config.data)
-        if config.adversary.mode == "crafted-model":
-            return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool.take(target_ids(ledger)),
+        if adversary.mode == "crafted-model":
+            return CuriousServer(strategy, adversary, partitions, lambda: model_for(config), pool.take(target_ids(ledger)),
                                  centre=centre(pool.take(ids)[0]))
-        return CuriousServer(strategy, config.adversary, partitions, lambda: model_for(config), pool.take(ids))
+        return CuriousServer(strategy, adversary, partitions, lambda: model_for(config), pool.take(ids))
 
     return wrap
 
 
 def participant_mods(config: Config, ledger: pd.DataFrame) -> list[Mod]:
     """The curious participant's mod, when a participant is the adversary."""
-    if config.adversary.role != "participant":
+    adversary = config.adversary
+    if not isinstance(adversary, ParticipantAdversary):
         return []
     ids = ascended_ids(ledger, config)
 
     def load_targets():
         return pool_for(config.data).take(ids)
 
-    return [make_participant_mod(config.adversary, lambda: model_for(config), load_targets)]
+    return [make_participant_mod(adversary, lambda: model_for(config), load_targets)]

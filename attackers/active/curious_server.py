@@ -25,7 +25,7 @@ from torch import nn
 
 from attackers.active.crafted_model import chunk, crafted_state, crafted_width
 from attackers.active.gradient_ascent import ascent_step
-from fedsim.core.config import AdversaryConfig
+from fedsim.core.config import ServerAdversary
 from fedsim.core.layout import client_file
 from fedsim.core.messages import array_record, partition_of
 from fedsim.recording.run import Run
@@ -36,7 +36,7 @@ class CuriousServer(StrategyWrapper):
     def __init__(
         self,
         inner: Strategy,
-        adversary: AdversaryConfig,
+        adversary: ServerAdversary,
         partitions: Mapping[int, int],
         make_model: Callable[[], nn.Module],
         targets: tuple[torch.Tensor, torch.Tensor],
@@ -61,10 +61,6 @@ class CuriousServer(StrategyWrapper):
         if self.adversary.mode == "crafted-model":
             self.crafted_sent = sum((run.folder / client_file(r, self.adversary.victim, "broadcast")).exists() for r in range(1, last_round + 1))
 
-    def acts_in(self, server_round: int) -> bool:
-        rounds = self.adversary.active_rounds
-        return self.adversary.mode in ("gradient-ascent", "crafted-model") and (rounds is None or server_round in rounds)
-
     def _ascend(self, start: ArrayRecord, server_round: int, memo: dict[int, ArrayRecord]) -> ArrayRecord:
         """`start` plus the round's ascent step, computed once per start within one configure_train."""
         if id(start) not in memo:
@@ -75,7 +71,7 @@ class CuriousServer(StrategyWrapper):
     def _for_victim(self, server_round: int, aggregate: ArrayRecord, memo: dict[int, ArrayRecord]) -> ArrayRecord:
         """What the victim is sent this round."""
         start = self.victim_chain if self.adversary.isolate and self.victim_chain is not None else aggregate
-        if not self.acts_in(server_round):
+        if not self.adversary.acts_in(server_round):
             return start
         if self.adversary.mode == "crafted-model":
             assert self.centre is not None, "a crafted-model server is built with its centre"
@@ -102,7 +98,7 @@ class CuriousServer(StrategyWrapper):
         if self.adversary.mode == "passive" and not self.adversary.isolate:
             return messages
         # sent_to all: every other client gets what the inner strategy sent it, ascended
-        everyone = self.adversary.sent_to == "all" and self.adversary.mode == "gradient-ascent" and self.acts_in(server_round)
+        everyone = self.adversary.sent_to == "all" and self.adversary.mode == "gradient-ascent" and self.adversary.acts_in(server_round)
         memo: dict[int, ArrayRecord] = {}  # one step per distinct start (the victim shares the others' without isolation)
         out = []
         for message in messages:

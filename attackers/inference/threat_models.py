@@ -115,8 +115,7 @@ def before_ascent(run: Run, round_number: int, client: int) -> nn.Module | None:
         The model in eval mode; None when the server did not ascend in that round.
     """
     adversary = run.config.adversary
-    if adversary.role != "server" or adversary.mode != "gradient-ascent" or (
-            adversary.active_rounds is not None and round_number not in adversary.active_rounds):
+    if adversary.role != "server" or adversary.mode != "gradient-ascent" or not adversary.acts_in(round_number):
         return None
     if adversary.isolate:
         replied = [r for r in run.rounds if 1 <= r < round_number and client in run.clients(r)]

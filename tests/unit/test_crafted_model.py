@@ -17,7 +17,7 @@ from attackers.active.curious_server import CuriousServer
 from attackers.inference.crafted import CraftedAttack, trap_scores
 from attackers.inference.observation import Observation
 from conftest import shared_data, small_config
-from fedsim.core.config import AdversaryConfig, load_config
+from fedsim.core.config import ServerAdversary, load_config
 from fedsim.core.errors import FedsimError
 from fedsim.core.messages import partition_of
 from fedsim.engine.client_app import make_client_app
@@ -95,7 +95,7 @@ def trap_round(_server_identity):
     c = centre(pool.take(ids[:400])[0])
     torch.manual_seed(0)
     initial = model_for(config).state_dict()
-    adversary = AdversaryConfig(**config.adversary.model_dump())
+    adversary = ServerAdversary(**config.adversary.model_dump())
     server = CuriousServer(FedAvg(fraction_evaluate=0.0), adversary, {NODE + i: i for i in range(NUM_CLIENTS)}, lambda: model_for(config),
                            targets, centre=c)
     grid = InProcessGrid(make_client_app(config, records), NUM_CLIENTS)

@@ -21,7 +21,7 @@ from attackers.active.curious_participant import make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from attackers.active.gradient_ascent import ascent_step
 from conftest import small_config
-from fedsim.core.config import AdversaryConfig
+from fedsim.core.config import ParticipantAdversary, ServerAdversary
 from fedsim.core.errors import FedsimError
 from fedsim.core.messages import PARTITION_KEY, partition_of
 from fedsim.engine.client_app import make_client_app
@@ -92,7 +92,7 @@ def _grid_and_app(config, records, mods=()):
 
 
 def _server(config, targets, **adversary):
-    settings = AdversaryConfig(**{**config.adversary.model_dump(), **adversary})
+    settings = ServerAdversary(**{**config.adversary.model_dump(), **adversary})
     partitions = {NODE + i: i for i in range(NUM_CLIENTS)}
     return CuriousServer(FedAvg(fraction_evaluate=0.0), settings, partitions, lambda: model_for(config), targets)
 
@@ -202,7 +202,7 @@ def _context(partition: int) -> Context:
 
 
 def _mod(config, targets, **adversary):
-    settings = AdversaryConfig(**{**config.adversary.model_dump(), "role": "participant", **adversary})
+    settings = ParticipantAdversary(**{**config.adversary.model_dump(), "role": "participant", **adversary})
     return make_participant_mod(settings, lambda: model_for(config), lambda: targets)
 
 
