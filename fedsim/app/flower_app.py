@@ -7,6 +7,11 @@ config (`[tool.flwr.app.config]`, `--run-config`) names the fedsim config file a
 both apps derive everything from it (the ledger is rebuilt from the seed on every node), so
 nothing is shipped to the clients but the Flower messages. The ServerApp does what `fedsim run`
 does: it records every round into a run folder, then runs the attacks and writes the report.
+
+Flower's managed local SuperLink keeps the working directory of whichever app first started it,
+so the ServerApp's working directory says nothing about where the user is: the run folders go
+to an absolute place (`runs`, default `~/fedsim-runs`), a relative `runs` or `out` is refused, and
+the run folder's absolute path is logged when the run starts and when it ends.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from rich.text import Text
 
 from fedsim.app.audit import audited_client, prepare_audit, run_audit
 from fedsim.app.console import RunConsole
-from fedsim.app.experiment import RUNS, client_app_for, load_checked_config, run_experiment
+from fedsim.app.experiment import client_app_for, load_checked_config, run_experiment
 from fedsim.core.config import Config
 from fedsim.core.errors import FedsimError
 from fedsim.core.messages import PARTITION_KEY
@@ -36,7 +41,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where pyproject.toml and c
 CONFIG_KEY = "config"  # run config: the fedsim config file
 OVERRIDES_KEY = "overrides"  # run config: `--set` assignments separated by ';'
 OUT_KEY = "out"  # run config: the run folder ('' = <runs>/<name>-<time>)
-RUNS_KEY = "runs"  # run config: the folder holding run folders and the `latest` link
+RUNS_KEY = "runs"  # run config: the folder holding run folders and the `latest` link ('' = FLOWER_RUNS)
+FLOWER_RUNS = Path("~/fedsim-runs")  # the default `runs` under flwr run: absolute once expanded, whatever the SuperLink's working directory
 AUDIT_KEY = "audit"  # run config: a Flower app's folder to audit (`fedsim audit` through `flwr run`); "": fedsim's own federation
 DATA_ROOT_KEY = "data-root"  # node config: where this SuperNode's copy of the data set lives
 
@@ -58,6 +64,39 @@ def config_path(value: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return PROJECT_ROOT / path
+
+
+def run_locations(run_config: dict) -> tuple[Path, Path | None]:
+    """The folder of run folders and the run folder (None: `<runs>/<name>-<time>`) a run config names, both absolute.
+
+    The ServerApp runs in the working directory of whatever started the SuperLink (for Flower's
+    managed local SuperLink: the first app `flwr run` started), so a relative path would land in
+    another project's folder.
+
+    Parameters
+    ----------
+    run_config : dict
+        Flower's run config: `runs` ("" = `~/fedsim-runs`) and `out` ("" = a new folder under `runs`).
+
+    Returns
+    -------
+    tuple of (pathlib.Path, pathlib.Path or None)
+        `runs` and `out`, `~` expanded.
+
+    Raises
+    ------
+    FedsimError
+        `runs` or `out` is a relative path, one line.
+    """
+    runs = Path(str(run_config.get(RUNS_KEY, "") or FLOWER_RUNS)).expanduser()
+    out_value = str(run_config.get(OUT_KEY, "") or "")
+    out = Path(out_value).expanduser() if out_value else None
+    for key, path in ((RUNS_KEY, runs), (OUT_KEY, out)):
+        if path is not None and not path.is_absolute():
+            raise FedsimError(f"flwr run: run config {key}={str(path)!r} is relative, but the ServerApp's working directory is wherever "
+                              f"the SuperLink was started; give an absolute path (--run-config '{key}=\"'$PWD'/{path}\"')"
+                              + (f", or leave it empty for {FLOWER_RUNS}" if key == RUNS_KEY else ", or leave it empty for a folder under runs"))
+    return runs, out
 
 
 def overrides_of(value: str) -> list[str]:
@@ -133,18 +172,15 @@ server_app = ServerApp()
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    """Record the run, attack it and write its report, as `fedsim run` does; log the run folder."""
-    runs = Path(str(context.run_config.get(RUNS_KEY, "") or RUNS)).expanduser()
-    out = str(context.run_config.get(OUT_KEY, "") or "")
+    """Record the run, attack it and write its report, as `fedsim run` does; log the run folder (absolute, `run_locations`)."""
+    runs, out = run_locations(dict(context.run_config))
     if context.run_config.get(AUDIT_KEY):
         folder = run_audit(config_path(str(context.run_config[AUDIT_KEY])), overrides_of(str(context.run_config.get(OVERRIDES_KEY, ""))),
-                           out=Path(out).expanduser() if out else None, console=_FlowerLogConsole(), runs=runs,
-                           engine=_audit_on(grid, context))
+                           out=out, console=_FlowerLogConsole(), runs=runs, engine=_audit_on(grid, context))
         log(INFO, "fedsim: run folder %s", folder.resolve())
         return
     config = config_from_run_config(dict(context.run_config))
-    folder = run_experiment(config, Path(out).expanduser() if out else None, _FlowerLogConsole(), engine=_serve_on(grid, config),
-                            runs=runs)
+    folder = run_experiment(config, out, _FlowerLogConsole(), engine=_serve_on(grid, config), runs=runs)
     log(INFO, "fedsim: run folder %s", folder.resolve())
 
 

@@ -313,3 +313,30 @@ def test_more_cpus_per_client_than_a_local_ray_has_is_one_line_before_any_folder
     assert main(["check", *ray, f"--set=backend.cpus_per_client={cpus:g}"]) == 0  # the fix it names
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # an attached cluster's CPUs are Ray's to count
     assert main(["check", *ray, f"--set=backend.cpus_per_client={cpus + 1:g}"]) == 0
+
+
+@pytest.mark.integration
+def test_flwr_runs_run_folder_does_not_depend_on_the_superlinks_working_directory(tmp_path, monkeypatch):
+    from fedsim.app import flower_app
+
+    home, other_app = tmp_path / "home", tmp_path / "other-app"  # the managed SuperLink's working directory: another app's folder
+    home.mkdir()
+    other_app.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(other_app)
+    logged: list[str] = []
+    monkeypatch.setattr(flower_app, "log", lambda level, message, *args: logged.append(message % args))
+    run_config = {"config": "fedsim/quickstart.yaml", "overrides": "; ".join([*TINY, "name=flwr"]), "out": "", "runs": ""}
+    with server_identity():
+        grid = InProcessGrid(flower_app.client_app, 2)
+        for context in grid._contexts.values():  # what Flower gives every SuperNode: the run's config
+            context.run_config = dict(run_config)
+        flower_app.server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)))
+    folders = [p for p in (home / "fedsim-runs").iterdir() if p.name != "latest"]
+    assert len(folders) == 1 and Run.open(folders[0]).status == "complete"
+    assert list(other_app.iterdir()) == []  # nothing in the SuperLink's working directory
+    assert logged[-1] == f"fedsim: run folder {folders[0].resolve()}"
+    assert any(line.startswith("fedsim: flwr: ") and line.endswith(f"-> {folders[0]}") for line in logged), logged[:3]
+    with pytest.raises(FedsimError) as refused:  # a relative folder has no meaning there
+        flower_app.run_locations({"runs": "runs", "out": ""})
+    assert "runs='runs' is relative" in str(refused.value) and "--run-config 'runs=\"'$PWD'/runs\"'" in str(refused.value)
