@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_training.py
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/suite.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf runs .pytest_cache site build/notebooks
