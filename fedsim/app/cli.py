@@ -266,7 +266,50 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def end_after_interrupt(code: int) -> None:
+    """End the process now if threads that an interrupted Ray simulation left behind would keep it alive.
+
+    Flower's Ray engine shuts Ray down when Ctrl-C reaches it, while its worker threads still
+    wait on Ray for a client's reply; the interpreter waits for those threads at exit, for
+    minutes or for ever. Where such threads remain, Ray is shut down (if it is still up), the
+    output flushed, and the process ends with `code` without waiting for them.
+
+    Parameters
+    ----------
+    code : int
+        The exit status (130 after an interrupt).
+    """
+    import contextlib
+    import os
+    import threading
+
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not lingering:
+        return
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):  # ending anyway: a failed shutdown must not keep the process alive
+            ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `fedsim` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after `fedsim`; None: the command line (then an interrupt also ends the
+        process at once, see `end_after_interrupt`).
+
+    Returns
+    -------
+    int
+        The exit status: 0, 2 after bad input (one line on stderr), 130 after an interrupt.
+    """
+    command_line = argv is None
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _run, "audit": _audit, "check": _check, "attack": _attack, "report": _report, "sweep": _sweep, "reproduce": _reproduce}
@@ -280,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                   "sweep": "; run the same sweep again to resume",
                   "reproduce": "; run the same command again to resume"}.get(args.command, "")
         print(f"fedsim: interrupted{detail}", file=sys.stderr)
+        if command_line:
+            end_after_interrupt(130)
         return 130
 
 

@@ -179,11 +179,14 @@ def simulate_engine(config: Config) -> Engine:
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
         log_file = plan.recorder.folder / RUN_LOG
-        if config.backend.engine == "in-process":
-            with engine_log(log_file):
-                run_in_process(make_server_app(plan), client_app, config.data.num_clients)
-        else:
-            simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, log_file)
+        try:
+            if config.backend.engine == "in-process":
+                with engine_log(log_file):
+                    run_in_process(make_server_app(plan), client_app, config.data.num_clients)
+            else:
+                simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, log_file)
+        finally:  # e.g. Ctrl-C: the Ray engine's ServerApp thread, which the interpreter waits for at exit, stops waiting
+            plan.stop.set()
 
     return run
 
@@ -330,6 +333,8 @@ def _simulate(recorder: Recorder, plan: ServerPlan, client_app: ClientApp, engin
     """Run the remaining rounds on `engine`; mark the run failed and re-raise what stopped the server app."""
     try:
         engine(plan, client_app)
+    except KeyboardInterrupt as exc:  # the user's, whatever the server's thread reported meanwhile
+        plan.error = exc
     except BaseException as exc:
         plan.error = plan.error or exc
     if plan.error is not None:  # what stopped the server app (the engine may only log it)

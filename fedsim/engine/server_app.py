@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -49,15 +50,23 @@ def sorted_replies(replies: Iterable[Message]) -> list[Message]:
     return ok + failed
 
 
-def discover_partitions(grid: Grid, expected: int, timeout: float = 600) -> dict[int, int]:
-    """Node id -> partition id, asked of every node once (a QUERY message each)."""
+class RunStopped(Exception):
+    """The run was stopped from outside the server (Ctrl-C in the process that started it): the
+    ServerApp's thread ends at its next poll instead of waiting out a round's timeout.
+    """
+
+
+def discover_partitions(grid: Grid, expected: int, timeout: float = 600, stop: threading.Event | None = None) -> dict[int, int]:
+    """Node id -> partition id, asked of every node once (a QUERY message each); `stop` ends the wait (`RunStopped`)."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(nodes)} of {expected} simulated clients connected")
+        if stop is not None and stop.is_set():
+            raise RunStopped("the run was stopped before every client connected")
         time.sleep(0.1)
     questions = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node) for node in sorted(nodes)]
-    replies = grid.send_and_receive(questions, timeout=timeout)
+    replies = PartitionOrderedGrid(grid, {}, stop=stop).send_and_receive(questions, timeout=timeout)
     return {r.metadata.src_node_id: partition_of(r) for r in replies if not r.has_error()}
 
 
@@ -68,13 +77,16 @@ class PartitionOrderedGrid:
     per run, so with a seeded `random` only a stable order makes the sampled clients reproducible.
     Clients train inside Ray actors, out of the console's reach; the replies reaching the server
     are what a client-training progress bar can count, so `on_train_replies(received, sent)` is
-    called as they arrive.
+    called as they arrive. Once `stop` is set, waiting for replies raises `RunStopped`: the Ray
+    engine runs the ServerApp in a thread of its own that the interpreter waits for at exit.
     """
 
-    def __init__(self, grid: Grid, partitions: dict[int, int], on_train_replies: Callable[[int, int], None] | None = None):
+    def __init__(self, grid: Grid, partitions: dict[int, int], on_train_replies: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None):
         self._grid = grid
         self._partitions = partitions
         self._on_train_replies = on_train_replies
+        self._stop = stop
         self._nodes: tuple[int, ...] = ()
         self._ordered: list[int] = []
 
@@ -91,21 +103,25 @@ class PartitionOrderedGrid:
         return list(self._ordered)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), counting training replies."""
+        """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), counting training replies and watching `stop`."""
         messages = list(messages)
-        report = self._on_train_replies
-        if report is None or not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
+        training = bool(messages) and all(m.metadata.message_type == MessageType.TRAIN for m in messages)
+        report = self._on_train_replies if training else None
+        if report is None and self._stop is None:
             return list(self._grid.send_and_receive(messages, timeout=timeout))
         pending = set(self._grid.push_messages(messages))
         sent = len(pending)
-        report(0, sent)
+        if report is not None:
+            report(0, sent)
         deadline = None if timeout is None else time.time() + timeout
         replies: list[Message] = []
         while pending and (deadline is None or time.time() < deadline):
+            if self._stop is not None and self._stop.is_set():
+                raise RunStopped("the run was stopped while the server waited for replies")
             arrived = list(self._grid.pull_messages(pending))
             replies += arrived
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
-            if arrived:
+            if arrived and report is not None:
                 report(len(replies), sent)
             if pending:
                 time.sleep(getattr(self._grid, "pull_interval", 0.1))
@@ -362,6 +378,7 @@ class ServerPlan:
     secure_aggregation: bool = False  # the server (recorder and adversary included) sees only the aggregate
     max_failed_rounds: int | None = None  # rounds without any client update tolerated (None: no limit)
     adversary_gamma: bool = False  # an active adversary's gradient ascent (adversary.gamma) also moves the models
+    stop: threading.Event = field(default_factory=threading.Event)  # set when the run is stopped from outside (Ctrl-C): the server's waits end
     threads: float = 1  # torch threads for the server's own computations (backend.cpus_per_client), fixed so records do not depend on the process
     strategy_name: str = ""  # how the config names the strategy (strategy.name), for messages; "": its class's import path
 
@@ -426,7 +443,7 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
 
 def _serve(plan: ServerPlan, grid: Grid) -> None:
     """The body of `serve`, on the planned thread count."""
-    partitions = discover_partitions(grid, plan.num_clients)
+    partitions = discover_partitions(grid, plan.num_clients, stop=plan.stop)
     first_round = 1 if plan.resumed is None else plan.resumed.manifest.rounds_completed + 1
     model_state = plan.model.state_dict()  # the names and shapes every aggregate must have
     evaluations: dict[int, tuple[float, float]] = {}  # round -> (test loss, accuracy) of the global model admitted
@@ -477,7 +494,7 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     # The wrappers are proxies (the rest of Grid's interface through __getattr__), not Grid subclasses.
-    grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies))
+    grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies, plan.stop))
     if plan.faults is not None:
         grid = cast(Grid, DropoutGrid(grid, plan.faults, partitions))
     clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)
@@ -491,6 +508,8 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         try:
             serve(plan, grid)
+        except RunStopped:
+            return  # stopped from outside: what stopped the run is the caller's to report
         except BaseException as exc:
             plan.error = exc
             raise

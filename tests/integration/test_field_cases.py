@@ -340,3 +340,31 @@ def test_flwr_runs_run_folder_does_not_depend_on_the_superlinks_working_director
     with pytest.raises(FedsimError) as refused:  # a relative folder has no meaning there
         flower_app.run_locations({"runs": "runs", "out": ""})
     assert "runs='runs' is relative" in str(refused.value) and "--run-config 'runs=\"'$PWD'/runs\"'" in str(refused.value)
+
+
+@pytest.mark.integration
+def test_one_ctrl_c_ends_an_in_process_run_within_seconds_and_marks_it_failed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "run"
+    sets = [f"--set={s}" for s in (*TINY, "train.rounds=200")]
+    process = subprocess.Popen([sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(folder), "--quiet", *sets], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None and not (folder / "rounds" / "0001").is_dir():
+            time.sleep(0.1)
+        assert process.poll() is None and (folder / "rounds" / "0001").is_dir(), "round 1 never finished"
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = process.communicate(timeout=120)
+        took = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and took < 15, (took, err[-2000:])
+    assert err.strip().splitlines()[-1] == "fedsim: interrupted; the run folder is marked failed (continue it with `fedsim run --resume`)"
+    assert _manifest(folder)["status"] == "failed"

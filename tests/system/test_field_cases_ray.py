@@ -1,11 +1,14 @@
 """Field cases that only Flower's Ray engine shows: a local simulation listens on the loopback
-interface only, and Ray's agents do not outlive a run that was killed.
+interface only, Ray's agents do not outlive a run that was killed, and one Ctrl-C ends a run
+within seconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,3 +103,23 @@ def _same_process_alive(pid: int, started: float) -> bool:
         return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_one_ctrl_c_ends_a_ray_run_within_seconds_and_marks_it_failed(tmp_path):
+    folder = tmp_path / "run"
+    process = _fedsim_run(folder, "train.rounds=200")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None and not (folder / "rounds" / "0001").is_dir():
+            time.sleep(0.2)
+        assert process.poll() is None and (folder / "rounds" / "0001").is_dir(), "round 1 never finished"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+        interrupted = time.monotonic()
+        _, err = process.communicate(timeout=120)
+        took = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode == 130 and took < 15, (took, err[-2000:])  # before: alive for minutes after the line below
+    assert err.strip().splitlines()[-1] == "fedsim: interrupted; the run folder is marked failed (continue it with `fedsim run --resume`)"
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "failed"
