@@ -15,9 +15,9 @@ from attackers.active.crafted_model import centre
 from attackers.active.curious_participant import make_participant_mod
 from attackers.active.curious_server import CuriousServer
 from fedsim.core.config import Config, ParticipantAdversary, ServerAdversary
-from fedsim.learning.datasets import pool_for
+from fedsim.learning.datasets import Pool, pool_for
 from fedsim.learning.membership import attacker_known
-from fedsim.learning.models import model_for
+from fedsim.learning.models import build_model, model_for
 
 
 def target_ids(ledger: pd.DataFrame) -> np.ndarray:
@@ -55,14 +55,21 @@ def server_wrapper(config: Config, ledger: pd.DataFrame) -> Callable[[Strategy, 
     return wrap
 
 
-def participant_mods(config: Config, ledger: pd.DataFrame) -> list[Mod]:
-    """The curious participant's mod, when a participant is the adversary."""
+def participant_mods(config: Config, ledger: pd.DataFrame, pool: Pool | None = None) -> list[Mod]:
+    """The curious participant's mod, when a participant is the adversary; `pool` holds the
+    records where the config's data section cannot load them (an audited app's client).
+    """
     adversary = config.adversary
     if not isinstance(adversary, ParticipantAdversary):
         return []
     ids = ascended_ids(ledger, config)
 
     def load_targets():
-        return pool_for(config.data).take(ids)
+        return (pool or pool_for(config.data)).take(ids)
 
-    return [make_participant_mod(adversary, lambda: model_for(config), load_targets)]
+    def make_model():
+        if pool is None:
+            return model_for(config)
+        return build_model(config.model.name, pool.input_shape, pool.num_classes, config.model.args)
+
+    return [make_participant_mod(adversary, make_model, load_targets)]

@@ -169,6 +169,12 @@ def _component(app: FlowerApp, path: str, kind: type, key: str) -> Any:
 def _materialise(part: Any, config: Config, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 (n, ...), labels int64 (n,)) of a DataLoader, a Dataset or an (x, y) pair."""
     if isinstance(part, torch.utils.data.DataLoader):
+        sampler = getattr(part.batch_sampler, "sampler", part.sampler)
+        if not isinstance(sampler, torch.utils.data.RandomSampler | torch.utils.data.SequentialSampler) or (
+                isinstance(sampler, torch.utils.data.RandomSampler) and (sampler.replacement or sampler.num_samples != len(part.dataset))):  # type: ignore[arg-type]
+            raise FedsimError(f"app.data: {what} come in a DataLoader with a {type(sampler).__name__}, which may train on part of its "
+                              "dataset; fedsim takes the whole dataset as the client's members: return a loader that goes through "
+                              "all of it (shuffle=True or False)")
         part = part.dataset
     if isinstance(part, tuple | list) and len(part) == 2 and not isinstance(part[0], dict | tuple):
         x, y = part
@@ -221,6 +227,7 @@ def app_records(config: Config, notes: list[str]) -> tuple[Pool, pd.DataFrame]:
         raise FedsimError(f"app.data: {config.app.data!r} is a {type(load).__name__}, not a function")
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
+    victim_records = torch.zeros(0)
     parts: list[np.ndarray] = []
     held_out: list[np.ndarray] = []
     start = 0
@@ -234,13 +241,26 @@ def app_records(config: Config, notes: list[str]) -> tuple[Pool, pd.DataFrame]:
         if not isinstance(returned, tuple | list) or len(returned) != 2:
             raise FedsimError(f"app.data: {config.app.data} returned a {type(returned).__name__}; it must return (train, test) for the partition")
         for role, part in zip(("train", "test"), returned):
-            x, y = _materialise(part, config, f"partition {partition}'s {role} records")
+            try:
+                x, y = _materialise(part, config, f"partition {partition}'s {role} records")
+            except FedsimError:
+                raise
+            except Exception as exc:  # records of a shape or type fedsim cannot read: say which, in one line
+                raise FedsimError(f"app.data: reading partition {partition}'s {role} records failed ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())}); each record must be (features, label) or a mapping with "
+                                  "app.features and app.label, the label an integer") from None
             ids = np.arange(start, start + len(y))
             start += len(y)
             if len(y):
                 features.append(x)
                 labels.append(y)
             (parts if role == "train" else held_out).append(ids)
+            if role == "train" and partition == config.adversary.victim:
+                victim_records = x
+    again = _materialise(load(config.adversary.victim, config.data.num_clients, **config.app.data_args)[0], config, "a second call's records")
+    if not torch.equal(again[0], victim_records):
+        raise FedsimError(f"app.data: {config.app.data} gives partition {config.adversary.victim} other training records on a second call; "
+                          "the ledger must be exactly what the client trains on: make the split deterministic (seed it)")
     shapes = {tuple(x.shape[1:]) for x in features if len(x)}
     if len(shapes) > 1:
         raise FedsimError(f"app.data: records of different shapes {sorted(shapes)}; the data function must give every partition the same features")
@@ -380,7 +400,7 @@ def _simulation(config: Config, log_file: Path) -> Engine:
 
 def audited_client(audit: Audit) -> ClientApp:
     """The app's ClientApp inside the audit's mods (and the curious participant's, where one attacks)."""
-    return audited_client_app(audit.client_app, audit.app.run_config, participant_mods(audit.config, audit.ledger))
+    return audited_client_app(audit.client_app, audit.app.run_config, participant_mods(audit.config, audit.ledger, audit.pool))
 
 
 def _run_app(audit: Audit, recorder: Recorder, console: RunConsole, engine: Engine) -> None:
@@ -414,7 +434,14 @@ def _run_app(audit: Audit, recorder: Recorder, console: RunConsole, engine: Engi
         mark_failed(recorder, f"{type(error).__name__}: {error}")
         if isinstance(error, FedsimError | KeyboardInterrupt):
             raise error
-        raise FedsimError(f"the app's ServerApp failed: {type(error).__name__}: {error} (its traceback is in {recorder.folder / RUN_LOG})") from None
+        raise FedsimError(f"the app's ServerApp failed: {type(error).__name__}: {' '.join(str(error).split())} "
+                          f"(its traceback is in {recorder.folder / RUN_LOG})") from None
+    adversary = config.adversary
+    attacker_failed = [r for r, entry in recorder.manifest.rounds.items() if adversary.role == "participant" and adversary.victim in entry.failed]
+    if attacker_failed:
+        mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
+        raise FedsimError(f"adversary: the curious participant (client {adversary.victim}) failed in rounds "
+                          f"{', '.join(map(str, attacker_failed))}; its error is in {recorder.folder / RUN_LOG}")
     if recorder.manifest.rounds_completed != config.train.rounds:
         mark_failed(recorder, f"only {recorder.manifest.rounds_completed} of {config.train.rounds} rounds completed")
         raise FedsimError(f"the app stopped after round {recorder.manifest.rounds_completed} of {config.train.rounds}; see {recorder.folder / RUN_LOG}")

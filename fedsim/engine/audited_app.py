@@ -24,10 +24,11 @@ from typing import Protocol
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import NUM_PARTITIONS_KEY
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.grid.grid import Run as FlowerRun
 
-from fedsim.core.errors import FedsimError
+from fedsim.core.errors import FatalClientError, FedsimError, fatal_message
 from fedsim.core.messages import CLIENT_RECORD, PARTITION_KEY, partition_of
 from fedsim.engine.server_app import admit_global, client_error
 from fedsim.recording.recorder import Recorder
@@ -150,15 +151,16 @@ class AuditGrid(Grid):
         return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
+        return [_untagged(r) for r in self._grid.pull_messages(message_ids)]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
         kinds = {_kind(m) for m in messages}
         if MessageType.TRAIN in kinds:
             return self._train(messages, timeout)
-        if MessageType.EVALUATE in kinds and messages:
-            self._aggregate_seen(_arrays(messages[0]).to_torch_state_dict())
+        carrying = [m for m in messages if _kind(m) == MessageType.EVALUATE and m.content.array_records]
+        if carrying and self._pending is not None:
+            self._aggregate_seen(_arrays(sorted(carrying, key=self._partition)[0]).to_torch_state_dict())
         return [_untagged(r) for r in self._grid.send_and_receive(messages, timeout=timeout)]
 
     # -- recording -----------------------------------------------------------------------------
@@ -168,6 +170,10 @@ class AuditGrid(Grid):
     def _train(self, messages: list[Message], timeout: float | None) -> list[Message]:
         self._round += 1
         server_round = self._round
+        stated = {r for m in messages if (r := _server_round(m)) is not None}
+        if stated and stated != {server_round}:
+            raise FedsimError(f"the app's strategy sent training messages for server-round {sorted(stated)} as its training round "
+                              f"{server_round}; fedsim audits strategies that train once per round (Flower's Strategy.start does)")
         ordered = sorted(messages, key=self._partition)
         sent_global = _arrays(ordered[0]).to_torch_state_dict()  # what the strategy sends: the aggregate of the round before
         if server_round == 1:
@@ -187,6 +193,10 @@ class AuditGrid(Grid):
         ok = [r for r in replies if not r.has_error()]
         received: dict[int, tuple[StateDict, int]] = {partition_of(r): (_arrays(r).to_torch_state_dict(), _num_examples(r)) for r in ok}
         failed = sorted(self._partitions.get(r.metadata.src_node_id, -1) for r in replies if r.has_error())
+        for reply in replies:
+            fatal = fatal_message(client_error(reply)) if reply.has_error() else None
+            if fatal is not None:
+                raise FedsimError(f"round {server_round}: {fatal}")
         dropped = sorted(sent - set(received) - set(failed))
         losses = [(float(r.content.metric_records[k]["train_loss"]), received[partition_of(r)][1])  # type: ignore[arg-type]
                   for r in ok for k in r.content.metric_records if "train_loss" in r.content.metric_records[k]]
@@ -227,7 +237,7 @@ class AuditGrid(Grid):
         if self._pending is not None:
             raise FedsimError(f"the app's strategy never sent its round-{self._pending.number} aggregate to a client (no federated "
                               "evaluation in the last round), so fedsim cannot record that round; let the strategy evaluate on "
-                              "some clients (e.g. fraction_evaluate > 0) or audit one round more than you analyse")
+                              "some clients in every round (e.g. FedAvg's fraction_evaluate > 0)")
         if self.recorded != self._plan.rounds:
             raise FedsimError(f"the app ran {self.recorded} rounds but the audit expected {self._plan.rounds} (train.rounds, from the "
                               "app's run config); set train.rounds in [tool.fedsim] to the rounds the app runs")
@@ -236,6 +246,15 @@ class AuditGrid(Grid):
 def _kind(message: Message) -> str:
     """The message's category ('train' for 'train.custom')."""
     return message.metadata.message_type.split(".")[0]
+
+
+def _server_round(message: Message) -> int | None:
+    """The round a Flower strategy states in its training config ('server-round'), if it does."""
+    for record in message.content.config_records.values():
+        value = record.get("server-round")
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def _num_examples(reply: Message) -> int:
@@ -269,20 +288,29 @@ def discover(grid: Grid, expected: int, timeout: float = 600) -> dict[int, int]:
         time.sleep(0.1)
     questions = [Message(content=RecordDict({DISCOVER: ConfigRecord()}), message_type=MessageType.QUERY, dst_node_id=node)
                  for node in sorted(nodes)]
+    if len(nodes) > expected:
+        raise FedsimError(f"the app's federation has {len(nodes)} SuperNodes but the audit expects {expected} (data.num_clients): their "
+                          "clients would train on partitions of another split than the ledger's; give the federation "
+                          f"num-supernodes={expected} or set data.num_clients={len(nodes)}")
     replies = list(grid.send_and_receive(questions, timeout=timeout))
     failed = [client_error(r) for r in replies if r.has_error()]
     if failed:
         raise FedsimError(f"a SuperNode did not answer fedsim's partition query ({failed[0]}); is its ClientApp wrapped by fedsim audit?")
+    split = {int(r.content[CLIENT_RECORD][NUM_PARTITIONS_KEY]) for r in replies if NUM_PARTITIONS_KEY in r.content[CLIENT_RECORD]}  # type: ignore[arg-type]
+    if split - {expected}:
+        raise FedsimError(f"the app's SuperNodes split the data into {sorted(split)} partitions (node config num-partitions) but the "
+                          f"ledger into {expected} (data.num_clients); make them equal")
     return {r.metadata.src_node_id: partition_of(r) for r in replies}
 
 
 def with_run_config(context: Context, run_config: Mapping) -> Context:
-    """The context the app is given: the engine's, with the app's own run config under the keys
-    the engine did not set. A new Context sharing the node's state (Flower forbids changing a
-    context's run config in place); what the app keeps in `context.state` persists as usual.
+    """The context the app is given: the engine's, with exactly the app's own run config (its
+    pyproject.toml's, with the audit's --run-config overrides), never fedsim's keys that `flwr run`
+    carries. A new Context sharing the node's state (Flower forbids changing a context's run
+    config in place); what the app keeps in `context.state` persists as usual.
     """
-    merged = {**run_config, **context.run_config}
-    return Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config, state=context.state, run_config=merged)
+    return Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config, state=context.state,
+                   run_config=dict(run_config))
 
 
 def audited_server_app(app: ServerApp, plan: AuditPlan) -> ServerApp:
@@ -327,9 +355,15 @@ def audit_mod(run_config: Mapping) -> Callable[[Message, Context, Callable[[Mess
     def mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         partition = int(context.node_config[PARTITION_KEY])
         if _kind(message) == MessageType.QUERY and DISCOVER in message.content:
-            return Message(content=RecordDict({CLIENT_RECORD: ConfigRecord({PARTITION_KEY: partition})}), reply_to=message)
+            answer = {PARTITION_KEY: partition}
+            if NUM_PARTITIONS_KEY in context.node_config:
+                answer[NUM_PARTITIONS_KEY] = int(context.node_config[NUM_PARTITIONS_KEY])
+            return Message(content=RecordDict({CLIENT_RECORD: ConfigRecord(answer)}), reply_to=message)  # type: ignore[arg-type]
         reply = call_next(message, with_run_config(context, run_config))
         if not reply.has_error():
+            if CLIENT_RECORD in reply.content:
+                raise FatalClientError(f"the app's ClientApp replied with a record named {CLIENT_RECORD!r}, the name fedsim's audit "
+                                       "gives the partition it adds to each reply; rename that record in the app")
             reply.content[CLIENT_RECORD] = ConfigRecord({PARTITION_KEY: partition})
         return reply
 
@@ -358,6 +392,8 @@ def audited_client_app(app: ClientApp, run_config: Mapping, mods: list | tuple =
     def delegate(message: Message, context: Context) -> Message:
         return app(message, context)
 
-    for register in (audited.train, audited.evaluate, audited.query):
-        register()(delegate)
+    handlers = {"train.default", "evaluate.default", "query.default"} | set(getattr(app, "_registered_funcs", {}))
+    for full_name in sorted(handlers):  # every handler the app registered ('train.custom' too), and Flower's defaults
+        category, action = full_name.split(".")
+        getattr(audited, category)(action)(delegate)
     return audited

@@ -80,3 +80,40 @@ def test_training_pushed_past_send_and_receive_is_refused_with_one_line():
     message = Message(content=RecordDict({"arrays": ArrayRecord({})}), message_type=MessageType.TRAIN, dst_node_id=FIRST_NODE_ID)
     with pytest.raises(FedsimError, match="Grid.send_and_receive"):
         grid.push_messages([message])
+
+
+def test_more_supernodes_than_the_ledgers_clients_is_one_line():
+    """Extra nodes would train on partitions of another split than the ledger's."""
+    with pytest.raises(FedsimError, match="has 3 SuperNodes but the audit expects 2") as error:
+        discover(InProcessGrid(audited_client_app(_app(), {}), 3), 2, timeout=0.5)
+    assert "\n" not in str(error.value)
+
+
+def test_a_custom_message_type_reaches_the_apps_own_handler():
+    app = _app()
+
+    @app.train("custom")
+    def custom(message: Message, context: Context) -> Message:
+        return Message(content=RecordDict({"metrics": MetricRecord({"custom": 1})}), reply_to=message)
+
+    grid = InProcessGrid(audited_client_app(app, {}), 1)
+    (reply,) = grid.send_and_receive([Message(content=RecordDict(), message_type="train.custom", dst_node_id=FIRST_NODE_ID)])
+    assert not reply.has_error() and reply.content["metrics"]["custom"] == 1
+
+
+def test_the_app_sees_its_own_run_config_not_the_engines():
+    seen = {}
+    app = _app()
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        seen.update(context.run_config)
+        return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=message)
+
+    client = audited_client_app(app, {"batch-size": 8})
+    context = Context(run_id=1, node_id=FIRST_NODE_ID, node_config={"partition-id": 0}, state=RecordDict(),
+                      run_config={"config": "fedsim.yaml", "batch-size": 99})  # what `flwr run` of fedsim's app carries
+    message = Message(content=RecordDict(), message_type=MessageType.EVALUATE, dst_node_id=FIRST_NODE_ID)
+    message.metadata.__dict__["_message_id"] = "1"
+    client(message, context)
+    assert seen == {"batch-size": 8}
