@@ -152,7 +152,7 @@ POINTS = [
 ]
 
 
-def key(point: dict) -> tuple:
+def key(point: dict) -> tuple[str, int, int, str]:
     return point["engine"], point["total"], point["sampled"], point["policy"]
 
 
@@ -175,7 +175,7 @@ def main() -> None:
             data = Path(scratch)
             synthetic_mnist(data, train=1000 * RECORDS + 900, test=1000)
             print(f"(no MNIST under {args.data}: synthetic MNIST-shaped records)")
-        runs: dict[tuple, list[dict]] = {}
+        runs: dict[tuple[str, int, int, str], list[dict]] = {}
         in_fresh_process(POINTS[0], data, args.rounds)  # discarded: the first process warms the file cache and bytecode
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every point alike
             for point in POINTS:
