@@ -63,9 +63,9 @@ class RaisesInRound(FedAvg):
 @pytest.fixture
 def user_strategies(tmp_path, monkeypatch) -> str:
     """A user's strategy module on the path, as `strategy.name: package.module:Class` imports it."""
-    (tmp_path / "my_strategies.py").write_text(textwrap.dedent(STRATEGIES))
+    (tmp_path / "field_case_strategies.py").write_text(textwrap.dedent(STRATEGIES))
     monkeypatch.syspath_prepend(str(tmp_path))
-    return "my_strategies"
+    return "field_case_strategies"
 
 
 def _run(tmp_path, capsys, *settings, out: str = "run") -> tuple[int, list[str], Path]:

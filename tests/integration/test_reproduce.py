@@ -35,7 +35,8 @@ def test_full_scale_configs_validate_and_refuse_missing_data_in_one_line(name, m
     assert config.data.num_clients == 1 and planned[1].config.data.num_clients == 4  # stand-alone, then four participants
     assert config.data.dataset in {"cifar100", "purchase100", "texas100"}
     assert config.model.name in {"alexnet_cifar", "resnet18", "densenet121", "fcn"}
-    on_cpu = plan([name], 1, Path("unused"), overrides=["backend.gpus_per_client=0"])[1].config
+    # this machine's CPUs and no GPU: the missing data is what is left to refuse
+    on_cpu = plan([name], 1, Path("unused"), overrides=["backend.gpus_per_client=0", "backend.cpus_per_client=1"])[1].config
     with pytest.raises(FedsimError) as error:
         prepare(on_cpu)  # data.root: null, no files here
     assert "\n" not in str(error.value) and config.data.dataset in str(error.value)
