@@ -28,15 +28,26 @@ from safetensors.torch import save
 
 from attackers.active.adversary import participant_mods, server_wrapper
 from fedsim.app.console import RUN_LOG, RunConsole, summary_table
-from fedsim.app.experiment import ROUNDS_STAGE, RUNS, attack_and_report, check_config, check_devices, default_run_folder, mark_failed, point_latest
+from fedsim.app.experiment import (
+    ROUNDS_STAGE,
+    RUNS,
+    attack_and_report,
+    check_config,
+    check_devices,
+    check_rounds_completed,
+    default_run_folder,
+    mark_failed,
+    point_latest,
+    run_apps,
+)
 from fedsim.core.config import Config, config_from_tree
 from fedsim.core.errors import FedsimError
 from fedsim.core.layout import RECORDS
 from fedsim.core.registry import resolve_import
 from fedsim.core.threat_model import ThreatModel
 from fedsim.engine.audited_app import AuditPlan, audited_client_app, audited_server_app
-from fedsim.engine.inprocess import run_in_process
-from fedsim.engine.simulation import engine_log, quiet_engine_logs, simulate
+from fedsim.engine.faults import FaultPlan
+from fedsim.engine.simulation import quiet_engine_logs
 from fedsim.learning.datasets import Pool
 from fedsim.learning.membership import UTILITY_TEST, ledger_from_parts, save_ledger
 from fedsim.learning.models import build_model, model_for
@@ -387,15 +398,7 @@ def run_audit(app_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), 
 
 def _simulation(config: Config, log_file: Path) -> Engine:
     """The configured engine: Flower's Ray simulation, or the same apps in this process."""
-
-    def run(server_app: ServerApp, client_app: ClientApp) -> None:
-        if config.backend.engine == "in-process":
-            with engine_log(log_file):
-                run_in_process(server_app, client_app, config.data.num_clients)
-        else:
-            simulate(server_app, client_app, config.data.num_clients, config.backend, log_file)
-
-    return run
+    return lambda server_app, client_app: run_apps(config, server_app, client_app, log_file)
 
 
 def audited_client(audit: Audit) -> ClientApp:
@@ -436,15 +439,7 @@ def _run_app(audit: Audit, recorder: Recorder, console: RunConsole, engine: Engi
             raise error
         raise FedsimError(f"the app's ServerApp failed: {type(error).__name__}: {' '.join(str(error).split())} "
                           f"(its traceback is in {recorder.folder / RUN_LOG})") from None
-    adversary = config.adversary
-    attacker_failed = [r for r, entry in recorder.manifest.rounds.items() if adversary.role == "participant" and adversary.victim in entry.failed]
-    if attacker_failed:
-        mark_failed(recorder, f"the curious participant failed in rounds {attacker_failed}")
-        raise FedsimError(f"adversary: the curious participant (client {adversary.victim}) failed in rounds "
-                          f"{', '.join(map(str, attacker_failed))}; its error is in {recorder.folder / RUN_LOG}")
-    if recorder.manifest.rounds_completed != config.train.rounds:
-        mark_failed(recorder, f"only {recorder.manifest.rounds_completed} of {config.train.rounds} rounds completed")
-        raise FedsimError(f"the app stopped after round {recorder.manifest.rounds_completed} of {config.train.rounds}; see {recorder.folder / RUN_LOG}")
+    check_rounds_completed(recorder, FaultPlan.from_config(config.seed, config.faults))
 
 
 class _NoStrategy:

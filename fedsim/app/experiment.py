@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from attackers.active.adversary import participant_mods, server_wrapper
@@ -172,19 +173,25 @@ def check_devices(config: Config) -> None:
         raise FedsimError("features.device is cuda but PyTorch sees no CUDA GPU on this machine; set features.device=auto or cpu")
 
 
+def run_apps(config: Config, server_app: ServerApp, client_app: ClientApp, log_file: Path) -> None:
+    """Run a ServerApp and a ClientApp on the configured engine (`backend.engine`): Flower's Ray
+    simulation with one virtual SuperNode per client, or both in this process; the engine's log goes to `log_file`.
+    """
+    if config.backend.engine == "in-process":
+        with engine_log(log_file):
+            run_in_process(server_app, client_app, config.data.num_clients)
+    else:
+        simulate(server_app, client_app, config.data.num_clients, config.backend, log_file)
+
+
 def simulate_engine(config: Config) -> Engine:
     """The configured engine (`backend.engine`): Flower's Ray simulation with one virtual SuperNode
     per client, or the same apps run in this process (`fedsim.engine.inprocess`).
     """
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
-        log_file = plan.recorder.folder / RUN_LOG
         try:
-            if config.backend.engine == "in-process":
-                with engine_log(log_file):
-                    run_in_process(make_server_app(plan), client_app, config.data.num_clients)
-            else:
-                simulate(make_server_app(plan), client_app, config.data.num_clients, config.backend, log_file)
+            run_apps(config, make_server_app(plan), client_app, plan.recorder.folder / RUN_LOG)
         finally:  # e.g. Ctrl-C: the Ray engine's ServerApp thread, which the interpreter waits for at exit, stops waiting
             plan.stop.set()
 
@@ -295,7 +302,7 @@ def _simulate_and_attack(recorder: Recorder, ledger, model: torch.nn.Module, str
     console.start(ROUNDS_STAGE, config.train.rounds)
     if recorder.manifest.rounds_completed < config.train.rounds:
         _simulate(recorder, plan, client_app, engine)
-    _check_rounds_completed(recorder, faults)
+    check_rounds_completed(recorder, faults)
     console.print(f"threat model: {ThreatModel.of(config).describe()}")
     summary = attack_and_report(recorder, console)
     recorder.finish("complete")
@@ -342,7 +349,7 @@ def _simulate(recorder: Recorder, plan: ServerPlan, client_app: ClientApp, engin
         raise plan.error
 
 
-def _check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
+def check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
     """Refuse (and mark failed) a run whose curious participant failed or that stopped early."""
     config = recorder.config
     attacker_failed = [str(r) for r, info in recorder.manifest.rounds.items()
