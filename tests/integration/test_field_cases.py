@@ -350,7 +350,7 @@ def test_one_ctrl_c_ends_an_in_process_run_within_seconds_and_marks_it_failed(tm
     import time
 
     folder = tmp_path / "run"
-    sets = [f"--set={s}" for s in (*TINY, "train.rounds=200")]
+    sets = [f"--set={s}" for s in (*TINY, "train.rounds=2000")]
     process = subprocess.Popen([sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(folder), "--quiet", *sets], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -50,7 +50,7 @@ def _loopback(address: str) -> bool:
 
 
 def test_a_local_ray_simulation_listens_on_loopback_only(tmp_path):
-    process = _fedsim_run(tmp_path / "run", "train.rounds=3")
+    process = _fedsim_run(tmp_path / "run", "train.rounds=200")
     seen: dict[str, set[str]] = {}
     try:
         while process.poll() is None:
