@@ -21,11 +21,13 @@ from flwr.serverapp.strategy import Strategy
 from attackers.active.adversary import participant_mods, server_wrapper
 from attackers.active.crafted_model import check_crafted
 from attackers.inference.leakage import measure_leakage
+from attackers.inference.reconstruction.measure import measure_reconstruction
+from attackers.inference.reconstruction.registry import check_reconstructions
 from attackers.inference.registry import attack_name, check_attacks_on
 from fedsim.app.console import RUN_LOG, RunConsole, summary_table
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
-from fedsim.core.layout import LEAKAGE_SEEDS_CSV
+from fedsim.core.layout import LEAKAGE_SEEDS_CSV, RECONSTRUCTION_CSV, RECONSTRUCTIONS
 from fedsim.core.messages import PARTITION_KEY
 from fedsim.core.threat_model import ThreatModel
 from fedsim.engine.client_app import make_client_app
@@ -79,6 +81,7 @@ def check_config(config: Config) -> Config:
     resolve_model(config.model.name)
     check_strategy(config)
     check_attacks_on(config.attacks, config)
+    check_reconstructions(config.reconstructions, config)
     check_tensorboard(config)
     if config.adversary.mode != "crafted-model" and any(attack_name(a) == "crafted" for a in config.attacks):
         raise FedsimError("attacks: crafted reads the traps of a crafted-model server; set adversary.mode: crafted-model or remove it")
@@ -367,7 +370,7 @@ def check_rounds_completed(recorder: Recorder, faults: FaultPlan) -> None:
 
 
 def attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
-    """Measure leakage on the recorded run and write its metrics and report (before 'complete')."""
+    """Measure leakage (and the configured reconstructions) on the recorded run and write its metrics and report (before 'complete')."""
     config, folder = recorder.config, recorder.folder
     try:
         run = Run.open(folder)
@@ -376,6 +379,12 @@ def attack_and_report(recorder: Recorder, console: RunConsole) -> Summary:
             console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
         recorder.write_metrics({LEAKAGE_CSV: leakage.rows, LEAKAGE_SEEDS_CSV: leakage.seed_rows, ROC_CSV: leakage.roc,
                                 PER_CLASS_CSV: leakage.per_class})
+        if config.reconstructions:
+            reconstruction = measure_reconstruction(run, progress=console)
+            if reconstruction.why_empty:
+                console.print(f"fedsim: no reconstruction rows: {reconstruction.why_empty}")
+            recorder.write_metrics({RECONSTRUCTION_CSV: reconstruction.rows})
+            recorder.add_file(RECONSTRUCTIONS, reconstruction.payload())
         recorder.list_at_finish(write_report(run))  # before 'complete': a complete run has its report
         if config.export.tensorboard:
             recorder.list_at_finish(write_tensorboard(run))

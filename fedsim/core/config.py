@@ -348,6 +348,8 @@ class AppConfig(Section):
     features: str = Field("image", description="the feature key of a record that is a mapping (e.g. a Hugging Face row)")
     label: str = Field("label", description="the label key of a record that is a mapping")
     rounds_key: str = Field("num-server-rounds", description="the app's run-config key holding its number of rounds")
+    train_schedule: bool = Field(False, description="fedsim's train section (lr, batch_size, local_epochs, optimizer, momentum) states how "
+                                 "the app trains locally, so the reconstruction attacks may use it; false: they treat each update as one gradient")
 
 
 class Config(Section):
@@ -361,6 +363,9 @@ class Config(Section):
     adversary: AdversaryConfig = Field(default_factory=ServerAdversary, description="the threat model: who attacks, how, and whom")
     attacks: list[AttackConfig] = Field(default_factory=lambda: [AttackConfig(name="loss"), AttackConfig(name="nasr")],
                                         description="inference attacks run on the recorded run: names or {name, args}")
+    reconstructions: list[AttackConfig] = Field(default_factory=list, description="reconstruction attacks run on the recorded run "
+                                                "(inverting_gradients, imprint or 'package.module:Class'): names or {name, args}; "
+                                                "[]: none (metrics/reconstruction.csv is written only when some are listed)")
     headline: str | None = Field(None, description="the attack whose leakage (last observed round) and canary bound head the report and "
                                  "the privacy audit, fixed before the run; null: the first attack listed in attacks")
     attack_seeds: int = Field(3, ge=1, description="fits of each learned attack, with different seeds; leakage.csv reports their mean and standard deviation")
@@ -465,9 +470,13 @@ class Config(Section):
         """sha256 of the canonical JSON of the resolved config: names a configuration exactly."""
         # A config without an audited app or a headline hashes as it did before those keys existed.
         unset = {key for key in ("app", "headline") if getattr(self, key) is None}
+        if not self.reconstructions:
+            unset.add("reconstructions")  # nor one without reconstruction attacks
         if self.export == ExportConfig():
             unset.add("export")  # nor one without exports: they change no record
         exclude: dict[str, Any] = dict.fromkeys(unset, True)
+        if self.app is not None and not self.app.train_schedule:
+            exclude["app"] = {"train_schedule": True}  # nor an audit whose train section states no schedule
         if self.record.clients == "all" and not self.record.references:
             exclude["record"] = {"clients": True, "references": True}  # nor one keeping every client, as runs always did
         canonical = json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True)

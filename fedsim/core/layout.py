@@ -14,6 +14,8 @@ LEAKAGE_CSV = "metrics/leakage.csv"
 ROC_CSV = "metrics/roc.csv"
 PER_CLASS_CSV = "metrics/leakage_per_class.csv"
 LEAKAGE_SEEDS_CSV = "metrics/leakage_seeds.csv"
+RECONSTRUCTION_CSV = "metrics/reconstruction.csv"  # config reconstructions: one row per (attack, attacker, round, true record)
+RECONSTRUCTIONS = "metrics/reconstructions.safetensors"  # the reconstructed records, keyed ATTACK/round-RRRR/{x,y,record_id}
 REPORT_HTML = "report.html"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"  # event files of export.tensorboard (not in the manifest until the run finishes)
@@ -37,6 +39,13 @@ LEAKAGE_EXTRA_COLUMNS = [
 LEAKAGE_SEEDS_COLUMNS = [
     "round", "attacker", "attack", "target", "observed_rounds", "seed", "auc", "accuracy",
     "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "n_members", "n_nonmembers", "min_fpr", "auc_select", "auc_holdout",
+]
+
+# metrics/reconstruction.csv (attackers.inference.reconstruction.measure): scores on [0, 1] records after the least-MSE
+# pairing; recovered = psnr >= 20 dB; exact (empty for an attack that claims none) = max_abs_error <= 1e-5 in model input space.
+RECONSTRUCTION_COLUMNS = [
+    "attack", "attacker", "target", "round", "record_id", "label", "predicted_label", "psnr", "ssim", "mse",
+    "baseline_psnr", "baseline_ssim", "recovered", "exact", "seconds", "claimed_exact", "max_abs_error",
 ]
 
 

@@ -303,6 +303,38 @@ class Run:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise FedsimError(f"{path}: not a readable CSV table ({type(exc).__name__}); the run folder is damaged") from None
 
+    def tensors(self, relative: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the run that is not a round's parameters, e.g. metrics/reconstructions.safetensors.
+
+        Checked against the manifest's sha256 when the manifest lists it (as `table`).
+
+        Parameters
+        ----------
+        relative : str
+            Path inside the run folder.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The file's tensors by key.
+
+        Raises
+        ------
+        FedsimError
+            If the file is missing, its sha256 does not match, or it is not a safetensors file.
+        """
+        path = self.folder / relative
+        if relative in self.manifest.files:
+            payload = self._read_verified(relative)
+        elif path.is_file():
+            payload = path.read_bytes()
+        else:
+            raise FedsimError(f"{path}: missing; the run folder is incomplete")
+        try:
+            return load(payload)
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged header
+            raise FedsimError(f"{path}: not a readable safetensors file ({type(exc).__name__}); the run folder is damaged") from None
+
     def _read_verified(self, relative: str) -> bytes:
         expected = self.manifest.files.get(relative)
         path = self.folder / relative

@@ -97,7 +97,8 @@ def _expected(model: type[BaseModel], defaults: dict | None, where: str = "", se
 def test_the_generated_config_reference_lists_every_key_with_its_default_and_description():
     documented = _documented(_page())
     expected = _expected(Config, Config().model_dump(mode="json"))
-    expected.update({f"attacks[].{key}": value for key, value in _expected(AttackConfig, None).items()})
+    for entries in ("attacks", "reconstructions"):  # lists of {name, args}
+        expected.update({f"{entries}[].{key}": value for key, value in _expected(AttackConfig, None).items()})
     for role in _sections_in(Config.model_fields["adversary"].annotation)[1:]:  # the other roles' keys, where they add any
         expected.update({key: value for key, value in _expected(role, None, "adversary.").items() if key not in expected})
     problems = [f"{key}: a config key missing from the reference" for key in expected if key not in documented]
