@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   fedsim audit examples/digits-app --set backend.engine=in-process
   fedsim check configs/mnist.yaml --set data.root=../shared/data
   fedsim attack runs/latest --attack loss --attack nasr --rounds 5,10
+  fedsim attack runs/latest --attack '{name: inverting_gradients, args: {iterations: 200}}' --rounds 1
   fedsim report runs/latest
   fedsim sweep configs/quickstart.yaml --grid adversary.mode=passive,gradient-ascent --set train.rounds=5
   fedsim reproduce --scale cpu --seeds 3
@@ -78,13 +79,16 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
 
 def _add_attack(commands: argparse._SubParsersAction) -> None:
     """The `fedsim attack` subcommand and its options."""
-    attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows")
+    attack = commands.add_parser("attack", help="run inference attacks on a recorded run and print its leakage rows "
+                                 "(reconstruction attacks: their per-round summary)")
     attack.add_argument("run_dir", type=Path, help="a run folder written by `fedsim run`")
     attack.add_argument("--attack", dest="attacks", action="append", metavar="NAME", type=_attack_spec,
-                        help="attack by registry name, or a config entry with arguments, e.g. "
-                             "'{name: fedmia, args: {measurement: cosine}}' (repeatable; default: the run's config)")
+                        help="a membership or reconstruction attack by registry name, or a config entry with arguments, e.g. "
+                             "'{name: fedmia, args: {measurement: cosine}}' or '{name: imprint}' (repeatable; default: the run's "
+                             "config attacks and reconstructions)")
     attack.add_argument("--rounds", type=_round_list, help="rounds to attack, e.g. 5,10,20 (default: every observed round)")
-    attack.add_argument("--out", type=Path, help="also write the rows to this CSV file")
+    attack.add_argument("--out", type=Path, help="also write the rows to this CSV file (the leakage rows, or a reconstruction's "
+                                                 "per-record rows; with both kinds, those go to OUT-reconstruction.csv beside it)")
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
@@ -205,29 +209,72 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def attack_kinds(specs: list) -> tuple[list, list]:
+    """`--attack` entries split into (membership, reconstruction) attacks, each checked; one line naming both
+    registries for a name neither holds.
+    """
+    from attackers.inference.reconstruction.registry import check_reconstructions, is_reconstruction, unknown_attack
+    from attackers.inference.registry import ATTACKS, attack_name, check_attacks
+
+    membership, reconstruction = [], []
+    for spec in specs:
+        if is_reconstruction(spec):
+            reconstruction.append(spec)
+            continue
+        name = attack_name(spec)
+        if ":" not in name and name not in ATTACKS:
+            raise unknown_attack(name, "--attack", ATTACKS)
+        membership.append(spec)
+    check_attacks(membership, "--attack")
+    check_reconstructions(reconstruction, key="--attack")
+    return membership, reconstruction
+
+
+def _write_rows(rows, out: Path) -> None:
+    try:
+        rows.to_csv(out, index=False)
+    except OSError as exc:
+        raise FedsimError(f"--out: cannot write {out} ({exc.strerror}); choose a writable path") from None
+
+
 def _attack(args: argparse.Namespace) -> int:
+    """Membership attacks print their leakage rows, reconstruction attacks their per-round summary; the run folder is not changed."""
     from attackers.inference.leakage import measure_leakage
-    from attackers.inference.registry import check_attacks, check_attacks_on
+    from attackers.inference.reconstruction.measure import measure_reconstruction, summarise
+    from attackers.inference.reconstruction.registry import check_reconstructions
+    from attackers.inference.registry import check_attacks_on
     from fedsim.app.console import RunConsole
     from fedsim.recording.run import Run
 
-    check_attacks(args.attacks or [], "--attack")
+    membership, reconstruction = attack_kinds(args.attacks) if args.attacks else (None, None)
     run = Run.open(args.run_dir)
-    check_attacks_on(args.attacks or [], run.config, "--attack")  # what this run recorded offers them
+    if reconstruction is None:  # the run's config: its attacks and its reconstructions
+        reconstruction = list(run.config.reconstructions)
+    check_attacks_on(membership or [], run.config, "--attack")  # what this run recorded offers them
+    check_reconstructions(reconstruction, run.config, "--attack")
     if run.status == "failed":
         raise FedsimError(f"{args.run_dir}: the run failed ({run.manifest.error or 'no reason recorded'}); attack a complete run: "
                           f"fix the cause and continue it with `fedsim run --resume {args.run_dir}`, or run it again")
+    leakage = rebuilt = None
     with RunConsole() as console:
-        leakage = measure_leakage(run, args.attacks, args.rounds, progress=console)
-        if leakage.why_empty:
-            console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
-    rows = leakage.rows
-    if args.out:
-        try:
-            rows.to_csv(args.out, index=False)
-        except OSError as exc:
-            raise FedsimError(f"--out: cannot write {args.out} ({exc.strerror}); choose a writable path") from None
-    print(rows.to_csv(index=False), end="")
+        if membership is None or membership:
+            leakage = measure_leakage(run, membership, args.rounds, progress=console)
+            if leakage.why_empty:
+                console.print(f"fedsim: no leakage rows: {leakage.why_empty}")
+        if reconstruction:
+            rebuilt = measure_reconstruction(run, reconstruction, args.rounds, progress=console)
+            if rebuilt.why_empty:
+                console.print(f"fedsim: no reconstruction rows: {rebuilt.why_empty}")
+    if args.out and leakage is not None:
+        _write_rows(leakage.rows, args.out)
+    if args.out and rebuilt is not None:
+        _write_rows(rebuilt.rows, args.out if leakage is None else args.out.with_name(f"{args.out.stem}-reconstruction{args.out.suffix or '.csv'}"))
+    if leakage is not None:
+        print(leakage.rows.to_csv(index=False), end="")
+    if rebuilt is not None:
+        if leakage is not None:
+            print()
+        print(summarise(rebuilt.rows).to_csv(index=False), end="")
     return 0
 
 

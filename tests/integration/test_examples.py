@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from attackers.inference.registry import check_attacks
 from fedsim.app.audit import prepare_audit
-from fedsim.app.cli import EXAMPLES, _parser, main
+from fedsim.app.cli import EXAMPLES, _parser, attack_kinds, main
 from fedsim.app.reproduce import SCALES, plan
 from fedsim.app.sweep import sweep_configs
 from fedsim.core.config import load_config, quickstart_path
@@ -81,7 +80,7 @@ def test_every_example_command_line_is_valid(line, monkeypatch, capsys):
     elif args.command == "reproduce":
         assert plan(args.configs or SCALES[args.scale], args.seeds, Path("unused"), overrides=args.overrides)
     elif args.command == "attack":
-        check_attacks(args.attacks or [], "--attack")
+        attack_kinds(args.attacks or [])
     elif args.command == "audit":
         assert prepare_audit(args.app_dir, args.overrides).config.app is not None
 
