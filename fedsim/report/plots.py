@@ -288,3 +288,74 @@ def privacy_audit(leakage: pd.DataFrame, accountant: pd.DataFrame, headline: str
     axes.legend(fontsize="x-small")
     axes.grid(alpha=0.3)
     return figure
+
+
+def reconstruction_grid(panels: list[tuple[str, np.ndarray, np.ndarray, list[str]]]) -> Figure:
+    """Originals against reconstructions: per panel a row of true records and a row of what the attack rebuilt.
+
+    Parameters
+    ----------
+    panels : list of (str, numpy.ndarray, numpy.ndarray, list of str)
+        (title, originals (k, H, W, C) in [0, 1], reconstructions (k, H, W, C) in [0, 1], a caption
+        per reconstruction such as its PSNR); C is 1 (drawn in grey) or 3.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two rows per panel, k columns.
+    """
+    columns = max(len(originals) for _, originals, _, _ in panels)
+    figure = Figure(figsize=(min(WIDE, 1.0 * columns + 1.2), 2.1 * len(panels) + 0.3))
+    grid = figure.subplots(2 * len(panels), columns, squeeze=False)
+    for p, (title, originals, rebuilt, captions) in enumerate(panels):
+        for c in range(columns):
+            for row, images in ((2 * p, originals), (2 * p + 1, rebuilt)):
+                axes = grid[row, c]
+                axes.set_xticks([])
+                axes.set_yticks([])
+                if c >= len(images):
+                    axes.set_visible(False)
+                    continue
+                image = images[c]
+                axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                if row == 2 * p + 1:
+                    axes.set_xlabel(captions[c], fontsize="x-small")
+        grid[2 * p, 0].set_ylabel("original", fontsize="small")
+        grid[2 * p + 1, 0].set_ylabel("rebuilt", fontsize="small")
+        grid[2 * p, 0].set_title(title, fontsize="small", loc="left")
+    return figure
+
+
+def reconstruction_quality(summary: pd.DataFrame, threshold_db: float) -> Figure:
+    """Per round: the fraction of true records recovered (left) and the mean PSNR with the baseline's (right), per attack.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        `attackers.inference.reconstruction.measure.summarise` of reconstruction.csv: attack, attacker,
+        round, recovered, mean_psnr, mean_baseline_psnr.
+    threshold_db : float
+        The PSNR a record must reach to count as recovered (drawn as a line).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels; the baseline (the mean known non-member) dashed in each attack's colour.
+    """
+    figure = Figure(figsize=(WIDE, TALL))
+    fraction, quality = figure.subplots(1, 2)
+    groups = [(f"{attacker}/{attack}", rows.sort_values("round")) for (attacker, attack), rows in summary.groupby(["attacker", "attack"], sort=False)]
+    colours = _colours([label for label, _ in groups])
+    for label, rows in groups:
+        fraction.plot(rows["round"], rows["recovered"], marker="o", markersize=3, color=colours[label], label=label)
+        quality.plot(rows["round"], rows["mean_psnr"], marker="o", markersize=3, color=colours[label], label=label)
+        quality.plot(rows["round"], rows["mean_baseline_psnr"], linestyle="--", color=colours[label], alpha=0.7, label=f"{label}: baseline")
+    quality.axhline(threshold_db, color="grey", linestyle=":", linewidth=1, label=f"recovered at {threshold_db:g} dB")
+    for axes in (fraction, quality):
+        _rounds_axis(axes)
+        axes.grid(alpha=0.3)
+    fraction.set(ylabel="fraction of records recovered", ylim=(-0.02, 1.02), title="Records recovered per round")
+    quality.set(ylabel="mean PSNR (dB)", title="Reconstruction quality per round")
+    fraction.legend(fontsize="x-small")
+    quality.legend(fontsize="x-small")
+    return figure

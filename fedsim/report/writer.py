@@ -10,7 +10,9 @@ comes from (`data-source`, `data-row`, `data-column`), so a reader's script, or 
 check it. Then: AUC and TPR at low FPR per round with confidence bands, the last round's ROC
 curves (linear and log-log), members vs non-members of loss and last-layer gradient norm per
 class (computed by the attackers' own feature code on the attacker's last snapshot), attack
-accuracy per class, and utility per round.
+accuracy per class, and utility per round. A run that measured reconstruction attacks (config
+`reconstructions`) also gets a grid of originals against reconstructions (image records only) and
+the fraction of records recovered and mean PSNR per round against the baseline.
 
 A sweep's report (`write_sweep_report`) puts its runs side by side and plots privacy against
 utility.
@@ -31,8 +33,11 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from attackers.inference.audit import accountant_epsilon, renamed_columns
+from attackers.inference.reconstruction.measure import summarise, tensor_key
+from attackers.inference.reconstruction.quality import PSNR_THRESHOLD_DB, Scale
 from attackers.inference.threat_models import attacker_view
 from fedsim.core.errors import FedsimError
+from fedsim.core.layout import RECONSTRUCTION_CSV, RECONSTRUCTIONS
 from fedsim.core.threat_model import ThreatModel
 from fedsim.recording.recorder import LEAKAGE_CSV, PER_CLASS_CSV, PLOTS, REPORT_HTML, ROC_CSV, TRAINING_CSV, write_atomically
 from fedsim.recording.run import Run
@@ -95,6 +100,7 @@ def run_plots(run: Run, summary: Summary) -> list[Plot]:
         figures.append(_per_class_plot(run, last_round))
         if "epsilon_empirical" in leakage:
             figures.append(_audit_plot(run, summary))
+    figures += _reconstruction_plots(run)
     if not summary.training.empty:
         figures.append(_render("utility_per_round", "Training utility per round", "The global model on the utility test split (metrics/training.csv).",
                                plots.utility_per_round(summary.training)))
@@ -158,6 +164,71 @@ def _audit_plot(run: Run, summary: Summary) -> Plot:
     return _render("privacy_audit", "Privacy audit: the accountant's epsilon vs what the canaries prove",
                    audit_gap(summary.leakage, accountant, summary.headline_name),
                    plots.privacy_audit(summary.leakage, accountant, summary.headline_name))
+
+
+def has_reconstruction(run: Run) -> bool:
+    """Whether the run measured reconstruction attacks (metrics/reconstruction.csv exists)."""
+    return RECONSTRUCTION_CSV in run.manifest.files or (run.folder / RECONSTRUCTION_CSV).is_file()
+
+
+GRID_RECORDS = 8  # records per attack in the grid of originals against reconstructions
+
+
+def _reconstruction_plots(run: Run) -> list[Plot]:
+    """The grid of originals against reconstructions and the per-round quality, when the run has reconstruction.csv."""
+    if not has_reconstruction(run):
+        return []
+    rows = run.table(RECONSTRUCTION_CSV)
+    title = "Reconstructions: originals against what the attacks rebuilt"
+    if rows.empty:
+        return [_skipped("reconstruction_grid", title, "metrics/reconstruction.csv has no rows (the adversary observed no update "
+                         "the attacks could read; run.log says why)")]
+    summary = summarise(rows)
+    quality = _render("reconstruction_quality", "Reconstruction quality per round",
+                      f"Left: the fraction of the true records recovered (PSNR >= {PSNR_THRESHOLD_DB:g} dB on [0, 1] records, after the "
+                      "least-MSE pairing of reconstructions with records). Right: the mean PSNR of the records paired with a reconstruction "
+                      "(each capped at 100 dB), and dashed the baseline every attack must beat: the mean of the attacker's known "
+                      "non-members, scored against every true record (metrics/reconstruction.csv).",
+                      plots.reconstruction_quality(summary, PSNR_THRESHOLD_DB))
+    return [_reconstruction_grid(run, rows, title), quality]
+
+
+def _reconstruction_grid(run: Run, rows: pd.DataFrame, title: str) -> Plot:
+    """Per attack, at the last round it ran: the first records (ledger order) that have a reconstruction, and theirs."""
+    scale = Scale.of_pool(run.pool)
+    if not scale.image:
+        return _skipped("reconstruction_grid", title, "the records are tabular (rows of features), not images, so there is no grid; "
+                        "each record's scores are in metrics/reconstruction.csv")
+    try:
+        tensors = run.tensors(RECONSTRUCTIONS)
+    except FedsimError as exc:
+        return _skipped("reconstruction_grid", title, str(exc))
+    panels, notes = [], []
+    for (attacker, attack), group in rows.groupby(["attacker", "attack"], sort=False):
+        last = int(group["round"].max())
+        at = group[group["round"] == last]
+        paired = at[at["psnr"].notna()].head(GRID_RECORDS)
+        notes.append(f"{attacker}/{attack}, round {last}: {int(at['psnr'].notna().sum())} of {len(at)} records have a reconstruction")
+        if paired.empty or tensor_key(attack, last, "x") not in tensors:
+            continue
+        ids = paired["record_id"].to_numpy()
+        paired_with = tensors[tensor_key(attack, last, "record_id")].numpy()
+        index = [int(np.flatnonzero(paired_with == i)[0]) for i in ids]
+        rebuilt = tensors[tensor_key(attack, last, "x")][index]
+        originals = run.records(ids)[0]
+        panels.append((f"{attacker}/{attack}, round {last}", _pixels(scale, originals), _pixels(scale, rebuilt),
+                       [f"{v:.1f} dB" for v in paired["psnr"]]))
+    if not panels:
+        return _skipped("reconstruction_grid", title, "no true record has a reconstruction (" + "; ".join(notes) + ")")
+    return _render("reconstruction_grid", title,
+                   "For each attack at the last round it ran, the first of the targeted records (ledger order) that have a "
+                   "reconstruction, above what the attack rebuilt and its PSNR; " + "; ".join(notes) + ".",
+                   plots.reconstruction_grid(panels))
+
+
+def _pixels(scale: Scale, x) -> np.ndarray:
+    """Records (n, C, H, W) in model input space -> (n, H, W, C) in [0, 1]."""
+    return scale.unit(x).permute(0, 2, 3, 1).numpy()
 
 
 def audit_gap(leakage: pd.DataFrame, accountant: pd.DataFrame, headline: str | None = None) -> str:
@@ -310,6 +381,8 @@ def write_report(run: Run) -> list[str]:
             f"{config.strategy.name}, {config.train.rounds} rounds, seed {config.seed}; "
             f"fedsim {run.manifest.versions.get('fedsim', '?')}, created {run.manifest.created}")
     tables = [_details_html(LEAKAGE_CSV, summary.leakage)] if not summary.leakage.empty else []
+    if has_reconstruction(run):
+        tables.append(_details_html(f"{RECONSTRUCTION_CSV}, per round", summarise(run.table(RECONSTRUCTION_CSV))))
     tables.append(_details_html(TRAINING_CSV, summary.training))
     page = _page(f"fedsim report: {config.name}", meta, [summary_html(summary), *map(_figure_html, figures), "<h2>Tables</h2>", *tables])
     written = _write_plots(run.folder, figures)
