@@ -93,8 +93,7 @@ class Scale:
             lower = (((0 - mean) / std).expand(shape)).float().contiguous()
             upper = (((1 - mean) / std).expand(shape)).float().contiguous()
             return cls(offset, span, image, lower, upper)
-        features = pool.features.double()
-        lower64, upper64 = features.amin(0), features.amax(0)
+        lower64, upper64 = pool.features.amin(0).double(), pool.features.amax(0).double()  # no float64 copy of a large pool
         if image:
             offset, span = lower64.min(), upper64.max() - lower64.min()
             span = span if span > 0 else torch.tensor(1.0, dtype=torch.float64)
