@@ -102,7 +102,7 @@ class ReconstructionTask:
     bounds: tuple[torch.Tensor, torch.Tensor]
 
     def update(self) -> dict[str, torch.Tensor]:
-        """returned - sent, per parameter (float tensors only; integer buffers are skipped)."""
+        """The update, returned - sent, per parameter (float tensors only; integer buffers are skipped)."""
         return {k: (self.returned[k] - self.sent[k]) for k in self.sent if torch.is_floating_point(self.sent[k])}
 
 
