@@ -279,7 +279,8 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
         x = reconstruction.x.detach().float().reshape(-1, *task.input_shape)
         y = reconstruction.y.detach().long().reshape(-1)
         claimed = None if reconstruction.exact is None else reconstruction.exact.detach().bool().reshape(-1)
-        scores = score(true_x, x, y, claimed, baseline_x, scale)
+        precision = None if reconstruction.precision is None else reconstruction.precision.detach().reshape(-1)
+        scores = score(true_x, x, y, claimed, baseline_x, scale, precision)
         table = pd.DataFrame({
             "attack": name, "attacker": view.attacker, "target": view.target, "round": round_number, "record_id": ids,
             "label": true_y.numpy(), "predicted_label": pd.array([None if np.isnan(v) else int(v) for v in scores.predicted_label], dtype="Int64"),

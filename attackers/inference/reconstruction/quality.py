@@ -19,7 +19,10 @@ The thresholds are fixed here, before any run: a record is *recovered* when its 
 PSNR is at least `PSNR_THRESHOLD_DB` = 20 dB on [0, 1] records (a root-mean-square error of 0.1,
 a tenth of the range; Geiping et al. 2020 report recognisable reconstructions from about there),
 and *exact* when no feature differs by more than `EXACT_TOLERANCE` = 1e-5 in the model's input
-space (the imprint read of Fowl et al. 2022 is exact up to float32 rounding). The baseline every
+space or, where larger, than the float rounding bound the attack derives from the recorded
+update's precision (`Reconstruction.precision`: the imprint read of Fowl et al. 2022 is exact up to
+the rounding of the float32 parameters it divides, 1e-4 to 1e-2 at common learning rates; in
+float64 it is within 1e-5). The baseline every
 attack must beat is the mean of the attacker's known non-members, scored against each true record
 in the same way: a reconstruction no closer than the average record has revealed nothing of it.
 """
@@ -180,7 +183,7 @@ class Scores:
     recovered : numpy.ndarray
         bool: psnr >= PSNR_THRESHOLD_DB.
     exact : numpy.ndarray or None
-        bool: max_abs_error <= EXACT_TOLERANCE; None for an attack that claims no exact records.
+        bool: max_abs_error <= max(EXACT_TOLERANCE, the reconstruction's precision); None for an attack that claims no exact records.
     claimed_exact : numpy.ndarray or None
         bool: what the attack claimed of the reconstruction paired with it; None likewise.
     """
@@ -212,7 +215,7 @@ def baseline(known_nonmembers: torch.Tensor) -> torch.Tensor:
 
 
 def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: torch.Tensor, claimed: torch.Tensor | None,
-          baseline_x: torch.Tensor, scale: Scale) -> Scores:
+          baseline_x: torch.Tensor, scale: Scale, precision: torch.Tensor | None = None) -> Scores:
     """Pair the reconstructions with the true records and score each true record.
 
     Parameters
@@ -229,6 +232,9 @@ def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: 
         The baseline record (`baseline`), shape (1, *input_shape).
     scale : Scale
         The pool's scale.
+    precision : torch.Tensor or None
+        float, shape (n_reconstructed,): each reconstruction's float rounding bound
+        (`Reconstruction.precision`); exact means within max(`EXACT_TOLERANCE`, it). None: `EXACT_TOLERANCE`.
 
     Returns
     -------
@@ -249,7 +255,10 @@ def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: 
     base_psnr, base_ssim, _ = pair_scores(baseline_x.expand(n, *baseline_x.shape[1:]), true_x, scale)
     exact = claimed_exact = None
     if claimed is not None:
-        exact = has & (np.nan_to_num(error, nan=np.inf) <= EXACT_TOLERANCE)
+        tolerance = np.full(n, EXACT_TOLERANCE)
+        if precision is not None and has.any():
+            tolerance[has] = np.maximum(EXACT_TOLERANCE, precision.double().numpy()[matched[has]])
+        exact = has & (np.nan_to_num(error, nan=np.inf) <= tolerance)
         claimed_exact = np.zeros(n, dtype=bool)
         claimed_exact[has] = claimed.bool().numpy()[matched[has]]
     return Scores(matched, predicted, psnr_, ssim_, mse_, error, base_psnr, base_ssim,
