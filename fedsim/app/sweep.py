@@ -24,6 +24,7 @@ import pandas as pd
 from fedsim.app.console import RunConsole
 from fedsim.core.config import Config, load_config
 from fedsim.core.errors import FedsimError
+from fedsim.core.layout import RECONSTRUCTION_CSV
 from fedsim.recording.recorder import LEAKAGE_CSV, TRAINING_CSV
 from fedsim.recording.run import Run
 from fedsim.stats.paired import PAIRED_METRICS, paired_table
@@ -32,6 +33,8 @@ COMPARISON_CSV = "comparison.csv"
 PAIRED_CSV = "paired.csv"
 SEED_KEY = "seed"
 PLOT = "plots/privacy_utility.png"  # written by fedsim.report.writer.write_sweep_report, with report.html
+RECONSTRUCTION_METRICS = ("recovered", "mean_psnr", "exact_fraction")
+"""paired.csv's reconstruction metrics, per (attacker, reconstruction attack, round): see `reconstruction_summary`."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,9 @@ def run_sweep(config_path: str | None, grid: list[str], overrides: list[str], ou
 
 def sweep_paired_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Config], key: str, value: str) -> pd.DataFrame:
     """paired.csv of a sweep: every setting minus its baseline (KEY=VALUE), seed by seed, on
-    AUC, TPR at FPR 1e-2 (per attacker, attack, round) and the final test accuracy (attack
-    'utility').
+    AUC, TPR at FPR 1e-2 (per attacker, attack, round), the final test accuracy (attack
+    'utility') and, for runs with reconstruction attacks, `RECONSTRUCTION_METRICS` (per attacker,
+    reconstruction attack, round).
     """
     leakage = {}
     for point, folder in runs.items():
@@ -233,8 +237,35 @@ def sweep_paired_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Con
         training = pd.read_csv(folder / TRAINING_CSV)
         utility = pd.DataFrame([{"attacker": "-", "attack": "utility", "round": int(training["round"].iloc[-1]),
                                  "test_accuracy": float(training["test_accuracy"].iloc[-1])}])
-        leakage[(setting_name(point), configs[point].seed)] = pd.concat([rows, utility], ignore_index=True)
-    return paired_table(leakage, pairs_of(list(runs), key, value), (*PAIRED_METRICS, "test_accuracy"))
+        parts = [rows, utility]
+        if (folder / RECONSTRUCTION_CSV).exists():
+            parts.append(reconstruction_summary(pd.read_csv(folder / RECONSTRUCTION_CSV)))
+        leakage[(setting_name(point), configs[point].seed)] = pd.concat(parts, ignore_index=True)
+    return paired_table(leakage, pairs_of(list(runs), key, value), (*PAIRED_METRICS, "test_accuracy", *RECONSTRUCTION_METRICS))
+
+
+def reconstruction_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """metrics/reconstruction.csv -> one row per (attacker, attack, round) with `RECONSTRUCTION_METRICS`.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        A run's reconstruction.csv (one row per attack, attacker, round and true record).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns attacker, attack, round, recovered (fraction of the scored records with PSNR >= 20 dB),
+        mean_psnr (dB, over the records paired with a reconstruction, each capped at 100 dB) and
+        exact_fraction (fraction recovered to 1e-5; NaN for an attack that claims no exact records),
+        as `attackers.inference.reconstruction.measure.summarise` computes them.
+    """
+    from attackers.inference.reconstruction.measure import summarise
+
+    table = summarise(rows)
+    exact = pd.to_numeric(table["exact"], errors="coerce")
+    table["exact_fraction"] = exact / table["n_records"]
+    return table[["attacker", "attack", "round", *RECONSTRUCTION_METRICS]]
 
 
 def format_paired(table: pd.DataFrame) -> str:
@@ -247,7 +278,8 @@ def format_paired(table: pd.DataFrame) -> str:
 
 def comparison_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Config]) -> pd.DataFrame:
     """One row per run: its grid values, final test accuracy, worst epsilon, and per attack the
-    last round's AUC, the highest AUC over rounds selected on half the targets and measured on the other half, and the last round's TPR at FPR 1e-3.
+    last round's AUC, the highest AUC over rounds selected on half the targets and measured on the other half, and the last round's TPR at FPR 1e-3;
+    per reconstruction attack and attacker, the last attacked round's `RECONSTRUCTION_METRICS` (`<attack>_<attacker>_<metric>`).
     """
     rows = []
     for point, folder in runs.items():
@@ -266,5 +298,11 @@ def comparison_table(runs: dict[GridPoint, Path], configs: dict[GridPoint, Confi
                 chosen = rows_of.sort_values(["auc_select", "round"], ascending=[False, True], kind="stable").iloc[0]
                 row[f"{attack}_auc_max_selected"] = float(chosen["auc_holdout"])
             row[f"{attack}_tpr_at_fpr_1e-3"] = float(rows_of["tpr_at_fpr_1e-3"].iloc[-1])
+        if configs[point].reconstructions and (folder / RECONSTRUCTION_CSV).exists():
+            summary = reconstruction_summary(pd.read_csv(folder / RECONSTRUCTION_CSV)).sort_values("round", kind="stable")
+            for (attacker, attack), rows_of in summary.groupby(["attacker", "attack"], sort=False):
+                for metric in RECONSTRUCTION_METRICS:
+                    if rows_of[metric].notna().any():
+                        row[f"{attack}_{attacker}_{metric}"] = float(rows_of[metric].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
