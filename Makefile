@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/suite.py
 # scale.py: both engines by default (about 21 min on 2 shared cores; the Ray points are two thirds of it): --engines in-process for the in-process points alone
 	$(BIN)/python benchmarks/scale.py --engines in-process,ray
+	$(BIN)/python benchmarks/reconstruction.py
 
 clean:
 	rm -rf runs .pytest_cache site build/notebooks
