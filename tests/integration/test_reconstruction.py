@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attackers.inference.reconstruction.measure import members_of, reconstruction_view, tensor_key
+from attackers.inference.reconstruction.measure import measure_reconstruction, members_of, reconstruction_view, tensor_key
 from attackers.inference.reconstruction.quality import PSNR_THRESHOLD_DB
 from attackers.inference.threat_models import sent_mean, sent_model
 from conftest import small_config
@@ -26,7 +26,7 @@ from fedsim.recording.run import Run
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits-app"
 CRAFTED = ["data.num_clients=2", "model.args={hidden: [64], activation: relu}", "adversary.mode=crafted-model", "attack_seeds=1"]
-IG = "{name: inverting_gradients, args: {iterations: 3, restarts: 1}}"
+IG = "{name: inverting_gradients, args: {iterations: 3, restarts: 1, max_records: 1000}}"
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -91,6 +91,14 @@ def test_fedsim_attack_runs_a_reconstruction_beside_a_membership_attack_and_leav
     rows = pd.read_csv(tmp_path / "rows-reconstruction.csv")
     assert list(rows.columns) == RECONSTRUCTION_COLUMNS and len(rows) == 60 and rows["exact"].isna().all()
     assert rows["predicted_label"].between(0, 9).all()
+
+
+def test_an_update_above_the_attacks_budget_is_not_attacked_and_says_so(crafted):
+    small = {"name": "inverting_gradients", "args": {"iterations": 1, "restarts": 1, "max_records": 59}}  # the victim trained on 60
+    report = measure_reconstruction(crafted, [small], rounds=[1])
+    assert report.rows.empty and report.why_empty == (
+        "inverting_gradients did not attack round 1: the update was trained on 60 records, above inverting_gradients' max_records 59; "
+        "raise it with {name: inverting_gradients, args: {max_records: 60}} (the cost grows with the records)")
 
 
 def test_the_views_give_the_updates_each_attacker_holds(tmp_path):

@@ -181,6 +181,12 @@ class ReconstructionAttack(ABC):
             Records in the model's input space and their inferred labels.
         """
 
+    def declines(self, task: ReconstructionTask) -> str | None:
+        """Why the attack does not attempt `task` within its budget (one line naming the argument that
+        raises the budget), or None to attempt it. Default: every task is attempted.
+        """
+        return None
+
     def numpy_generator(self) -> np.random.Generator:
         """A fresh NumPy generator from the attack's seed sequence (the same stream on every call)."""
         return np.random.default_rng(self.seed_sequence)

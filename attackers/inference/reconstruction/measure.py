@@ -197,11 +197,14 @@ class ReconstructionReport:
         record each was paired with (-1: none).
     why_empty : str or None
         One line: why there are no rows (None when there are).
+    declined : list of str
+        One line per (attack, round) an attack declined within its budget (`ReconstructionAttack.declines`).
     """
 
     rows: pd.DataFrame
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     why_empty: str | None = None
+    declined: list[str] = field(default_factory=list)
 
     def payload(self) -> bytes:
         """The tensors as safetensors bytes (with the thresholds in the metadata)."""
@@ -267,10 +270,16 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
     seed = run.config.seed
     rows: list[pd.DataFrame] = []
     tensors: dict[str, torch.Tensor] = {}
+    declined: list[str] = []
     progress.start(STAGE, len(plan))
     for name, cls, params, round_number in plan:
         task = view.task(round_number)
         attack = cls(params, attack_seed_sequence(seed, name, round_number, 0))
+        reason = attack.declines(task)
+        if reason is not None:  # no rows: a round not attacked is not a round with nothing recovered
+            declined.append(f"{name} did not attack round {round_number}: {reason}")
+            progress.advance(STAGE, f"round {round_number:>3}  {view.attacker} {name:<19} not attacked: {reason}")
+            continue
         started = time.perf_counter()
         reconstruction = attack.reconstruct(task)
         seconds = time.perf_counter() - started
@@ -300,7 +309,9 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
         tensors[tensor_key(name, round_number, "y")] = y
         tensors[tensor_key(name, round_number, "record_id")] = torch.from_numpy(paired)
         progress.advance(STAGE, f"round {round_number:>3}  {view.attacker} {name:<19} {_progress_text(table, seconds)}")
-    return ReconstructionReport(pd.concat(rows, ignore_index=True), tensors)
+    if not rows:
+        return ReconstructionReport(empty, why_empty=declined[0])
+    return ReconstructionReport(pd.concat(rows, ignore_index=True), tensors, declined=declined)
 
 
 def _progress_text(table: pd.DataFrame, seconds: float) -> str:
