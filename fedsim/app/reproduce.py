@@ -9,7 +9,7 @@ command resumes). Every number in the table is the mean over seeds of the last o
 (fixed in advance, never the best round) with a 95% t interval over seeds; every ordering is a
 paired difference on the same seeds (both from `fedsim.stats.paired.paired_interval`). Only the
 paper's numbers checked against its tables are printed beside the results (docs/design.md,
-section 6.4).
+section 6.5).
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def write_markdown(table: pd.DataFrame, planned: Sequence[PlannedRun], command: 
         f"Made by `{command}` with seeds {', '.join(map(str, seeds))}. Every number is the mean over seeds of the last",
         "observed round (fixed in advance) ± the half-width of the 95% t interval over seeds. Attack accuracy is",
         "balanced (members and non-members equally many), threshold fitted on the attacker's known records. The paper",
-        "column holds the paper's balanced attack accuracy only where docs/design.md, section 6.4 lists it as read off",
+        "column holds the paper's balanced attack accuracy only where docs/design.md, section 6.5 lists it as read off",
         "the paper's tables (CIFAR100 DenseNet); numbers that were not checked against the paper are left out, not",
         "guessed. The paper used CIFAR-100, Purchase100 and Texas100 at full scale on GPUs; what differs here is said",
         "under each config.",

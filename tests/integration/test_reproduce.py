@@ -52,7 +52,7 @@ def test_cpu_configs_validate(name, monkeypatch):
 
 
 def test_every_paper_number_printed_is_one_the_design_lists_as_checked():
-    """The paper column prints only numbers docs/design.md, section 6.4 lists as read off the paper's
+    """The paper column prints only numbers docs/design.md, section 6.5 lists as read off the paper's
     tables; none of them is marked as recalled, and every listed number is printed somewhere."""
     design = (ROOT / "docs" / "design.md").read_text()
     section = design[design.index("### 6.4"):design.index("## 7.")]
