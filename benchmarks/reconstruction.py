@@ -86,8 +86,10 @@ def main() -> None:
         view = reconstruction_view(passive)
         assert view is not None
 
+        models = iter([view.task(1).model.train() for _ in range(args.repeats)])  # each repeat trains a fresh copy of the sent model
+
         def local_training() -> None:
-            train_locally(view.task(1).model.train(), x, y, passive.config.train, seed=0)
+            train_locally(next(models), x, y, passive.config.train, seed=0)
 
         train_s = median_seconds(local_training, args.repeats)
         round_s = float(pd.read_csv(passive.folder / TRAINING_CSV).set_index("round").loc[1, "seconds"])

@@ -8,9 +8,10 @@ varied one factor at a time); every complete run below it with metrics/reconstru
 A run's setting is read from its config: the server's mode (passive or crafted-model), batch size
 B, local steps S (one local epoch: ceil(records / B)), records n and the defence.
 
-`pseudo`: attacks every passive run whose server knows the schedule (no secure aggregation) once
-more with `inverting_gradients` treating the update as one pseudo-gradient (the run's own entry's
-arguments, budget included, with `local_steps: pseudo-gradient`), through `measure_reconstruction` (the runs are read, not changed), and writes
+`pseudo`: attacks every passive run of several local steps whose server knows the schedule (no
+secure aggregation) once more with `inverting_gradients` treating the update as one
+pseudo-gradient (the run's own entry's arguments, budget included, with `local_steps:
+pseudo-gradient`), through `measure_reconstruction` (the runs are read, not changed), and writes
 STUDY_DIR/pseudo-gradient/<sweep>/<run>.csv in reconstruction.csv's columns.
 
 `table`: Markdown tables. Per (setting, attack): the seeds, and the mean over seeds with its 95%
@@ -100,8 +101,8 @@ def per_run(study: Path, run: Run) -> pd.DataFrame:
 def pseudo(study: Path) -> None:
     for run in complete_runs(study):
         entries = [e for e in run.config.reconstructions if e.name == "inverting_gradients"]
-        if run.config.adversary.mode != "passive" or run.config.defense.secure_aggregation or not entries:
-            continue
+        if run.config.adversary.mode != "passive" or run.config.defense.secure_aggregation or not entries or setting(run)[2] == "S=1":
+            continue  # with one step the replay is the gradient itself: the two modes differ only where there are several
         out = pseudo_path(study, run)
         if out.exists():
             continue
