@@ -118,10 +118,23 @@ def local_cpus() -> float:
         return float(os.cpu_count() or 1)
 
 
+def local_init_args(init_args: dict) -> dict:
+    """`init_args` for a Ray of this run's own: `address="local"` unless an address is given.
+
+    `ray.init()` without an address attaches to the cluster whose address the last `ray start`
+    on this machine left in /tmp/ray/ray_current_cluster (Ray 2.55, `ray.init`'s `address`), so
+    someone else's Ray would run fedsim's clients, on its resources, with its environment, and a
+    stale file would fail the start; "local" always starts a new instance. Attaching is what
+    `backend.ray_address` or RAY_ADDRESS ask for (`simulate`).
+    """
+    return {"address": "local"} | init_args
+
+
 def start_local_engine(init_args: dict) -> bool:
     """Start a local Ray for the simulation unless one is up; True when this call started it.
 
-    Flower's backend then finds Ray initialised and uses it as it is. The worker processes
+    Flower's backend then finds Ray initialised and uses it as it is. The instance is the run's
+    own, never a cluster found on the machine (`local_init_args`). The worker processes
     inherit the driver's environment, so PYTHONPATH carries this interpreter's sys.path (what
     Flower's runtime environment would have carried). The instance listens on the loopback
     interface only (`loopback_only`): a simulation on one machine needs no other.
@@ -134,7 +147,7 @@ def start_local_engine(init_args: dict) -> bool:
     inherited = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*sys.path, *inherited.split(os.pathsep)]) if p)
     with loopback_only(), short_gcs_wait():
-        ray.init(**init_args)
+        ray.init(**local_init_args(init_args))
     return True
 
 
