@@ -34,7 +34,7 @@ from fedsim.engine.client_app import make_client_app
 from fedsim.engine.faults import FaultPlan, failing_client_mod
 from fedsim.engine.inprocess import run_in_process
 from fedsim.engine.server_app import ServerPlan, make_server_app
-from fedsim.engine.simulation import engine_log, local_cpus, quiet_engine_logs, simulate
+from fedsim.engine.simulation import engine_log, in_flight_window, local_cpus, quiet_engine_logs, simulate
 from fedsim.learning.datasets import Pool, local_root, pool_for, resolve_dataset
 from fedsim.learning.dp_sgd import check_model
 from fedsim.learning.membership import UTILITY_TEST, build_ledger, client_records, save_ledger
@@ -193,6 +193,8 @@ def simulate_engine(config: Config) -> Engine:
     """
 
     def run(plan: ServerPlan, client_app: ClientApp) -> None:
+        if config.backend.engine == "ray":  # Flower's simulation runtime: a window of messages in flight (PartitionOrderedGrid)
+            plan.in_flight = lambda: in_flight_window(config.backend)
         try:
             run_apps(config, make_server_app(plan), client_app, plan.recorder.folder / RUN_LOG)
         finally:  # e.g. Ctrl-C: the Ray engine's ServerApp thread, which the interpreter waits for at exit, stops waiting

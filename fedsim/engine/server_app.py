@@ -56,8 +56,11 @@ class RunStopped(Exception):
     """
 
 
-def discover_partitions(grid: Grid, expected: int, timeout: float = 600, stop: threading.Event | None = None) -> dict[int, int]:
-    """Node id -> partition id, asked of every node once (a QUERY message each); `stop` ends the wait (`RunStopped`)."""
+def discover_partitions(grid: Grid, expected: int, timeout: float = 600, stop: threading.Event | None = None,
+                        in_flight: Callable[[], int] | None = None) -> dict[int, int]:
+    """Node id -> partition id, asked of every node once (a QUERY message each); `stop` ends the wait
+    (`RunStopped`); at most `in_flight()` questions are out at once (`PartitionOrderedGrid`).
+    """
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -66,12 +69,13 @@ def discover_partitions(grid: Grid, expected: int, timeout: float = 600, stop: t
             raise RunStopped("the run was stopped before every client connected")
         time.sleep(0.1)
     questions = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=node) for node in sorted(nodes)]
-    replies = PartitionOrderedGrid(grid, {}, stop=stop).send_and_receive(questions, timeout=timeout)
+    replies = PartitionOrderedGrid(grid, {}, stop=stop, in_flight=in_flight).send_and_receive(questions, timeout=timeout)
     return {r.metadata.src_node_id: partition_of(r) for r in replies if not r.has_error()}
 
 
 class PartitionOrderedGrid:
-    """The simulation's Grid, listing node ids in partition order, and reporting training replies as they arrive.
+    """The simulation's Grid, listing node ids in partition order, reporting training replies as
+    they arrive, and keeping at most a window of messages in flight.
 
     Flower samples clients with `random.sample` over `grid.get_node_ids()`; node ids are random
     per run, so with a seeded `random` only a stable order makes the sampled clients reproducible.
@@ -79,14 +83,29 @@ class PartitionOrderedGrid:
     are what a client-training progress bar can count, so `on_train_replies(received, sent)` is
     called as they arrive. Once `stop` is set, waiting for replies raises `RunStopped`: the Ray
     engine runs the ServerApp in a thread of its own that the interpreter waits for at exit.
+
+    The window (`in_flight()` messages, asked at each exchange; None: all at once, as Flower's
+    Grid sends them) is for Flower's simulation runtime (1.42): every 0.1 s its message
+    extractor (`vce_api.add_messages_to_queue`) asks the in-memory LinkState for the next message
+    of each of the N nodes, and each ask (`InMemoryLinkState.get_message_ins`) walks every
+    message stored until the server pulls its reply. With all M of a round's messages pushed at
+    once a cycle costs N x M walks in the driver's process, under the GIL the server needs
+    (seconds a round at 1,000 clients and 100 sampled); with a window W it costs N x W, and
+    the actors stay busy as long as W exceeds what they work through between two refills
+    (`fedsim.engine.simulation.in_flight_window`). The next messages are pushed as replies are
+    pulled, in the order given; the replies come back in arrival order as before (the
+    strategies sort them by partition, `sorted_replies`), so what a round aggregates does not
+    depend on the window. A timeout leaves the messages not yet pushed unsent: like a client
+    that did not reply in time, they have no reply.
     """
 
     def __init__(self, grid: Grid, partitions: dict[int, int], on_train_replies: Callable[[int, int], None] | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, in_flight: Callable[[], int] | None = None):
         self._grid = grid
         self._partitions = partitions
         self._on_train_replies = on_train_replies
         self._stop = stop
+        self._in_flight = in_flight
         self._nodes: tuple[int, ...] = ()
         self._ordered: list[int] = []
 
@@ -103,27 +122,39 @@ class PartitionOrderedGrid:
         return list(self._ordered)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), counting training replies and watching `stop`."""
+        """Flower's push-then-pull loop (InMemoryGrid.send_and_receive), a window at a time, counting training replies and watching `stop`."""
         messages = list(messages)
         training = bool(messages) and all(m.metadata.message_type == MessageType.TRAIN for m in messages)
         report = self._on_train_replies if training else None
-        if report is None and self._stop is None:
+        if report is None and self._stop is None and self._in_flight is None:
             return list(self._grid.send_and_receive(messages, timeout=timeout))
-        pending = set(self._grid.push_messages(messages))
-        sent = len(pending)
+        window = len(messages) if self._in_flight is None else max(1, self._in_flight())
+        pending: set[str] = set()
+        unsent = messages[::-1]  # popped from the end: pushed in the order given
+        sent = len(messages)
+
+        def top_up() -> None:
+            nonlocal sent
+            batch = [unsent.pop() for _ in range(min(window - len(pending), len(unsent)))]
+            pushed = list(self._grid.push_messages(batch)) if batch else []
+            sent -= len(batch) - len(pushed)  # a message the LinkState refused gets no reply
+            pending.update(pushed)
+
+        deadline = None if timeout is None else time.time() + timeout
+        top_up()
         if report is not None:
             report(0, sent)
-        deadline = None if timeout is None else time.time() + timeout
         replies: list[Message] = []
-        while pending and (deadline is None or time.time() < deadline):
+        while (pending or unsent) and (deadline is None or time.time() < deadline):
             if self._stop is not None and self._stop.is_set():
                 raise RunStopped("the run was stopped while the server waited for replies")
-            arrived = list(self._grid.pull_messages(pending))
+            arrived = list(self._grid.pull_messages(pending)) if pending else []
             replies += arrived
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            top_up()
             if arrived and report is not None:
                 report(len(replies), sent)
-            if pending:
+            if pending and not arrived:
                 time.sleep(getattr(self._grid, "pull_interval", 0.1))
         return replies
 
@@ -379,6 +410,7 @@ class ServerPlan:
     max_failed_rounds: int | None = None  # rounds without any client update tolerated (None: no limit)
     adversary_gamma: bool = False  # an active adversary's gradient ascent (adversary.gamma) also moves the models
     stop: threading.Event = field(default_factory=threading.Event)  # set when the run is stopped from outside (Ctrl-C): the server's waits end
+    in_flight: Callable[[], int] | None = None  # the most messages out at once, asked at each exchange (None: all; PartitionOrderedGrid)
     threads: float = 1  # torch threads for the server's own computations (backend.cpus_per_client), fixed so records do not depend on the process
     strategy_name: str = ""  # how the config names the strategy (strategy.name), for messages; "": its class's import path
 
@@ -443,7 +475,7 @@ def serve(plan: ServerPlan, grid: Grid) -> None:
 
 def _serve(plan: ServerPlan, grid: Grid) -> None:
     """The body of `serve`, on the planned thread count."""
-    partitions = discover_partitions(grid, plan.num_clients, stop=plan.stop)
+    partitions = discover_partitions(grid, plan.num_clients, stop=plan.stop, in_flight=plan.in_flight)
     first_round = 1 if plan.resumed is None else plan.resumed.manifest.rounds_completed + 1
     model_state = plan.model.state_dict()  # the names and shapes every aggregate must have
     evaluations: dict[int, tuple[float, float]] = {}  # round -> (test loss, accuracy) of the global model admitted
@@ -494,7 +526,7 @@ def _serve(plan: ServerPlan, grid: Grid) -> None:
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     # The wrappers are proxies (the rest of Grid's interface through __getattr__), not Grid subclasses.
-    grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies, plan.stop))
+    grid = cast(Grid, PartitionOrderedGrid(grid, partitions, plan.on_train_replies, plan.stop, plan.in_flight))
     if plan.faults is not None:
         grid = cast(Grid, DropoutGrid(grid, plan.faults, partitions))
     clock.start(grid=grid, initial_arrays=initial, num_rounds=plan.rounds - first_round + 1, evaluate_fn=central_evaluation)

@@ -151,6 +151,39 @@ def start_local_engine(init_args: dict) -> bool:
     return True
 
 
+IN_FLIGHT_PER_ACTOR = 4  # messages the server keeps out per actor of Flower's pool (PartitionOrderedGrid's window)
+
+
+def in_flight_window(backend: BackendConfig) -> int:
+    """The window of messages fedsim's server keeps in flight on the Ray engine: `IN_FLIGHT_PER_ACTOR`
+    per actor of the pool Flower builds from the cluster's resources.
+
+    Flower's simulation runtime costs a walk over every message in flight for each node, every
+    0.1 s (`fedsim.engine.server_app.PartitionOrderedGrid`), so the window is kept small: what
+    the actors start between two refills (the server pulls every 0.1 s, the runtime hands a
+    message on within its next 0.1 s cycle) and a margin, so that an actor finishing a
+    client finds the next one queued. Asked at each exchange (`ServerPlan.in_flight`): where Ray
+    is not up yet (Flower starts it when attaching to a cluster), the local CPUs stand in.
+
+    Returns
+    -------
+    int
+        `IN_FLIGHT_PER_ACTOR` x the actors (at least one) that fit `backend.cpus_per_client`
+        and `backend.gpus_per_client` on the cluster, as Flower's `pool_size_from_resources` counts them.
+    """
+    import ray
+
+    actors = int(local_cpus() // backend.cpus_per_client)
+    if ray.is_initialized():
+        from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+        try:
+            actors = pool_size_from_resources({"num_cpus": backend.cpus_per_client, "num_gpus": backend.gpus_per_client})
+        except ValueError:  # no actor fits: Flower stops the simulation with its own message
+            actors = 1
+    return IN_FLIGHT_PER_ACTOR * max(1, actors)
+
+
 LOCAL_GCS_WAIT_S = 10  # how long a local node's processes wait for a GCS that stopped answering before they exit
 
 
