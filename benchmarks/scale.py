@@ -1,6 +1,7 @@
 """Cross-device scale: round time, peak memory and disk per round against clients connected and sampled.
 
     python benchmarks/scale.py [--data ../shared/data] [--rounds 4] [--repeats 1] [--engines in-process,ray]
+                               [--points ray:10:10,ray:1000:100]  (only those points: the table, no BENCH lines)
 
 fedsim's server should cost per round what the clients sampled that round cost, whatever the
 number of clients connected. Each point runs in a fresh process (its peak RSS is its own): each
@@ -22,7 +23,10 @@ simulation runtime) and every Ray process it started (GCS, raylet, agents, actor
 every 0.25 s with psutil; `tree RSS` sums their resident sets (shared pages once per process),
 `tree PSS` their proportional sets (shared pages split). Processes of a point still alive
 after it are ended by their own ids. `before rounds s` is the time from the engine's start to
-the end of fedsim's partition discovery (one message to every node).
+the end of fedsim's partition discovery (one message to every node). The Ray engine keeps a
+window of messages in flight, as `fedsim run` does (`ServerPlan.in_flight`). A point's driver
+CPU seconds a round (`round_cpu_s`, all the driver's threads, not Ray's processes) are in its
+JSON line and in the per-run lines `--points` prints: less noisy than wall time on a shared machine.
 
 BENCH lines, ratios measured side by side in one invocation: round time at 1,000 / at 10 clients
 (target <= 1.2), peak RSS at 1,000 / at 10 (<= 1.5; the Ray engine's: the process tree's),
@@ -83,8 +87,12 @@ def run_engine(point: dict, data_root: Path, rounds: int, folder: Path) -> dict:
     test = pool_for(config.data).take(ledger.loc[ledger["role"] == UTILITY_TEST, "record_id"].to_numpy())
     rows: list[dict] = []
     plan = ServerPlan(strategy, recorder, config.data.num_clients, model, test, rounds, config.seed,
-                      on_round=lambda row: rows.append(row | {"at": time.perf_counter()}),
+                      on_round=lambda row: rows.append(row | {"at": time.perf_counter(), "cpu": time.process_time()}),
                       adversary=server_wrapper(config, ledger), threads=config.backend.cpus_per_client)
+    if config.backend.engine == "ray":  # as `fedsim run` does (simulate_engine): a window of messages in flight
+        from fedsim.engine.simulation import in_flight_window
+
+        plan.in_flight = lambda: in_flight_window(config.backend)
     setup = time.perf_counter() - started
     ray_start, actors = 0.0, 0
     with tempfile.TemporaryDirectory(prefix="fedsim-ray-", dir="/tmp") as ray_temp:  # short: Ray's socket paths must fit 107 characters
@@ -98,16 +106,19 @@ def run_engine(point: dict, data_root: Path, rounds: int, folder: Path) -> dict:
             import ray
 
             actors = int(ray.cluster_resources().get("CPU", 0) // config.backend.cpus_per_client)  # Flower's actor pool: one per client's CPUs
-        engine_started = time.perf_counter()
+        engine_started, engine_cpu = time.perf_counter(), time.process_time()
         run_apps(config, make_server_app(plan), client_app_for(config, ledger), folder / "engine.log")
         engine_s = time.perf_counter() - engine_started
     if plan.error is not None:
         raise plan.error
     per_round = [r["seconds"] for r in rows if r["round"] >= 2]
+    # the driver's CPU seconds a round, all its threads (server, Flower's runtime; not Ray's processes): less noisy than wall time on a shared machine
+    cpu_per_round = [b["cpu"] - a["cpu"] for a, b in zip(rows, rows[1:]) if b["round"] >= 2]
     evaluated_initial = rows[0]  # round 0: the initial model's evaluation, right after discovery
     disk = [sum(p.stat().st_size for p in (folder / "rounds" / f"{r:04d}").rglob("*") if p.is_file()) for r in range(1, rounds + 1)]
     heard = [len(recorder.manifest.rounds[r].clients) for r in range(1, rounds + 1)]
-    return {"round_s": statistics.median(per_round), "setup_s": setup, "disk_per_round": statistics.mean(disk), "heard": heard,
+    return {"round_s": statistics.median(per_round), "round_cpu_s": statistics.median(cpu_per_round), "setup_s": setup,
+            "before_rounds_cpu_s": rows[0]["cpu"] - engine_cpu, "disk_per_round": statistics.mean(disk), "heard": heard,
             "victim_rounds": recorder.manifest.victim_rounds, "ray_start_s": ray_start, "actors": actors,
             # from the engine's start to the end of discovery: Flower's node registration, Ray's actors, fedsim's partition discovery
             "before_rounds_s": evaluated_initial["at"] - evaluated_initial["seconds"] - engine_started,
@@ -279,12 +290,48 @@ def key(point: dict) -> tuple[str, int, int, str]:
     return point["engine"], point["total"], point["sampled"], point["policy"]
 
 
+def selected_points(spec: str) -> list[dict]:
+    """`--points`: ENGINE:TOTAL:SAMPLED, comma-separated, in the order given (the first also warms the caches)."""
+    points = []
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        engine, _, rest = item.partition(":")
+        total, _, sampled = rest.partition(":")
+        if engine not in (*ENGINES, "bare") or not total.isdigit() or not sampled.isdigit() or not 0 < int(sampled) <= int(total):
+            sys.exit(f"--points {item!r}: write ENGINE:TOTAL:SAMPLED with ENGINE one of {', '.join((*ENGINES, 'bare'))}, "
+                     "e.g. ray:1000:100")
+        points.append({"engine": engine, "total": int(total), "sampled": int(sampled), "policy": "all"})
+    if not points:
+        sys.exit("--points: name at least one point, e.g. ray:10:10")
+    return points
+
+
+def med_of(runs: dict, engine: str, total: int, sampled: int, policy: str, what: str) -> float:
+    return statistics.median(r[what] for r in runs[(engine, total, sampled, policy)])
+
+
+def print_table(points: list[dict], runs: dict) -> None:
+    def med(*k_what):
+        return med_of(runs, *k_what)
+
+    print(f"{'engine':<11} {'total':>6} {'sampled':>8} {'policy':<9} {'round s':>8} {'peak RSS MB':>12} {'tree RSS MB':>12} "
+          f"{'tree PSS MB':>12} {'processes':>10} {'before rounds s':>16} {'disk/round MB':>14}")
+    for point in points:
+        k = key(point)
+        disk = f"{med(*k, 'disk_per_round') / 1e6:>14.2f}" if point["engine"] != "bare" else f"{'':>14}"
+        before = f"{med(*k, 'before_rounds_s'):>16.1f}" if point["engine"] != "bare" else f"{'':>16}"
+        print(f"{k[0]:<11} {k[1]:>6} {k[2]:>8} {k[3]:<9} {med(*k, 'round_s'):>8.3f} {med(*k, 'peak_rss_mb'):>12.0f} "
+              f"{med(*k, 'tree_rss_mb'):>12.0f} {med(*k, 'tree_pss_mb'):>12.0f} {med(*k, 'processes'):>10.0f} {before} {disk}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="runs of every point, interleaved; medians are reported")
     parser.add_argument("--engines", default="in-process,ray", help="comma-separated: in-process, ray (the bare loop always runs)")
+    parser.add_argument("--points", help="only these points, comma-separated ENGINE:TOTAL:SAMPLED (policy all), e.g. "
+                        "ray:10:10,ray:1000:100; the table only, no BENCH lines")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
@@ -294,6 +341,8 @@ def main() -> None:
     if not engines or set(engines) - set(ENGINES):
         sys.exit(f"--engines {args.engines!r}: name one or both of {', '.join(ENGINES)}, comma-separated")
     points = [p for p in POINTS if p["engine"] in (*engines, "bare")]
+    if args.points:
+        points = selected_points(args.points)
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data.resolve()
         if not (data / "MNIST").exists():
@@ -307,20 +356,20 @@ def main() -> None:
         in_fresh_process(points[0], data, args.rounds)  # discarded: the first process warms the file cache and bytecode
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every point alike
             for point in points:
-                runs.setdefault(key(point), []).append(in_fresh_process(point, data, args.rounds))
+                runs.setdefault(key(point), []).append(result := in_fresh_process(point, data, args.rounds))
+                if args.points:  # each run as it ends: a selection is for looking closely
+                    print(f"{key(point)}: round_s {result['round_s']:.3f} driver_cpu_per_round_s {result.get('round_cpu_s', 0):.2f} "
+                          f"before_rounds_s {result.get('before_rounds_s', 0):.1f} before_rounds_cpu_s {result.get('before_rounds_cpu_s', 0):.1f} "
+                          f"ray_start_s {result.get('ray_start_s', 0):.1f}", flush=True)
+
+    print_table(points, runs)
+    if args.points:
+        return
+    bare = med_of(runs, "bare", 10, 10, "all", "round_s")
 
     def med(engine: str, total: int, sampled: int, policy: str, what: str) -> float:
         return statistics.median(r[what] for r in runs[(engine, total, sampled, policy)])
 
-    print(f"{'engine':<11} {'total':>6} {'sampled':>8} {'policy':<9} {'round s':>8} {'peak RSS MB':>12} {'tree RSS MB':>12} "
-          f"{'tree PSS MB':>12} {'processes':>10} {'before rounds s':>16} {'disk/round MB':>14}")
-    for point in points:
-        k = key(point)
-        disk = f"{med(*k, 'disk_per_round') / 1e6:>14.2f}" if point["engine"] != "bare" else f"{'':>14}"
-        before = f"{med(*k, 'before_rounds_s'):>16.1f}" if point["engine"] != "bare" else f"{'':>16}"
-        print(f"{k[0]:<11} {k[1]:>6} {k[2]:>8} {k[3]:<9} {med(*k, 'round_s'):>8.3f} {med(*k, 'peak_rss_mb'):>12.0f} "
-              f"{med(*k, 'tree_rss_mb'):>12.0f} {med(*k, 'tree_pss_mb'):>12.0f} {med(*k, 'processes'):>10.0f} {before} {disk}")
-    bare = med("bare", 10, 10, "all", "round_s")
     if "in-process" in engines:
         engine = "in-process"
         t10, t1000 = med(engine, 10, 10, "all", "round_s"), med(engine, 1000, 10, "all", "round_s")
