@@ -45,7 +45,7 @@ LEAKAGE_SEEDS_COLUMNS = [
 # pairing; recovered = psnr >= 20 dB; exact (empty for an attack that claims none) = max_abs_error <= 1e-5 in model input space.
 RECONSTRUCTION_COLUMNS = [
     "attack", "attacker", "target", "round", "record_id", "label", "predicted_label", "psnr", "ssim", "mse",
-    "baseline_psnr", "baseline_ssim", "recovered", "exact", "seconds", "claimed_exact", "max_abs_error",
+    "baseline_psnr", "baseline_ssim", "recovered", "exact", "seconds", "claimed_exact", "max_abs_error", "chance_psnr",
 ]
 
 

@@ -120,10 +120,6 @@ class Reconstruction:
     exact : torch.Tensor or None
         bool, shape (n,): which records the attack claims to have recovered exactly (the imprint
         read); None for an attack that makes no such claim.
-    precision : torch.Tensor or None
-        float, shape (n,): for a claimed-exact record, the largest error per feature that the
-        recorded update's own float rounding allows (derived from the parameters' precision, never
-        from the true records); scoring calls a record exact within max(1e-5, this). None: 1e-5.
     info : dict
         What the attack reports about itself (iterations run, final matching loss, ...), for the log.
     """
@@ -132,7 +128,6 @@ class Reconstruction:
     y: torch.Tensor
     exact: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    precision: torch.Tensor | None = None
 
 
 class ReconstructionAttack(ABC):

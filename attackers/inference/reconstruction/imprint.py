@@ -247,5 +247,4 @@ class ImprintReconstruction(ReconstructionAttack):
         dtype = task.sent[weight_key].dtype
         info = {"width": layer.out_features, "moved": len(neurons), "exact": int(exact.sum()), "neurons": neurons.tolist(),
                 "rounding_bound": bound.max(1).values.tolist() if len(x) else [], "alpha": alphas}
-        precision = bound.max(1).values if len(x) else torch.zeros(0, dtype=torch.float64)
-        return Reconstruction(x.to(dtype).reshape(len(x), *task.input_shape), labels, exact, info, precision)
+        return Reconstruction(x.to(dtype).reshape(len(x), *task.input_shape), labels, exact, info)

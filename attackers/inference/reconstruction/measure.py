@@ -42,7 +42,7 @@ from torch import nn
 from attackers.inference.base import attack_seed_sequence
 from attackers.inference.leakage import Progress
 from attackers.inference.reconstruction.base import LocalSchedule, ReconstructionAttack, ReconstructionTask
-from attackers.inference.reconstruction.quality import PSNR_THRESHOLD_DB, Scale, baseline, score
+from attackers.inference.reconstruction.quality import PSNR_THRESHOLD_DB, Scale, baseline, chance, score
 from attackers.inference.reconstruction.registry import check_reconstructions, name_and_args, reconstruction_class, reconstruction_params
 from attackers.inference.threat_models import sent_mean, sent_model
 from fedsim.core.errors import FedsimError
@@ -54,7 +54,8 @@ from fedsim.recording.run import Run
 STAGE = "reconstruction"
 PSNR_CAP_DB = 100.0
 """Means of PSNR count a record above this as this: an exact copy has PSNR inf, and float32 rounding alone is beyond 100 dB."""
-SUMMARY_COLUMNS = ["attack", "attacker", "round", "n_records", "recovered", "mean_psnr", "mean_baseline_psnr", "exact", "seconds"]
+SUMMARY_COLUMNS = ["attack", "attacker", "round", "n_records", "recovered", "mean_psnr", "mean_baseline_psnr", "mean_chance_psnr",
+                   "exact", "seconds"]
 
 
 class _Silent:
@@ -266,7 +267,8 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
     scale = Scale.of_pool(run.pool)
     ledger = run.membership
     known = ledger.loc[(ledger["role"] == ATTACK_TRAIN) & ~ledger["member"], "record_id"].to_numpy()
-    baseline_x = baseline(run.records(known)[0])
+    known_x = run.records(known)[0]
+    baseline_x = baseline(known_x)
     seed = run.config.seed
     rows: list[pd.DataFrame] = []
     tensors: dict[str, torch.Tensor] = {}
@@ -288,8 +290,8 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
         x = reconstruction.x.detach().float().reshape(-1, *task.input_shape)
         y = reconstruction.y.detach().long().reshape(-1)
         claimed = None if reconstruction.exact is None else reconstruction.exact.detach().bool().reshape(-1)
-        precision = None if reconstruction.precision is None else reconstruction.precision.detach().reshape(-1)
-        scores = score(true_x, x, y, claimed, baseline_x, scale, precision)
+        guesses = chance(known_x, len(x), attack_seed_sequence(seed, f"{name}/chance", round_number, 0))
+        scores = score(true_x, x, y, claimed, baseline_x, scale, guesses)
         table = pd.DataFrame({
             "attack": name, "attacker": view.attacker, "target": view.target, "round": round_number, "record_id": ids,
             "label": true_y.numpy(), "predicted_label": pd.array([None if np.isnan(v) else int(v) for v in scores.predicted_label], dtype="Int64"),
@@ -299,7 +301,7 @@ def measure_reconstruction(run: Run, attacks: Sequence[Any] | None = None, round
             "seconds": round(seconds, 4),
             "claimed_exact": (pd.array(scores.claimed_exact, dtype="boolean") if scores.claimed_exact is not None
                               else pd.array([None] * len(ids), dtype="boolean")),
-            "max_abs_error": scores.max_abs_error,
+            "max_abs_error": scores.max_abs_error, "chance_psnr": scores.chance_psnr,
         }, columns=RECONSTRUCTION_COLUMNS)
         rows.append(table)
         paired = np.full(len(x), -1, dtype=np.int64)
@@ -318,7 +320,7 @@ def _progress_text(table: pd.DataFrame, seconds: float) -> str:
     row = summarise(table).iloc[0]
     exact = "" if pd.isna(row["exact"]) else f"  exact {int(row['exact'])}"
     return (f"recovered {row['recovered']:.3f} of {int(row['n_records'])}  PSNR {row['mean_psnr']:.1f} dB "
-            f"(baseline {row['mean_baseline_psnr']:.1f}){exact}  [dim]{seconds:.1f} s[/dim]")
+            f"(baseline {row['mean_baseline_psnr']:.1f}, chance {row['mean_chance_psnr']:.1f}){exact}  [dim]{seconds:.1f} s[/dim]")
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
@@ -333,18 +335,22 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         SUMMARY_COLUMNS: `recovered` the fraction of the true records recovered (PSNR >= 20 dB),
-        `mean_psnr` over the records paired with a reconstruction (each capped at `PSNR_CAP_DB`),
-        `mean_baseline_psnr` over every true record, `exact` the count of exact records (empty for
-        an attack that claims none), `seconds` the attack's wall time for the round.
+        `mean_psnr` and `mean_baseline_psnr` over the same records, those paired with a
+        reconstruction, `mean_chance_psnr` over as many, those chance's guesses paired (each capped
+        at `PSNR_CAP_DB`),
+        `exact` the count of exact records (empty for an attack that claims none), `seconds` the
+        attack's wall time for the round.
     """
     summary = []
     for (attack, attacker, round_number), group in rows.groupby(["attack", "attacker", "round"], sort=False):
         exact = group["exact"].dropna()
+        paired = group["psnr"].notna()
         summary.append({
             "attack": attack, "attacker": attacker, "round": int(round_number), "n_records": len(group),
             "recovered": float(group["recovered"].astype(bool).mean()),
             "mean_psnr": float(group["psnr"].astype(float).clip(upper=PSNR_CAP_DB).mean()),
-            "mean_baseline_psnr": float(group["baseline_psnr"].astype(float).clip(upper=PSNR_CAP_DB).mean()),
+            "mean_baseline_psnr": float(group.loc[paired, "baseline_psnr"].astype(float).clip(upper=PSNR_CAP_DB).mean()),
+            "mean_chance_psnr": float(group["chance_psnr"].astype(float).clip(upper=PSNR_CAP_DB).mean()),
             "exact": int(exact.astype(bool).sum()) if len(exact) else None,
             "seconds": float(group["seconds"].iloc[0]),
         })

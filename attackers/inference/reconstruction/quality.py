@@ -17,14 +17,20 @@ label is reported beside the true one).
 
 The thresholds are fixed here, before any run: a record is *recovered* when its reconstruction's
 PSNR is at least `PSNR_THRESHOLD_DB` = 20 dB on [0, 1] records (a root-mean-square error of 0.1,
-a tenth of the range; Geiping et al. 2020 report recognisable reconstructions from about there),
-and *exact* when no feature differs by more than `EXACT_TOLERANCE` = 1e-5 in the model's input
-space or, where larger, than the float rounding bound the attack derives from the recorded
-update's precision (`Reconstruction.precision`: the imprint read of Fowl et al. 2022 is exact up to
-the rounding of the float32 parameters it divides, 1e-4 to 1e-2 at common learning rates; in
-float64 it is within 1e-5). The baseline every
-attack must beat is the mean of the attacker's known non-members, scored against each true record
-in the same way: a reconstruction no closer than the average record has revealed nothing of it.
+a tenth of the range; Geiping et al. 2020 report recognisable reconstructions from about there).
+A record is *exact* when the reconstruction gives the stored record back: for records stored as
+8-bit pixels, every pixel within half a quantisation step (0.5 / 255 on [0, 1]), so rounding it
+returns the stored bytes; for float records, every feature within `EXACT_TOLERANCE` = 1e-5 in the
+model's input space. The scorer owns this rule; no attack can widen it. (A first version let the
+imprint read's own float-rounding bound widen it, after float32 runs had scored 0 exact at 1e-5;
+that bound reached 0.17 and is gone. The 8-bit rule replaced it after those runs had been seen:
+it is the precision the data set itself stores.)
+
+Two references every attack must beat, both scored the same way against each true record: the
+*baseline*, the mean of the attacker's known non-members; and *chance*, as many known non-members as
+the attack returned reconstructions, paired with the true records by the same least-MSE matching
+(an attack that returns K candidates gets K guesses, so chance gets K too: K records that carry
+nothing of the victim's data, picked by a seeded draw).
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from fedsim.learning.datasets import Pool
 PSNR_THRESHOLD_DB = 20.0
 """A record is recovered when its reconstruction's PSNR on [0, 1] records reaches this (dB)."""
 EXACT_TOLERANCE = 1e-5
-"""A record is recovered exactly when no feature of its reconstruction differs by more, in model input space."""
+"""Float records: exact when no feature of the reconstruction differs by more, in model input space."""
+PIXEL_LEVELS = 255
+"""8-bit records: exact when every pixel on [0, 1] is within 0.5 / PIXEL_LEVELS (rounding gives the stored byte back)."""
 SSIM_SIGMA = 1.5
 """torchmetrics' default Gaussian sigma (window 11); images smaller than 6 pixels a side use a narrower one."""
 
@@ -62,6 +70,8 @@ class Scale:
     lower, upper : torch.Tensor
         The bounds of a record in model input space, each of input_shape, float32: the
         normalised 0 and 1 of an image pool, else the pool's per-feature minimum and maximum.
+    eight_bit : bool
+        The pool stores 8-bit pixels (uint8) that `take` normalises: exactness is judged on the bytes.
     """
 
     offset: torch.Tensor
@@ -69,6 +79,7 @@ class Scale:
     image: bool
     lower: torch.Tensor
     upper: torch.Tensor
+    eight_bit: bool = False
 
     @classmethod
     def of_pool(cls, pool: Pool) -> Scale:
@@ -95,7 +106,7 @@ class Scale:
             offset, span = -mean / std, 1 / std  # unit = (x - offset) / span = x * std + mean
             lower = (((0 - mean) / std).expand(shape)).float().contiguous()
             upper = (((1 - mean) / std).expand(shape)).float().contiguous()
-            return cls(offset, span, image, lower, upper)
+            return cls(offset, span, image, lower, upper, eight_bit=pool.features.dtype == torch.uint8)
         lower64, upper64 = pool.features.amin(0).double(), pool.features.amax(0).double()  # no float64 copy of a large pool
         if image:
             offset, span = lower64.min(), upper64.max() - lower64.min()
@@ -107,6 +118,16 @@ class Scale:
     def unit(self, x: torch.Tensor) -> torch.Tensor:
         """Records (n, *input_shape) in model input space -> [0, 1] (clamped), float64."""
         return ((x.double() - self.offset) / self.span).clamp(0, 1)
+
+    def exact(self, reconstructed: torch.Tensor, true: torch.Tensor) -> np.ndarray:
+        """Whether each aligned pair is the same stored record (see the module docstring), bool, shape (n,)."""
+        if len(true) == 0:
+            return np.zeros(0, dtype=bool)
+        if self.eight_bit:
+            error = (self.unit(reconstructed) - self.unit(true)).abs().reshape(len(true), -1).amax(1)
+            return (error <= 0.5 / PIXEL_LEVELS).numpy()
+        error = (reconstructed.double() - true.double()).abs().reshape(len(true), -1).amax(1)
+        return (error <= EXACT_TOLERANCE).numpy()
 
 
 def psnr(reconstructed: torch.Tensor, true: torch.Tensor) -> np.ndarray:
@@ -180,10 +201,13 @@ class Scores:
         float64: the largest feature difference in model input space (NaN where none).
     baseline_psnr, baseline_ssim : numpy.ndarray
         float64: the baseline (the mean known non-member) scored against it.
+    chance_psnr : numpy.ndarray
+        float64: the known non-member paired with it when as many known non-members as there are
+        reconstructions are matched the same way (NaN where none is paired).
     recovered : numpy.ndarray
         bool: psnr >= PSNR_THRESHOLD_DB.
     exact : numpy.ndarray or None
-        bool: max_abs_error <= max(EXACT_TOLERANCE, the reconstruction's precision); None for an attack that claims no exact records.
+        bool: the reconstruction gives the stored record back (`Scale.exact`); None for an attack that claims no exact records.
     claimed_exact : numpy.ndarray or None
         bool: what the attack claimed of the reconstruction paired with it; None likewise.
     """
@@ -199,6 +223,7 @@ class Scores:
     recovered: np.ndarray
     exact: np.ndarray | None
     claimed_exact: np.ndarray | None
+    chance_psnr: np.ndarray
 
 
 def pair_scores(reconstructed: torch.Tensor, true: torch.Tensor, scale: Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,8 +239,14 @@ def baseline(known_nonmembers: torch.Tensor) -> torch.Tensor:
     return known_nonmembers.double().mean(0, keepdim=True).float()
 
 
+def chance(known_nonmembers: torch.Tensor, count: int, seed: np.random.SeedSequence) -> torch.Tensor:
+    """`count` known non-members (all of them if fewer), drawn without replacement by `seed`: chance's guesses."""
+    order = np.random.default_rng(seed).permutation(len(known_nonmembers))[:count]
+    return known_nonmembers[torch.from_numpy(np.sort(order))]
+
+
 def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: torch.Tensor, claimed: torch.Tensor | None,
-          baseline_x: torch.Tensor, scale: Scale, precision: torch.Tensor | None = None) -> Scores:
+          baseline_x: torch.Tensor, scale: Scale, chance_x: torch.Tensor | None = None) -> Scores:
     """Pair the reconstructions with the true records and score each true record.
 
     Parameters
@@ -232,9 +263,9 @@ def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: 
         The baseline record (`baseline`), shape (1, *input_shape).
     scale : Scale
         The pool's scale.
-    precision : torch.Tensor or None
-        float, shape (n_reconstructed,): each reconstruction's float rounding bound
-        (`Reconstruction.precision`); exact means within max(`EXACT_TOLERANCE`, it). None: `EXACT_TOLERANCE`.
+    chance_x : torch.Tensor or None
+        Chance's guesses (`chance`), model input space, shape (k, *input_shape), k = n_reconstructed
+        where the attacker knows that many; None: no chance column (NaN).
 
     Returns
     -------
@@ -255,11 +286,16 @@ def score(true_x: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: 
     base_psnr, base_ssim, _ = pair_scores(baseline_x.expand(n, *baseline_x.shape[1:]), true_x, scale)
     exact = claimed_exact = None
     if claimed is not None:
-        tolerance = np.full(n, EXACT_TOLERANCE)
-        if precision is not None and has.any():
-            tolerance[has] = np.maximum(EXACT_TOLERANCE, precision.double().numpy()[matched[has]])
-        exact = has & (np.nan_to_num(error, nan=np.inf) <= tolerance)
+        exact = np.zeros(n, dtype=bool)
+        if has.any():
+            exact[has] = scale.exact(pairs, true_x[torch.from_numpy(np.flatnonzero(has))])
         claimed_exact = np.zeros(n, dtype=bool)
         claimed_exact[has] = claimed.bool().numpy()[matched[has]]
+    chance_psnr = value.copy()
+    if chance_x is not None and len(chance_x):
+        guessed = match(scale.unit(true_x), scale.unit(chance_x))
+        hit = guessed >= 0
+        if hit.any():
+            chance_psnr[hit] = pair_scores(chance_x[torch.from_numpy(guessed[hit])], true_x[torch.from_numpy(np.flatnonzero(hit))], scale)[0]
     return Scores(matched, predicted, psnr_, ssim_, mse_, error, base_psnr, base_ssim,
-                  has & (np.nan_to_num(psnr_, nan=-np.inf) >= PSNR_THRESHOLD_DB), exact, claimed_exact)
+                  has & (np.nan_to_num(psnr_, nan=-np.inf) >= PSNR_THRESHOLD_DB), exact, claimed_exact, chance_psnr)

@@ -137,5 +137,5 @@ def check_reconstructions(specs: Iterable[Any], config: Config | None = None, ke
             raise FedsimError(f"{key}: {name} reconstructs what an adversary observed, and there is none (adversary.role: none); "
                               "name an adversary or remove it")
         if reconstruction_class(name, key).needs_crafted_model and config.adversary.mode != "crafted-model":
-            raise FedsimError(f"{key}: {name} reads the traps of a crafted-model server; set adversary.mode: crafted-model "
-                              "(adversary.role: server) or remove it")
+            raise FedsimError(f"{key}: {name} reads the traps of a crafted-model server, and this run's server is "
+                              f"{config.adversary.mode}; run with --set adversary.mode=crafted-model (adversary.role: server) or remove {name}")
