@@ -1,5 +1,6 @@
 """Summarise the reconstruction study's sweeps for docs/results/reconstruction.md.
 
+    python research/reconstruction_study.py rescore STUDY_DIR
     python research/reconstruction_study.py pseudo STUDY_DIR
     python research/reconstruction_study.py table STUDY_DIR
 
@@ -7,6 +8,12 @@ STUDY_DIR holds the `fedsim sweep` folders of the page's commands (configs/recon
 varied one factor at a time); every complete run below it with metrics/reconstruction.csv counts.
 A run's setting is read from its config: the server's mode (passive or crafted-model), batch size
 B, local steps S (one local epoch: ceil(records / B)), records n and the defence.
+
+`rescore`: attacks every run again with its own `reconstructions` entries through
+`measure_reconstruction` (the runs are read, not changed) and writes STUDY_DIR/rescored/<sweep>/<run>.csv,
+which `table` reads instead of the run's own reconstruction.csv: the runs were made before the
+scoring gained its chance column and its byte-level exact rule (the attacks' outputs are the same:
+same code, same seeds).
 
 `pseudo`: attacks every passive run of several local steps whose server knows the schedule (no
 secure aggregation) once more with `inverting_gradients` treating the update as one
@@ -80,15 +87,37 @@ def pseudo_path(study: Path, run: Run) -> Path:
     return study / "pseudo-gradient" / run.folder.parent.name / f"{run.folder.name}.csv"
 
 
+def rescored_path(study: Path, run: Run) -> Path:
+    return study / "rescored" / run.folder.parent.name / f"{run.folder.name}.csv"
+
+
+def rescore(study: Path) -> None:
+    for run in complete_runs(study):
+        out = rescored_path(study, run)
+        if out.exists():
+            continue
+        report = measure_reconstruction(run)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report.rows.to_csv(out, index=False)
+        print(out, f"recovered {report.rows['recovered'].astype(bool).mean():.3f}", flush=True)
+
+
 def per_run(study: Path, run: Run) -> pd.DataFrame:
     """One row per (attack, round) of a run: the summary metrics and, for imprint, the trapped records' fractions."""
-    rows = pd.read_csv(run.folder / RECONSTRUCTION_CSV)
+    rescored = rescored_path(study, run)
+    rows = pd.read_csv(rescored if rescored.exists() else run.folder / RECONSTRUCTION_CSV)
     extra = pseudo_path(study, run)
     if extra.exists():
         rows = pd.concat([rows, pd.read_csv(extra).assign(attack=PSEUDO)], ignore_index=True)
     table = reconstruction_summary(rows)
     baseline = rows.groupby(["attack", "round"], sort=False)["baseline_psnr"].mean().rename("baseline_psnr").reset_index()
     table = table.merge(baseline, on=["attack", "round"])
+    if "chance_psnr" in rows:
+        paired = rows[rows["psnr"].notna()]
+        chance = rows.groupby(["attack", "round"], sort=False)["chance_psnr"].apply(lambda v: v.clip(upper=100.0).mean())
+        table = table.merge(chance.rename("chance_psnr").reset_index(), on=["attack", "round"], how="left")
+        table = table.merge(paired.groupby(["attack", "round"], sort=False)["baseline_psnr"].mean().rename("paired_baseline_psnr").reset_index(),
+                            on=["attack", "round"], how="left")
     caught = rows[rows["record_id"].isin(trapped(run))]
     by = caught.groupby(["attack", "round"], sort=False)
     table = table.merge(by["recovered"].mean().rename("trapped_recovered").reset_index(), on=["attack", "round"], how="left")
@@ -135,14 +164,15 @@ def table(study: Path) -> None:
     long = pd.concat([f.assign(mode=k[0][0], batch=k[0][1], steps=k[0][2], defence=k[0][3], seed=k[1]) for k, f in summaries.items()],
                      ignore_index=True)
     print("| server | batch | steps | records | defence | attack | seeds | recovered | mean PSNR (dB) | baseline PSNR (dB) "
-          "| exact | trapped | recovered of trapped | exact of trapped |")
-    print("| --- " * 14 + "|")
+          "| chance PSNR (dB) | exact | trapped | recovered of trapped | exact of trapped |")
+    print("| --- " * 15 + "|")
     keys = ["mode", "batch", "steps", "defence", "attack", "round"]
     for (mode, batch, steps, defence_name, attack, _round), group in long.groupby(keys, sort=True):
         imprint = attack == "imprint"
         print(f"| {mode} | {batch[2:]} | {steps[2:]} | {int(group['n_records'].iloc[0])} | {defence_name} | {attack} | "
               f"{', '.join(str(s) for s in sorted(group['seed']))} | {_cell(group['recovered'])} | {_cell(group['mean_psnr'], 1)} | "
-              f"{_cell(group['baseline_psnr'], 1)} | {_cell(group['exact_fraction']) if imprint else '-'} | "
+              f"{_cell(group['paired_baseline_psnr'] if 'paired_baseline_psnr' in group else group['baseline_psnr'], 1)} | "
+              f"{_cell(group['chance_psnr'], 1) if 'chance_psnr' in group else '-'} | {_cell(group['exact_fraction']) if imprint else '-'} | "
               f"{int(group['trapped'].iloc[0]) if imprint else '-'} | {_cell(group['trapped_recovered']) if imprint else '-'} | "
               f"{_cell(group['trapped_exact']) if imprint else '-'} |")
 
@@ -174,10 +204,12 @@ def table(study: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["pseudo", "table"])
+    parser.add_argument("command", choices=["rescore", "pseudo", "table"])
     parser.add_argument("study", type=Path)
     args = parser.parse_args()
-    if args.command == "pseudo":
+    if args.command == "rescore":
+        rescore(args.study)
+    elif args.command == "pseudo":
         pseudo(args.study)
     else:
         table(args.study)

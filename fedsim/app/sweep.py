@@ -257,7 +257,7 @@ def reconstruction_summary(rows: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Columns attacker, attack, round, recovered (fraction of the scored records with PSNR >= 20 dB),
         mean_psnr (dB, over the records paired with a reconstruction, each capped at 100 dB) and
-        exact_fraction (fraction recovered to 1e-5; NaN for an attack that claims no exact records),
+        exact_fraction (fraction given back exactly, `quality.Scale.exact`; NaN for an attack that claims no exact records),
         as `attackers.inference.reconstruction.measure.summarise` computes them.
     """
     from attackers.inference.reconstruction.measure import summarise
