@@ -71,22 +71,24 @@ def check_features_match_backward(name, layers, monkeypatch):
     assert len(features.gradients) == (len(grads[0]) if layers == "all" else 1)
 
 
-def check_gradient_alignment(name):
+def check_gradient_alignment(name, n=70, memory_budget=None):
+    """`n` records in more than one chunk: 64 a chunk, or fewer where `memory_budget` (bytes) says so."""
     shape, args = FEATURE_CASES[name]
     torch.manual_seed(0)
     model = build_model(name, shape, 10, args).eval()
-    x, y = torch.randn(70, *shape), torch.randint(0, 10, (70,))  # more than one chunk of 64
+    x, y = torch.randn(n, *shape), torch.randint(0, 10, (n,))
     total = sum(p.numel() for p in model.parameters())
     directions = torch.randn(3, total)
     directions[2] = 0.0  # a client that did not move: cosine 0, not nan
-    cosines = gradient_alignment(model, x, y, directions)
+    budget = {} if memory_budget is None else {"memory_budget": memory_budget}
+    cosines = gradient_alignment(model, x, y, directions, **budget)
     expected = []
     for xi, yi in zip(x, y):
         model.zero_grad()
         nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
         g = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
         expected.append([float(g @ d.double() / (g.norm() * d.double().norm())) if d.any() else 0.0 for d in directions])
-    assert cosines.shape == (70, 3) and cosines.dtype == torch.float64
+    assert cosines.shape == (n, 3) and cosines.dtype == torch.float64
     torch.testing.assert_close(cosines, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="trainable parameters"):
         gradient_alignment(model, x, y, directions[:, :-1])

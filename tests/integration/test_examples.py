@@ -144,13 +144,6 @@ def test_check_refuses_bad_input_with_one_line_and_exit_2(argv, fragment, capsys
     assert fragment in err and "\n" not in err
 
 
-@pytest.mark.integration
-def test_shortened_quickstart_runs_from_another_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "--set", "train.rounds=2", "--set", "attacks=[loss]", "--out", "r", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().endswith("r")
-
-
 def _readme_python_snippet() -> str:
     return next(block for block in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "fedsim.simulate(" in block)
 

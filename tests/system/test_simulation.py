@@ -151,13 +151,15 @@ def test_real_data_sets_learn_in_a_federated_run(tmp_path, dataset, overrides):
 
 
 def test_cli_prints_the_run_folder_last(tmp_path):
+    # the quickstart on its default engine, from a folder that is not the project's, --out relative to it
     result = subprocess.run(
-        [sys.executable, "-m", "fedsim.app.cli", "run", "--out", str(tmp_path / "cli"), "--set", "train.rounds=1",
+        [sys.executable, "-m", "fedsim.app.cli", "run", "--out", "cli", "--set", "train.rounds=1",
          "--set", "data.records_per_client=50", "--set", "adversary.target_records=40", "--set", "model.args={hidden: [16]}", "--set", "attacks=[loss]"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "cli")
+    assert (tmp_path / result.stdout.strip().splitlines()[-1]).resolve() == (tmp_path / "cli").resolve()
+    assert Run.open(tmp_path / "cli").status == "complete"
     assert "round   1/1" in result.stderr and "Traceback" not in result.stderr
 
 
