@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import attackers.inference.features as features_module
-from attackers.inference.features import extract, gradient_alignment, parametrised_layers
+from attackers.inference.features import DEFAULT_BUDGET, extract, gradient_alignment, parametrised_layers
 from fedsim.learning.models import build_model
 
 FEATURE_CASES = {"fcn": ((40,), {"hidden": [32, 16]}), "mnist_cnn": ((1, 28, 28), {}), "alexnet_cifar": ((3, 32, 32), {}),
@@ -71,7 +71,7 @@ def check_features_match_backward(name, layers, monkeypatch):
     assert len(features.gradients) == (len(grads[0]) if layers == "all" else 1)
 
 
-def check_gradient_alignment(name, n=70, memory_budget=None):
+def check_gradient_alignment(name, n=70, memory_budget=DEFAULT_BUDGET):
     """`n` records in more than one chunk: 64 a chunk, or fewer where `memory_budget` (bytes) says so."""
     shape, args = FEATURE_CASES[name]
     torch.manual_seed(0)
@@ -80,8 +80,7 @@ def check_gradient_alignment(name, n=70, memory_budget=None):
     total = sum(p.numel() for p in model.parameters())
     directions = torch.randn(3, total)
     directions[2] = 0.0  # a client that did not move: cosine 0, not nan
-    budget = {} if memory_budget is None else {"memory_budget": memory_budget}
-    cosines = gradient_alignment(model, x, y, directions, **budget)
+    cosines = gradient_alignment(model, x, y, directions, memory_budget=memory_budget)
     expected = []
     for xi, yi in zip(x, y):
         model.zero_grad()

@@ -23,6 +23,7 @@ import torch
 from launch import BIN, PROJECT, end, engine_env, free_port, start, superlink_connection, wait_for_port
 from safetensors.torch import load_file
 
+from fedsim.core.layout import client_file, global_file
 from helpers import record_hashes
 
 pytestmark = pytest.mark.integration
@@ -89,13 +90,11 @@ def test_deployment_engine_superlink_and_two_supernodes_run_the_quickstart(tmp_p
     assert (out / "report.html").is_file() and (out / "membership.parquet").is_file()
     members = pd.read_parquet(out / "membership.parquet")
     examples = members[members["member"]].groupby("client").size()
-    for r in (1,):
-        clients = {c: load_file(out / f"rounds/{r:04d}/clients/client-{c:03d}.safetensors") for c in (0, 1)}
-        expected = load_file(out / f"rounds/{r:04d}/global.safetensors")
-        total = float(examples.sum())
-        for name, value in expected.items():
-            average = sum(clients[c][name].double() * (examples[c] / total) for c in clients)
-            torch.testing.assert_close(average, value.double(), atol=1e-6, rtol=0)
+    clients = {c: load_file(out / client_file(1, c)) for c in (0, 1)}
+    total = float(examples.sum())
+    for name, value in load_file(out / global_file(1)).items():
+        average = sum(clients[c][name].double() * (examples[c] / total) for c in clients)
+        torch.testing.assert_close(average, value.double(), atol=1e-6, rtol=0)
     leakage = pd.read_csv(out / "metrics" / "leakage.csv")
     assert set(leakage["attack"]) == {"loss"} and set(leakage["round"]) == {1} and (leakage["attacker"] == "server").all()
 
